@@ -1,0 +1,73 @@
+"""The ``passerelle`` command: one entry point, one sub-command module per job.
+
+Errors a user can fix (``PasserelleError``) print as one line and exit
+non-zero; ``--debug`` shows the traceback for everything else too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+
+# Sub-command modules, each exposing ``add_parser(subparsers)`` that sets
+# ``func(args) -> int`` on its parser. Order is the order of ``--help``.
+COMMAND_MODULES = (
+    "passerelle.commands.stack",
+    "passerelle.commands.registry",
+    "passerelle.commands.schemas",
+    "passerelle.commands.topics",
+    "passerelle.commands.demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Assemble the parser from every sub-command module."""
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="passerelle",
+        description="passerelle: typed, replayable data flows for digital analytics on Apache Kafka.",
+        epilog="Settings come from PASSERELLE_* environment variables (see README). "
+        "Run `passerelle COMMAND --help` for one command.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one sub-command; the return value is the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if getattr(exc, "user_error", False):
+            if args.debug:
+                traceback.print_exc()
+            print(f"error: {exc}", file=sys.stderr)
+            return int(getattr(exc, "exit_code", 1))
+        if args.debug:
+            traceback.print_exc()
+        else:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            print(f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
