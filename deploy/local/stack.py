@@ -1,0 +1,469 @@
+"""The local stack: a single-node Apache Kafka (KRaft) and the embedded registry as plain processes.
+
+No Docker engine runs on our machines, so the broker comes from Maven Central
+jars and runs as a ``java`` process on 127.0.0.1. Everything the stack writes
+(data, logs, pid files) lives under one state folder, so ``down --purge`` is a
+single ``rmtree``; the jars live in a cache folder that survives purges.
+
+This module imports nothing else of ours (design rule for ``deploy/``): the
+registry is started through the command line the caller hands in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+POM = HERE / "pom.xml"
+LOG4J2 = HERE / "log4j2.yaml"
+BROKER_MARKER = "kafka.Kafka"
+REGISTRY_MARKER = "registry"
+
+
+class StackError(Exception):
+    """A local-stack failure with a cause the user can fix (printed as one line)."""
+
+    user_error = True
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Where the stack lives and listens; the CLI fills it from settings."""
+
+    state_dir: Path
+    cache_dir: Path
+    kafka_port: int = 9092
+    controller_port: int = 9093
+    host: str = "127.0.0.1"
+    registry_port: int = 8081
+    registry_command: Sequence[str] | None = None
+    registry_env: dict[str, str] = field(default_factory=dict)
+    broker_heap: str = "768m"
+    start_timeout: float = 90.0
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def registry_url(self) -> str:
+        return f"http://{self.host}:{self.registry_port}"
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.state_dir / "kafka"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.state_dir / "registry"
+
+
+@dataclass
+class ComponentStatus:
+    """What ``status`` reports for one process."""
+
+    name: str
+    pid: int | None
+    running: bool
+    answering: bool
+    endpoint: str
+    log: Path
+
+    def line(self) -> str:
+        if self.running and self.answering:
+            state = f"running (pid {self.pid}), answering on {self.endpoint}"
+        elif self.running:
+            state = f"running (pid {self.pid}) but NOT answering on {self.endpoint}"
+        else:
+            state = "stopped"
+        return f"{self.name:<9} {state}  log: {self.log}"
+
+
+# --- small process helpers -------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still "exists"; treat it as dead.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def _read_pid(path: Path, marker: str = "") -> int | None:
+    """The pid in ``path`` if that process lives and (pid reuse guard) its command line holds ``marker``."""
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if not _pid_alive(pid):
+        return None
+    if marker:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return pid
+        if marker not in cmdline:
+            return None
+    return pid
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on host:port (so we must not start there)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (for tests that run a private stack)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop_pid(pid: int, timeout: float = 30.0) -> None:
+    """SIGTERM then wait, SIGKILL if it will not go: the broker flushes on SIGTERM."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            return
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+# --- prerequisites and jars --------------------------------------------------
+
+
+def java_command() -> str:
+    """The ``java`` to run the broker with: JAVA_HOME first, then PATH; Kafka 4 needs 17+."""
+    java_home = os.environ.get("JAVA_HOME")
+    candidates = [str(Path(java_home) / "bin" / "java")] if java_home else []
+    found = shutil.which("java")
+    if found:
+        candidates.append(found)
+    for candidate in candidates:
+        if Path(candidate).exists():
+            out = subprocess.run(
+                [candidate, "-version"], capture_output=True, text=True, check=False
+            ).stderr
+            match = re.search(r'version "(\d+)', out)
+            if match and int(match.group(1)) >= 17:
+                return candidate
+            raise StackError(f"{candidate} is Java {match.group(1) if match else '?'}; Kafka 4 needs JDK 17+")
+    raise StackError("java not found: install a JDK 17+ (e.g. apt-get install openjdk-17-jdk-headless)")
+
+
+def _pom_digest() -> str:
+    return hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
+
+
+def jars_dir(cache_dir: Path) -> Path:
+    """Cached jars are keyed by the pom's hash, so a version bump fetches anew."""
+    return cache_dir / f"kafka-jars-{_pom_digest()}"
+
+
+def ensure_jars(cache_dir: Path, log: Path | None = None) -> Path:
+    """Fetch the broker jars with Maven once; later calls reuse the cache."""
+    target = jars_dir(cache_dir)
+    marker = target / ".complete"
+    if marker.exists():
+        return target
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise StackError("Maven (mvn) not found: install it (e.g. apt-get install maven) to fetch the Kafka jars")
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    cmd = [mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies", f"-DoutputDirectory={tmp}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        last = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["(no output)"]
+        raise StackError(f"Maven could not fetch the Kafka jars (exit {proc.returncode}): {last[0]}")
+    (tmp / ".complete").write_text("ok\n")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+# --- broker ------------------------------------------------------------------
+
+
+def server_properties(cfg: StackConfig) -> str:
+    """A single-node KRaft config; replication 1 for internal topics or groups and transactions hang."""
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers={cfg.host}:{cfg.controller_port}",
+            f"listeners=PLAINTEXT://{cfg.host}:{cfg.kafka_port},CONTROLLER://{cfg.host}:{cfg.controller_port}",
+            f"advertised.listeners=PLAINTEXT://{cfg.host}:{cfg.kafka_port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name=PLAINTEXT",
+            f"log.dirs={cfg.kafka_dir / 'data'}",
+            "num.partitions=1",
+            "default.replication.factor=1",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=10",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=10",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=false",
+            "log.cleaner.backoff.ms=1000",
+            "",
+        ]
+    )
+
+
+def broker_answers(bootstrap: str, timeout: float = 3.0) -> bool:
+    """True when the broker answers a metadata request (the only proof it is usable)."""
+    from confluent_kafka.admin import AdminClient  # imported late: status works without a broker
+
+    # log_level 0: a probe of a broker that is not up yet must not spam "Connection refused".
+    admin = AdminClient(
+        {"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000), "log_level": 0}
+    )
+    try:
+        meta = admin.list_topics(timeout=timeout)
+    except Exception:
+        return False
+    return bool(meta.brokers)
+
+
+def _format_storage(cfg: StackConfig, classpath: str, java: str) -> None:
+    data = cfg.kafka_dir / "data"
+    if (data / "meta.properties").exists():
+        return
+    data.mkdir(parents=True, exist_ok=True)
+    cluster_id_file = cfg.kafka_dir / "cluster.id"
+    if not cluster_id_file.exists():
+        # A Kafka cluster id is 16 random bytes, base64url without padding.
+        import base64
+
+        cluster_id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+    cmd = [
+        java, "-cp", classpath, f"-Dlog4j2.configurationFile={LOG4J2}",
+        "kafka.tools.StorageTool", "format",
+        "-t", cluster_id_file.read_text().strip(),
+        "-c", str(cfg.kafka_dir / "server.properties"),
+        "--standalone",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise StackError(f"formatting Kafka storage failed: {(proc.stdout + proc.stderr).strip()[-300:]}")
+
+
+def _check_ports(cfg: StackConfig, ports: Sequence[tuple[str, int]]) -> None:
+    for what, port in ports:
+        if port_in_use(cfg.host, port):
+            raise StackError(
+                f"port {port} on {cfg.host} ({what}) is already in use by another program; "
+                f"stop it or choose another port (PASSERELLE_{what.upper().replace(' ', '_')}_PORT)"
+            )
+
+
+def start_broker(cfg: StackConfig, progress: bool = True) -> tuple[int, bool]:
+    """Start the broker unless it already runs; returns (pid, started_now)."""
+    pid_file = cfg.kafka_dir / "broker.pid"
+    pid = _read_pid(pid_file, BROKER_MARKER)
+    if pid is not None:
+        if broker_answers(cfg.bootstrap):
+            return pid, False
+        _wait_broker(cfg, pid)
+        return pid, False
+    _check_ports(cfg, [("kafka", cfg.kafka_port), ("controller", cfg.controller_port)])
+    java = java_command()
+    cfg.kafka_dir.mkdir(parents=True, exist_ok=True)
+    if progress:
+        print(f"fetching Kafka jars (cached in {cfg.cache_dir}) ...", flush=True)
+    jars = ensure_jars(cfg.cache_dir, cfg.kafka_dir / "maven.log")
+    classpath = f"{jars}/*"
+    (cfg.kafka_dir / "server.properties").write_text(server_properties(cfg))
+    _format_storage(cfg, classpath, java)
+    log = cfg.kafka_dir / "broker.log"
+    cmd = [
+        java, f"-Xmx{cfg.broker_heap}", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={LOG4J2}", f"-Dkafka.logs.dir={cfg.kafka_dir}",
+        "-cp", classpath, "kafka.Kafka", str(cfg.kafka_dir / "server.properties"),
+    ]  # fmt: skip
+    if progress:
+        print(f"starting Kafka broker on {cfg.bootstrap} ...", flush=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    pid_file.write_text(str(proc.pid))
+    _wait_broker(cfg, proc.pid)
+    return proc.pid, True
+
+
+def _wait_broker(cfg: StackConfig, pid: int) -> None:
+    deadline = time.monotonic() + cfg.start_timeout
+    log = cfg.kafka_dir / "broker.log"
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            raise StackError(f"the Kafka broker exited during start-up; last log lines:\n{_tail(log)}")
+        if broker_answers(cfg.bootstrap, timeout=2.0):
+            return
+        time.sleep(0.5)
+    raise StackError(f"the Kafka broker did not answer on {cfg.bootstrap} within {cfg.start_timeout:.0f}s; see {log}")
+
+
+# --- registry ----------------------------------------------------------------
+
+
+def registry_answers(url: str, timeout: float = 2.0) -> bool:
+    """True when the registry answers ``GET /``."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + "/", timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except Exception:
+        return False
+
+
+def start_registry(cfg: StackConfig, progress: bool = True) -> tuple[int, bool] | None:
+    """Start the embedded registry unless it already runs; None when no command was given."""
+    if cfg.registry_command is None:
+        return None
+    pid_file = cfg.registry_dir / "registry.pid"
+    pid = _read_pid(pid_file, REGISTRY_MARKER)
+    if pid is not None and registry_answers(cfg.registry_url):
+        return pid, False
+    if pid is None:
+        _check_ports(cfg, [("registry", cfg.registry_port)])
+        cfg.registry_dir.mkdir(parents=True, exist_ok=True)
+        log = cfg.registry_dir / "registry.log"
+        env = {**os.environ, **cfg.registry_env}
+        if progress:
+            print(f"starting schema registry on {cfg.registry_url} ...", flush=True)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                list(cfg.registry_command),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        pid = proc.pid
+        pid_file.write_text(str(pid))
+    log = cfg.registry_dir / "registry.log"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            raise StackError(f"the schema registry exited during start-up; last log lines:\n{_tail(log)}")
+        if registry_answers(cfg.registry_url):
+            return pid, True
+        time.sleep(0.3)
+    raise StackError(f"the schema registry did not answer on {cfg.registry_url} within 60s; see {log}")
+
+
+# --- the stack as a whole -------------------------------------------------------
+
+
+def up(cfg: StackConfig, progress: bool = True) -> list[str]:
+    """Start what is not running; a second ``up`` is a no-op. Returns one line per component."""
+    lines = []
+    pid, started = start_broker(cfg, progress)
+    lines.append(f"kafka     {'started' if started else 'already running'} (pid {pid}) on {cfg.bootstrap}")
+    reg = start_registry(cfg, progress)
+    if reg is not None:
+        rpid, rstarted = reg
+        lines.append(
+            f"registry  {'started' if rstarted else 'already running'} (pid {rpid}) on {cfg.registry_url}"
+        )
+    return lines
+
+
+def down(cfg: StackConfig, purge: bool = False) -> list[str]:
+    """Stop the registry then the broker (clients first); ``purge`` also deletes the state folder."""
+    lines = []
+    for name, pid_file, marker in (
+        ("registry", cfg.registry_dir / "registry.pid", REGISTRY_MARKER),
+        ("kafka", cfg.kafka_dir / "broker.pid", BROKER_MARKER),
+    ):
+        pid = _read_pid(pid_file, marker)
+        if pid is None:
+            lines.append(f"{name:<9} not running")
+        else:
+            _stop_pid(pid)
+            lines.append(f"{name:<9} stopped (pid {pid})")
+        pid_file.unlink(missing_ok=True)
+    if purge and cfg.state_dir.exists():
+        shutil.rmtree(cfg.state_dir)
+        lines.append(f"purged    {cfg.state_dir}")
+    return lines
+
+
+def status(cfg: StackConfig) -> list[ComponentStatus]:
+    """Report each component: process alive and actually answering."""
+    out = []
+    bpid = _read_pid(cfg.kafka_dir / "broker.pid", BROKER_MARKER)
+    out.append(
+        ComponentStatus(
+            "kafka",
+            bpid,
+            bpid is not None,
+            bpid is not None and broker_answers(cfg.bootstrap),
+            cfg.bootstrap,
+            cfg.kafka_dir / "broker.log",
+        )
+    )
+    if cfg.registry_command is not None:
+        rpid = _read_pid(cfg.registry_dir / "registry.pid", REGISTRY_MARKER)
+        out.append(
+            ComponentStatus(
+                "registry",
+                rpid,
+                rpid is not None,
+                rpid is not None and registry_answers(cfg.registry_url),
+                cfg.registry_url,
+                cfg.registry_dir / "registry.log",
+            )
+        )
+    return out
