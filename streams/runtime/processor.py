@@ -1,0 +1,104 @@
+"""The processor contract: pure logic over decoded records and explicit state.
+
+A processor declares what it reads, writes and keeps; the runner does all the
+Kafka work. Logic never imports Kafka, so it is tested with plain lists, a
+``Context`` built by hand and a driven clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from streams.runtime.records import InRecord, OutRecord
+from streams.runtime.state import KeyValueStore, StoreSpec
+from streams.runtime.timers import TIMER_STORE, Timer, TimerService
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A compacted topic replicated whole into every instance (global-table style)."""
+
+    name: str
+    topic: str
+
+
+class DeadLetter(Exception):
+    """Raise from ``process_one`` to send the record to the dead-letter topic with this reason."""
+
+
+@dataclass
+class Context:
+    """What a processor sees of one input partition: its stores, the tables, timers, time."""
+
+    partition: int
+    stores: dict[str, KeyValueStore]
+    tables: Mapping[str, Mapping[str, Any]]
+    timers: TimerService
+    now_ms: int = 0
+    stream_time: int = -1
+    failures: list[tuple[InRecord, BaseException, str]] = field(default_factory=list)
+
+    def store(self, name: str) -> KeyValueStore:
+        return self.stores[name]
+
+    def table(self, name: str) -> Mapping[str, Any]:
+        return self.tables[name]
+
+    def now(self) -> int:
+        """Wall-clock time in UTC milliseconds, from the runner's (drivable) clock."""
+        return self.now_ms
+
+    def fail(self, record: InRecord, error: BaseException, stage: str = "process") -> None:
+        """Hand a record to the dead-letter topic; processing of the others goes on."""
+        self.failures.append((record, error, stage))
+
+
+class Processor:
+    """Base class: override ``process_one`` (or ``process`` for batch logic) and ``on_timer``."""
+
+    name: ClassVar[str] = "processor"
+    inputs: ClassVar[Sequence[str]] = ()
+    outputs: ClassVar[Sequence[str]] = ()
+    stores: ClassVar[Sequence[StoreSpec]] = ()
+    tables: ClassVar[Sequence[TableSpec]] = ()
+
+    def process(self, records: Sequence[InRecord], ctx: Context) -> Iterable[OutRecord]:
+        """Default batch handling: one record at a time, a failing record becomes a dead letter."""
+        out: list[OutRecord] = []
+        for record in records:
+            try:
+                produced = self.process_one(record, ctx)
+            except Exception as exc:
+                ctx.fail(record, exc)
+                continue
+            if produced:
+                out.extend(produced)
+        return out
+
+    def process_one(self, record: InRecord, ctx: Context) -> Iterable[OutRecord] | None:
+        raise NotImplementedError
+
+    def on_timer(self, timers: Sequence[Timer], ctx: Context) -> Iterable[OutRecord]:
+        """Emit on the absence of events; the default has no timers."""
+        return ()
+
+    def on_partition_restored(self, ctx: Context) -> None:
+        """Hook after a partition's state is restored (rebuild derived indexes here)."""
+
+
+def make_context(
+    processor: Processor,
+    partition: int,
+    tables: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Context:
+    """A context with empty stores: what the runner builds before restore, and what unit tests use."""
+    stores = {spec.name: KeyValueStore(spec, partition) for spec in processor.stores}
+    stores[TIMER_STORE.name] = KeyValueStore(TIMER_STORE, partition)
+    return Context(
+        partition=partition,
+        stores=stores,
+        tables=tables if tables is not None else {t.name: {} for t in processor.tables},
+        timers=TimerService(stores[TIMER_STORE.name]),
+    )

@@ -1,0 +1,608 @@
+"""The runner: a consumer-group member that feeds a processor and commits its effects.
+
+Per loop: consume a batch, decode it with the project serde, hand each input
+partition's records to the processor with that partition's state, encode and
+produce what it returns, fire due timers, and every commit interval write the
+changed state to the changelogs and commit. With exactly-once the outputs,
+the changelog writes, the dead letters and the consumed offsets form one Kafka
+transaction (``send_offsets_to_transaction``), committed per interval, never
+per record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
+from streams.runtime.config import RunnerConfig
+from streams.runtime.deadletter import dead_letter_headers
+from streams.runtime.metrics import RuntimeMetrics
+from streams.runtime.processor import Context, Processor, make_context
+from streams.runtime.records import InRecord, OutRecord
+from streams.runtime.state import StoreSpec
+from streams.runtime.tables import LookupTable
+from streams.runtime.timers import TIMER_STORE
+
+log = logging.getLogger(__name__)
+
+LATENCY_SAMPLE = 16  # records per batch whose event-to-emit latency is observed
+
+
+class FatalRuntimeError(Exception):
+    """The instance cannot go on (fenced, misconfigured): exit and let the supervisor restart it."""
+
+    user_error = True
+    exit_code = 5
+
+
+class Runner:
+    """Runs one ``Processor`` as a member of the consumer group ``config.app_id``."""
+
+    def __init__(self, processor: Processor, config: RunnerConfig, metrics: RuntimeMetrics | None = None) -> None:
+        self.processor = processor
+        self.config = config
+        self.metrics = metrics or RuntimeMetrics()
+        self._name = processor.name
+        self._stop = False
+        self._contexts: dict[int, Context] = {}
+        self._assigned: set[tuple[str, int]] = set()
+        self._positions: dict[tuple[str, int], int] = {}
+        self._uncommitted = False
+        self._last_commit = 0
+        self._tables: dict[str, LookupTable] = {}
+        self._stores: list[StoreSpec] = [*processor.stores, TIMER_STORE]
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._restore_consumer: Consumer | None = None
+        self._in_transaction = False
+        self.records_in = 0  # plain counts for tools and benchmarks; Prometheus has the labelled ones
+        self.records_out = 0
+        m = self.metrics
+        self._m_in = {t: m.records_in.labels(self._name, t) for t in processor.inputs}
+        self._m_out = {t: m.records_out.labels(self._name, t) for t in processor.outputs}
+        self._m_batch = m.batch_size.labels(self._name)
+        self._m_proc = m.processing_seconds.labels(self._name)
+        self._m_e2e = m.event_to_emit_seconds.labels(self._name)
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def stop(self, *_: Any) -> None:
+        """Ask the loop to finish its batch, commit and leave the group (signal-safe)."""
+        self._stop = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def run(self, max_seconds: float | None = None, until: Callable[[], bool] | None = None) -> None:
+        """Run until ``stop()``/SIGTERM, ``max_seconds`` or ``until()``, then commit and leave cleanly."""
+        self._setup()
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        try:
+            while not self._stop:
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                if until is not None and until():
+                    break
+                self.step()
+            self._commit()
+        finally:
+            self._close()
+
+    def step(self) -> None:
+        """One loop turn: consume, table updates, process, timers, maybe commit."""
+        assert self._consumer is not None
+        self._begin()
+        msgs = self._consumer.consume(self.config.batch_size, timeout=self.config.poll_timeout_s)
+        now = self.config.clock()
+        for table in self._tables.values():
+            table.poll()
+        if msgs:
+            self._handle(msgs, now)
+        self._fire_wall_timers(now)
+        if now - self._last_commit >= self.config.commit_interval_ms:
+            self._commit()
+
+    # --- set-up ---------------------------------------------------------------
+
+    def _setup(self) -> None:
+        cfg = self.config
+        if cfg.metrics_port is not None:
+            self.metrics.serve(cfg.metrics_port)
+        registry = SchemaRegistryClient({"url": cfg.schema_registry_url})
+        cache = SchemaCache(registry_fetcher(registry))
+        self._decode_value = AvroDecoder(cache).decode
+        self._decode_key = self._key_decoder(AvroDecoder(cache))
+        self._encoders: dict[str, AvroEncoder] = {}
+        self._key_encoders: dict[str, AvroEncoder] = {}
+        for topic in self.processor.outputs:
+            schema = cfg.output_schemas.get(topic)
+            if schema is None:
+                raise FatalRuntimeError(f"no value schema configured for output topic '{topic}'")
+            self._encoders[topic] = AvroEncoder.for_subject(
+                registry, f"{topic}-value", schema, cfg.auto_register_schemas
+            )
+            self._key_encoders[topic] = AvroEncoder.for_subject(
+                registry, f"{topic}-key", cfg.key_schema, cfg.auto_register_schemas
+            )
+        self._ensure_changelogs()
+        producer_conf: dict[str, Any] = {
+            "bootstrap.servers": cfg.bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "partitioner": "murmur2_random",  # same partitioning as Java producers and Kafka Connect
+            "queue.buffering.max.messages": 500_000,
+        }
+        if cfg.exactly_once:
+            producer_conf["transactional.id"] = cfg.transactional_id
+            producer_conf["transaction.timeout.ms"] = cfg.transaction_timeout_ms
+        producer_conf.update(cfg.producer_overrides)
+        self._producer = Producer(producer_conf)
+        if cfg.exactly_once:
+            try:
+                self._producer.init_transactions(60)
+            except KafkaException as exc:
+                raise FatalRuntimeError(f"cannot initialise transactions: {exc}") from exc
+            self._begin()
+        for spec in self.processor.tables:
+            table = LookupTable(
+                spec.name,
+                spec.topic,
+                cfg.bootstrap_servers,
+                self._decode_key,
+                self._decode_value,
+                on_error=self._table_dead_letter,
+            )
+            started = time.monotonic()
+            count = table.restore()
+            log.info("lookup table %s: %d records in %.2fs", spec.name, count, time.monotonic() - started)
+            self._tables[spec.name] = table
+        self._table_data = {name: t.data for name, t in self._tables.items()}
+        self._restore_consumer = Consumer(
+            {
+                "bootstrap.servers": cfg.bootstrap_servers,
+                "group.id": f"{cfg.app_id}-restore",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "isolation.level": "read_committed",
+            }
+        )
+        consumer_conf: dict[str, Any] = {
+            "bootstrap.servers": cfg.bootstrap_servers,
+            "group.id": cfg.app_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": cfg.assignment_strategy,
+            "session.timeout.ms": cfg.session_timeout_ms,
+        }
+        if cfg.static_membership:
+            consumer_conf["group.instance.id"] = cfg.transactional_id
+        consumer_conf.update(cfg.consumer_overrides)
+        self._consumer = Consumer(consumer_conf)
+        self._consumer.subscribe(
+            list(self.processor.inputs), on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )  # fmt: skip
+        self._last_commit = cfg.clock()
+
+    def _key_decoder(self, decoder: AvroDecoder) -> Any:
+        decode = decoder.decode
+
+        def decode_key(data: bytes | None) -> Any:
+            # Keys from other tools may be plain UTF-8; Confluent-framed keys start with magic byte 0.
+            if data is None:
+                return None
+            if len(data) >= 5 and data[0] == 0:
+                return decode(data)
+            return data.decode()
+
+        return decode_key
+
+    def _ensure_changelogs(self) -> None:
+        """Changelogs are compacted and co-partitioned with the input: partition p holds p's state."""
+        cfg = self.config
+        admin = AdminClient({"bootstrap.servers": cfg.bootstrap_servers})
+        meta = admin.list_topics(timeout=30)
+        partitions = 0
+        for topic in self.processor.inputs:
+            tmeta = meta.topics.get(topic)
+            if tmeta is None or tmeta.error is not None:
+                raise FatalRuntimeError(f"input topic '{topic}' does not exist (run `passerelle topics create`)")
+            partitions = max(partitions, len(tmeta.partitions))
+        for topic in (*self.processor.outputs, cfg.dead_letter_topic):
+            if topic not in meta.topics:
+                raise FatalRuntimeError(f"output topic '{topic}' does not exist (run `passerelle topics create`)")
+        missing = [
+            NewTopic(
+                spec.changelog_topic(cfg.app_id),
+                partitions,
+                cfg.changelog_replication,
+                config={"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
+            )
+            for spec in self._stores
+            if spec.changelog_topic(cfg.app_id) not in meta.topics
+        ]
+        if missing:
+            for topic, fut in admin.create_topics(missing).items():
+                try:
+                    fut.result(30)
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                        raise FatalRuntimeError(f"cannot create changelog {topic}: {exc}") from exc
+
+    # --- rebalance ------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._assigned.add((tp.topic, tp.partition))
+            if tp.partition not in self._contexts:
+                self._restore_partition(tp.partition)
+        log.info("%s assigned %s", self._name, sorted((tp.topic, tp.partition) for tp in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Commit everything processed so far before the partitions move on.
+        try:
+            self._commit()
+        except FatalRuntimeError:
+            raise
+        self._drop(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Partitions already belong to someone else: our uncommitted work must not land.
+        if self.config.exactly_once and self._in_transaction and self._producer is not None:
+            self._abort()
+        self._drop(partitions)
+
+    def _drop(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._assigned.discard((tp.topic, tp.partition))
+            self._positions.pop((tp.topic, tp.partition), None)
+        still = {p for _, p in self._assigned}
+        for tp in partitions:
+            if tp.partition not in still and self._contexts.pop(tp.partition, None) is not None:
+                for spec in self.processor.stores:
+                    self.metrics.state_keys.labels(self._name, spec.name).set(self._state_size(spec.name))
+
+    def _state_size(self, store: str) -> int:
+        return sum(len(ctx.stores[store]) for ctx in self._contexts.values())
+
+    def _restore_partition(self, partition: int) -> None:
+        """Rebuild a partition's stores from its changelog partitions before processing resumes."""
+        assert self._restore_consumer is not None
+        started = time.monotonic()
+        ctx = make_context(self.processor, partition, self._table_data)
+        topics = {spec.changelog_topic(self.config.app_id): ctx.stores[spec.name] for spec in self._stores}
+        rc = self._restore_consumer
+        rc.assign([TopicPartition(t, partition, OFFSET_BEGINNING) for t in topics])
+        pending = set(topics)
+        count = 0
+        deadline = time.monotonic() + 300
+        while pending:
+            if time.monotonic() > deadline:
+                raise FatalRuntimeError(f"restoring partition {partition} took more than 300 s")
+            batch: list[Any] = rc.consume(10_000, timeout=0.5)
+            for msg in batch:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(msg.topic())
+                        continue
+                    raise FatalRuntimeError(f"restoring {msg.topic()}[{partition}]: {err}")
+                topics[msg.topic()].restore(msg.key(), msg.value())
+                count += 1
+        rc.unassign()
+        ctx.timers.reload()
+        self.processor.on_partition_restored(ctx)
+        self._contexts[partition] = ctx
+        elapsed = time.monotonic() - started
+        self.metrics.restore_seconds.labels(self._name).observe(elapsed)
+        self.metrics.restored_records.labels(self._name).inc(count)
+        log.info("%s partition %d restored: %d changelog records in %.2fs", self._name, partition, count, elapsed)
+
+    # --- processing -----------------------------------------------------------
+
+    def _handle(self, msgs: list[Any], now: int) -> None:
+        started = time.perf_counter()
+        groups: dict[tuple[str, int], list[InRecord]] = {}
+        positions = self._positions
+        decode_key, decode_value = self._decode_key, self._decode_value
+        failures = 0
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise FatalRuntimeError(f"consumer error: {err}")
+                log.warning("consumer: %s", err)
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            positions[(topic, partition)] = offset + 1
+            raw_key, raw_value = msg.key(), msg.value()
+            try:
+                key = decode_key(raw_key)
+                value = None if raw_value is None else decode_value(raw_value)
+            except Exception as exc:
+                self._dead_letter_raw(topic, partition, offset, raw_key, raw_value, msg.headers(), exc, "deserialize")
+                failures += 1
+                continue
+            record = InRecord(
+                topic, partition, offset, msg.timestamp()[1], key, value, msg.headers(), raw_key, raw_value
+            )
+            group = groups.get((topic, partition))
+            if group is None:
+                groups[(topic, partition)] = [record]
+            else:
+                group.append(record)
+        self._uncommitted = True
+        for (topic, partition), records in groups.items():
+            self._m_in[topic].inc(len(records))
+            ctx = self._contexts.get(partition)
+            if ctx is None:  # assigned without restore should not happen; restore now to be safe
+                self._restore_partition(partition)
+                ctx = self._contexts[partition]
+            ctx.now_ms = now
+            latest = max(r.timestamp for r in records)
+            if latest > ctx.stream_time:
+                ctx.stream_time = latest
+            try:
+                outputs = self.processor.process(records, ctx)
+                self._emit(outputs)
+            except Exception as exc:
+                for record in records:
+                    self._dead_letter(record, exc, "process")
+                failures += len(records)
+            if ctx.failures:
+                for record, error, stage in ctx.failures:
+                    self._dead_letter(record, error, stage)
+                failures += len(ctx.failures)
+                ctx.failures.clear()
+            self._fire(ctx, "event", ctx.stream_time)
+            sample = records[-LATENCY_SAMPLE:]
+            emit_ms = self.config.clock()
+            for record in sample:
+                self._m_e2e.observe(max(0, emit_ms - record.timestamp) / 1000)
+        self.records_in += len(msgs)
+        self._m_batch.observe(len(msgs))
+        self._m_proc.observe(time.perf_counter() - started)
+        self.config.error_budget.record(len(msgs), failures)
+        assert self._producer is not None
+        self._producer.poll(0)
+
+    def _emit(self, outputs: Iterable[OutRecord]) -> None:
+        produce = self._producer.produce  # type: ignore[union-attr]
+        encoders, key_encoders = self._encoders, self._key_encoders
+        per_topic: dict[str, int] = {}
+        for out in outputs:
+            topic = out.topic
+            encoder = encoders.get(topic)
+            if encoder is None:
+                raise FatalRuntimeError(f"processor {self._name} emitted to undeclared topic '{topic}'")
+            value = None if out.value is None else encoder.encode(out.value)
+            key = None if out.key is None else key_encoders[topic].encode(out.key)
+            try:
+                if out.partition is None and out.timestamp is None and not out.headers:
+                    produce(topic, value, key)
+                else:
+                    produce(topic, value, key, **self._produce_kwargs(out))
+            except BufferError:
+                self._produce(produce, topic, value, key, self._produce_kwargs(out))
+            per_topic[topic] = per_topic.get(topic, 0) + 1
+        for topic, count in per_topic.items():
+            self._m_out[topic].inc(count)
+            self.records_out += count
+
+    @staticmethod
+    def _produce_kwargs(out: OutRecord) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if out.partition is not None:
+            kwargs["partition"] = out.partition
+        if out.timestamp is not None:
+            kwargs["timestamp"] = out.timestamp
+        if out.headers:
+            kwargs["headers"] = out.headers
+        return kwargs
+
+    def _produce(
+        self, produce: Any, topic: str, value: bytes | None, key: bytes | None, kwargs: dict[str, Any]
+    ) -> None:
+        while True:
+            try:
+                produce(topic, value, key, **kwargs)
+                return
+            except BufferError:
+                self._producer.poll(0.05)  # type: ignore[union-attr]
+
+    def _fire_wall_timers(self, now: int) -> None:
+        for ctx in list(self._contexts.values()):
+            ctx.now_ms = now
+            self._fire(ctx, "wall", now)
+
+    def _fire(self, ctx: Context, kind: Any, now: int) -> None:
+        due = ctx.timers.due(kind, now)
+        if not due:
+            return
+        self._uncommitted = True
+        self.metrics.timers_fired.labels(self._name, kind).inc(len(due))
+        try:
+            self._emit(self.processor.on_timer(due, ctx))
+        except FatalRuntimeError:
+            raise
+        except Exception as exc:
+            log.exception("%s on_timer failed for %d timers: %s", self._name, len(due), exc)
+            self.metrics.dead_letters.labels(self._name, "timer").inc(len(due))
+
+    # --- dead letters ---------------------------------------------------------
+
+    def _dead_letter(self, record: InRecord, error: BaseException, stage: str) -> None:
+        self._dead_letter_raw(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.raw_key,
+            record.raw_value,
+            record.headers,
+            error,
+            stage,
+        )
+
+    def _dead_letter_raw(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None,
+        error: BaseException,
+        stage: str,
+    ) -> None:
+        hdrs = dead_letter_headers(
+            topic=topic, partition=partition, offset=offset, stage=stage, error=error,
+            processor=self._name, original=list(headers or []),
+        )  # fmt: skip
+        self._produce(self._producer.produce, self.config.dead_letter_topic, value, key, {"headers": hdrs})  # type: ignore[union-attr]
+        self.metrics.dead_letters.labels(self._name, stage).inc()
+        log.debug("dead letter %s[%d]@%d (%s): %s", topic, partition, offset, stage, error)
+
+    def _table_dead_letter(self, topic: str, key: bytes | None, value: bytes | None, error: BaseException) -> None:
+        if self._producer is not None:
+            self._dead_letter_raw(topic, -1, -1, key, value, None, error, "table")
+
+    # --- commit -----------------------------------------------------------------
+
+    def _begin(self) -> None:
+        if self.config.exactly_once and not self._in_transaction:
+            assert self._producer is not None
+            self._producer.begin_transaction()
+            self._in_transaction = True
+
+    def _write_changelogs(self) -> bool:
+        produce = self._producer.produce  # type: ignore[union-attr]
+        wrote = False
+        app = self.config.app_id
+        for partition, ctx in self._contexts.items():
+            for spec in self._stores:
+                changes = ctx.stores[spec.name].take_changes()
+                if not changes:
+                    continue
+                wrote = True
+                topic = spec.changelog_topic(app)
+                for key, value in changes:
+                    self._produce(produce, topic, value, key, {"partition": partition})
+        return wrote
+
+    def _commit(self) -> None:
+        """Flush state, outputs and offsets together; per interval, never per record."""
+        if self._producer is None or self._consumer is None:
+            return
+        self._last_commit = self.config.clock()
+        self._begin()
+        wrote = self._write_changelogs()
+        if not (self._uncommitted or wrote):
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items() if (t, p) in self._assigned]
+        if self.config.exactly_once:
+            self._commit_transaction(offsets)
+        else:
+            remaining = self._producer.flush(60)
+            if remaining:
+                raise FatalRuntimeError(f"{remaining} records not acknowledged by the broker within 60 s")
+            if offsets:
+                try:
+                    self._consumer.commit(offsets=offsets, asynchronous=False)
+                except KafkaException as exc:
+                    log.warning("offset commit failed (records will be re-processed): %s", exc)
+        self._uncommitted = False
+        self.metrics.commits.labels(self._name).inc()
+        for spec in self.processor.stores:
+            self.metrics.state_keys.labels(self._name, spec.name).set(self._state_size(spec.name))
+        self._update_lag()
+
+    def _commit_transaction(self, offsets: list[TopicPartition]) -> None:
+        producer, consumer = self._producer, self._consumer
+        assert producer is not None and consumer is not None
+        try:
+            if offsets:
+                producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 60)
+            producer.commit_transaction(60)
+            self._in_transaction = False
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.txn_requires_abort():
+                log.warning("transaction must abort (%s): rewinding to the last commit", err)
+                self._abort()
+                self._rewind()
+            elif err.retriable():
+                producer.commit_transaction(60)
+                self._in_transaction = False
+            else:
+                raise FatalRuntimeError(f"transaction failed fatally (fenced by a newer instance?): {err}") from exc
+        self._begin()
+
+    def _abort(self) -> None:
+        assert self._producer is not None
+        try:
+            self._producer.abort_transaction(60)
+        except KafkaException as exc:
+            raise FatalRuntimeError(f"cannot abort transaction: {exc}") from exc
+        self._in_transaction = False
+        self.metrics.aborts.labels(self._name).inc()
+
+    def _rewind(self) -> None:
+        """After an abort: state back to the changelog, positions back to the committed offsets."""
+        assert self._consumer is not None
+        assigned = [TopicPartition(t, p) for t, p in self._assigned]
+        partitions = {p for _, p in self._assigned}
+        self._contexts.clear()
+        for p in partitions:
+            self._restore_partition(p)
+        committed = self._consumer.committed(assigned, timeout=30)
+        for tp in committed:
+            self._positions.pop((tp.topic, tp.partition), None)
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def _update_lag(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        for (topic, partition), position in list(self._positions.items()):
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                self.metrics.consumer_lag.labels(self._name, topic, str(partition)).set(max(0, high - position))
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close()  # leaves the group; revoke callback commits what is pending
+            except Exception as exc:
+                log.warning("closing consumer: %s", exc)
+        if self._producer is not None:
+            if self.config.exactly_once and self._in_transaction:
+                with contextlib.suppress(KafkaException):
+                    self._producer.abort_transaction(10)  # empty by now: everything was committed
+            self._producer.flush(30)
+        if self._restore_consumer is not None:
+            self._restore_consumer.close()
+        for table in self._tables.values():
+            table.close()

@@ -1,0 +1,108 @@
+"""Keyed state per input partition, with coalesced changelog writes.
+
+A store is a dict that remembers which keys changed since the last commit.
+At commit the runner writes one changelog record per changed key (the last
+value, or a tombstone), inside the same transaction as the outputs: state that
+changes on every hit costs one changelog record per key per commit interval,
+not one per hit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+_DELETED = object()
+
+
+def json_dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def json_loads(data: bytes) -> Any:
+    return json.loads(data)
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """A state store a processor declares; its changelog is ``<app>-<name>-changelog``."""
+
+    name: str
+    encode: Callable[[Any], bytes] = json_dumps
+    decode: Callable[[bytes], Any] = json_loads
+
+    def changelog_topic(self, app_id: str) -> str:
+        return f"{app_id}-{self.name}-changelog"
+
+
+class KeyValueStore:
+    """In-memory store for one partition; string keys, JSON-able values by default."""
+
+    __slots__ = ("_data", "_dirty", "name", "partition", "spec")
+
+    def __init__(self, spec: StoreSpec, partition: int) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.partition = partition
+        self._data: dict[str, Any] = {}
+        self._dirty: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._data))
+
+    def items(self) -> list[tuple[str, Any]]:
+        return list(self._data.items())
+
+    def put(self, key: str, value: Any) -> None:
+        """Set a value; the store keeps the object, so mutate then ``put`` again to mark it changed."""
+        self._data[key] = value
+        self._dirty[key] = value
+
+    __setitem__ = put
+
+    def delete(self, key: str) -> None:
+        if key in self._data:
+            del self._data[key]
+        self._dirty[key] = _DELETED
+
+    def __delitem__(self, key: str) -> None:
+        self.delete(key)
+
+    # --- runner side ---------------------------------------------------------
+
+    def take_changes(self) -> list[tuple[bytes, bytes | None]]:
+        """Changelog records for keys changed since the last call (last value wins)."""
+        if not self._dirty:
+            return []
+        encode = self.spec.encode
+        out = [(key.encode(), None if value is _DELETED else encode(value)) for key, value in self._dirty.items()]
+        self._dirty.clear()
+        return out
+
+    def has_changes(self) -> bool:
+        return bool(self._dirty)
+
+    def restore(self, key: bytes, value: bytes | None) -> None:
+        """Apply one changelog record (restore does not mark keys dirty)."""
+        k = key.decode()
+        if value is None:
+            self._data.pop(k, None)
+        else:
+            self._data[k] = self.spec.decode(value)
+
+    def discard_changes(self) -> None:
+        self._dirty.clear()
