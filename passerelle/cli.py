@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "passerelle.commands.schemas",
     "passerelle.commands.topics",
     "passerelle.commands.demo",
+    "passerelle.commands.bench",
 )
 
 
@@ -50,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.debug:
+        # HTTP clients log every request at INFO; only our own INFO lines help a user.
+        for noisy in ("httpx", "httpx2", "httpcore", "uvicorn.access", "aiokafka", "faust", "mode"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

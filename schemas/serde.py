@@ -41,7 +41,7 @@ def parse(schema_text: str | Mapping[str, Any] | list[Any]) -> FastavroSchema:
     """Parse a schema once; names resolve inside the one text (files are self-contained)."""
     raw = json.loads(schema_text) if isinstance(schema_text, str) else schema_text
     try:
-        return fastavro.parse_schema(raw)
+        return fastavro.parse_schema(raw)  # type: ignore[arg-type]
     except Exception as exc:
         raise ContractError(f"invalid Avro schema: {exc}") from exc
 
@@ -142,6 +142,11 @@ class AvroEncoder:
         self.schema_text = schema_text
         self.schema = parse(schema_text)
         self._header = HEADER.pack(MAGIC_BYTE, schema_id)
+
+    @property
+    def header(self) -> bytes:
+        """The 5-byte Confluent prefix of every record this encoder writes."""
+        return self._header
 
     @classmethod
     def for_subject(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from passerelle.errors import PasserelleError
 from passerelle.settings import load
-from schemas.catalog import Catalog, TopicSpec, load_catalog, load_schema_text
+from schemas.catalog import Catalog, TopicSpec, load_catalog
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,10 @@ def subject_plans(catalog: Catalog, topics: list[str] | None = None) -> list[Sub
     specs: list[TopicSpec] = [catalog.topic(t) for t in topics] if topics else list(catalog.topics)
     plans = []
     for spec in specs:
+        if not spec.registered:
+            continue
         for subject, stem in ((spec.key_subject, spec.key_schema), (spec.value_subject, spec.value_schema)):
-            plans.append(SubjectPlan(subject, stem, load_schema_text(stem), spec.compatibility))
+            plans.append(SubjectPlan(subject, stem, catalog.schema_text(stem), spec.compatibility))
     return plans
 
 
@@ -111,7 +113,7 @@ def check(url: str, plans: list[SubjectPlan]) -> tuple[list[str], int]:
 def _register(args: argparse.Namespace) -> int:
     settings = load()
     url = args.url or settings.schema_registry_url
-    for line in register(url, subject_plans(load_catalog(), args.topics or None)):
+    for line in register(url, subject_plans(load_catalog(settings.catalog), args.topics or None)):
         print(line)
     return 0
 
@@ -119,7 +121,7 @@ def _register(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     settings = load()
     url = args.url or settings.schema_registry_url
-    lines, failures = check(url, subject_plans(load_catalog(), args.topics or None))
+    lines, failures = check(url, subject_plans(load_catalog(settings.catalog), args.topics or None))
     for line in lines:
         print(line)
     if failures:

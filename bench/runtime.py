@@ -1,0 +1,245 @@
+"""Runtime benchmark: the same enrichment job four ways, side by side in one run.
+
+    (a) raw   the plain confluent-kafka batch loop (the ceiling)
+    (b) alo   a passerelle processor, at-least-once
+    (c) eos   a passerelle processor, exactly-once (transactions per commit interval)
+    (d) faust a plain faust-streaming agent
+
+Throughput: N hits are produced once; each worker (its own process, its own
+consumer group and output topic) drains them, ``--rounds`` times in
+interleaved order; medians are reported. Latency: each worker then runs on a
+fresh topic fed at a fixed, modest rate; event-to-emit latency is the output
+record's CreateTime minus the hit's ``event_time`` (set when it was produced).
+The last line reads ``ratios: alo=<b/a> eos=<c/a> faust=<d/a>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from bench.job import HIT_SCHEMA, hit, visitor
+from schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
+
+IMPLS = ("raw", "alo", "eos", "faust")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Result:
+    rates: list[float] = field(default_factory=list)
+    rss_mb: list[float] = field(default_factory=list)
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+
+
+def create(bootstrap: str, *topics: str, partitions: int = 6) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for fut in admin.create_topics([NewTopic(t, partitions, 1) for t in topics]).values():
+        fut.result(30)
+
+
+def delete(bootstrap: str, topics: Sequence[str]) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for fut in admin.delete_topics(list(topics)).values():
+        with contextlib.suppress(Exception):
+            fut.result(30)
+
+
+def produce_hits(bootstrap: str, registry: str, topic: str, start: int, count: int, rate: float | None = None) -> None:
+    client = SchemaRegistryClient({"url": registry})
+    value_enc = AvroEncoder.for_subject(client, f"{topic}-value", HIT_SCHEMA)
+    key_enc = AvroEncoder.for_subject(client, f"{topic}-key", '"string"')
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 0 if rate else 20,
+            "partitioner": "murmur2_random",
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
+    t0 = time.perf_counter()
+    for i in range(start, start + count):
+        if rate:
+            wait = t0 + (i - start) / rate - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+        record = hit(i, time.time_ns() // 1_000_000)
+        while True:
+            try:
+                producer.produce(topic, value_enc.encode(record), key_enc.encode(visitor(i * 7919)))
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if rate:
+            producer.poll(0)
+    producer.flush(120)
+
+
+def run_worker(impl: str, args: argparse.Namespace, input_topic: str, records: int, tag: str) -> dict[str, Any]:
+    output = f"bench.out.{impl}.{tag}"
+    create(args.bootstrap, output)
+    cmd = [
+        sys.executable, "-m", "bench.workers", impl, "--bootstrap", args.bootstrap, "--registry", args.registry,
+        "--input", input_topic, "--output", output, "--group", f"bench-{impl}-{tag}", "--records", str(records),
+        "--dlq", args.dlq, "--commit-ms", str(args.commit_ms),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{impl} worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["output"] = output
+    return result
+
+
+def latency_run(impl: str, args: argparse.Namespace, tag: str) -> tuple[float, float]:
+    """Feed a fresh topic at ``args.rate`` while the worker runs; percentiles of CreateTime - event_time."""
+    topic = f"bench.lat.{impl}.{tag}"
+    create(args.bootstrap, topic)
+    count = int(args.rate * args.latency_seconds)
+    output = f"bench.out.{impl}.{tag}"
+    create(args.bootstrap, output)
+    cmd = [
+        sys.executable, "-m", "bench.workers", impl, "--bootstrap", args.bootstrap, "--registry", args.registry,
+        "--input", topic, "--output", output, "--group", f"bench-lat-{impl}-{tag}", "--records", str(count + 1),
+        "--dlq", args.dlq, "--commit-ms", str(args.commit_ms),
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = SchemaRegistryClient({"url": args.registry})
+    decoder = AvroDecoder(SchemaCache(registry_fetcher(client)))
+    consumer = Consumer(
+        {"bootstrap.servers": args.bootstrap, "group.id": f"lat-reader-{tag}-{impl}", "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([output])
+    # One warm-up hit: the worker is ready (assigned, schemas registered) once it comes out.
+    produce_hits(args.bootstrap, args.registry, topic, 0, 1)
+    deadline = time.monotonic() + 120
+    seen = 0
+    while not seen and time.monotonic() < deadline:
+        seen += len([m for m in consumer.consume(100, timeout=0.5) if not m.error()])
+    produce_hits(args.bootstrap, args.registry, topic, 1, count, rate=args.rate)
+    latencies: list[float] = []
+    deadline = time.monotonic() + 120
+    while len(latencies) < count and time.monotonic() < deadline:
+        for msg in consumer.consume(5000, timeout=0.5):
+            if msg.error():
+                continue
+            value = decoder.decode(msg.value())
+            latencies.append(msg.timestamp()[1] - value["event_time"])
+    consumer.close()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    delete(args.bootstrap, [topic, output])
+    if len(latencies) < 2:
+        return float("nan"), float("nan")
+    q = statistics.quantiles(latencies, n=100)
+    return q[49], q[98]
+
+
+def run(args: argparse.Namespace) -> dict[str, Result]:
+    tag = uuid.uuid4().hex[:6]
+    input_topic = f"bench.hits.{tag}"
+    create(args.bootstrap, input_topic)
+    if args.dlq not in AdminClient({"bootstrap.servers": args.bootstrap}).list_topics(timeout=10).topics:
+        create(args.bootstrap, args.dlq, partitions=1)
+    print(f"producing {args.records} hits to {input_topic} ...", file=sys.stderr, flush=True)
+    produce_hits(args.bootstrap, args.registry, input_topic, 0, args.records)
+    results = {impl: Result() for impl in IMPLS}
+    impls = [i for i in IMPLS if i not in args.skip]
+    for round_ in range(args.rounds):
+        order = impls if round_ % 2 == 0 else list(reversed(impls))
+        for impl in order:
+            records = min(args.records, args.faust_records) if impl == "faust" else args.records
+            res = run_worker(impl, args, input_topic, records, f"{tag}-{round_}")
+            rate = res["records"] / res["elapsed"]
+            results[impl].rates.append(rate)
+            results[impl].rss_mb.append(res["peak_rss_mb"])
+            print(f"round {round_ + 1} {impl:<5} {rate:>10,.0f} events/s", file=sys.stderr, flush=True)
+            delete(args.bootstrap, [res["output"]])
+    if args.rate > 0:
+        for impl in impls:
+            p50, p99 = latency_run(impl, args, f"{tag}-lat")
+            results[impl].p50_ms, results[impl].p99_ms = p50, p99
+            print(f"latency {impl:<5} p50 {p50:.1f} ms p99 {p99:.1f} ms", file=sys.stderr, flush=True)
+    delete(args.bootstrap, [input_topic])
+    return results
+
+
+def report(results: dict[str, Result], args: argparse.Namespace) -> str:
+    raw = statistics.median(results["raw"].rates) if results["raw"].rates else float("nan")
+    labels = {
+        "raw": "(a) raw confluent-kafka loop",
+        "alo": "(b) passerelle at-least-once",
+        "eos": "(c) passerelle exactly-once",
+        "faust": "(d) faust-streaming agent",
+    }
+    lines = [
+        f"runtime bench: {args.records} hits, {args.rounds} round(s), medians; "
+        f"latency at {args.rate:.0f} hits/s for {args.latency_seconds:.0f} s; commit interval {args.commit_ms} ms",
+        f"{'implementation':<32}{'events/s':>12}{'x raw':>8}{'p50 ms':>9}{'p99 ms':>9}{'peak RSS MB':>13}",
+    ]
+    ratios: dict[str, float] = {}
+    for impl in IMPLS:
+        r = results[impl]
+        if not r.rates:
+            continue
+        rate = statistics.median(r.rates)
+        ratios[impl] = rate / raw
+        p50 = f"{r.p50_ms:.1f}" if r.p50_ms is not None else "-"
+        p99 = f"{r.p99_ms:.1f}" if r.p99_ms is not None else "-"
+        lines.append(f"{labels[impl]:<32}{rate:>12,.0f}{ratios[impl]:>8.2f}{p50:>9}{p99:>9}{max(r.rss_mb):>13.0f}")
+    faust = ratios.get("faust", float("nan"))
+    alo, eos = ratios.get("alo", float("nan")), ratios.get("eos", float("nan"))
+    lines.append(f"alo/faust={alo / faust:.1f}x eos/faust={eos / faust:.1f}x")
+    lines.append(
+        f"ratios: alo={ratios.get('alo', float('nan')):.2f} eos={ratios.get('eos', float('nan')):.2f} faust={faust:.3f}"
+    )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``python -m bench.runtime`` and ``passerelle bench runtime``."""
+    parser.add_argument("--records", type=int, default=200_000, help="hits to process per run (default 200000)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians reported (default 3)")
+    parser.add_argument(
+        "--faust-records", type=int, default=30_000, help="cap for the (slow) Faust agent's runs (default 30000)"
+    )
+    parser.add_argument("--rate", type=float, default=1000, help="hits/s for the latency runs; 0 skips them")
+    parser.add_argument("--latency-seconds", type=float, default=5, help="length of each latency run (default 5)")
+    parser.add_argument("--commit-ms", type=int, default=100, help="passerelle commit interval (default 100)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=IMPLS, help="implementations to leave out")
+    parser.add_argument("--dlq", default="errors.deadletters", help="dead-letter topic for the processors")
+    parser.add_argument("--timeout", type=float, default=900, help="per-worker timeout in seconds")
+
+
+def main(argv: Sequence[str] | None = None, bootstrap: str | None = None, registry: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.runtime", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--bootstrap", default=bootstrap or "127.0.0.1:9092")
+    parser.add_argument("--registry", default=registry or "http://127.0.0.1:8081")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    print(report(run(args), args), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

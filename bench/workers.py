@@ -1,0 +1,207 @@
+"""One benchmark worker per implementation, each run as its own process.
+
+    python -m bench.workers raw|alo|eos|faust --bootstrap B --registry R --input T --output O --records N
+
+A worker processes until it has produced ``N`` outputs, then prints one JSON
+line: elapsed seconds from the first record consumed to the last output
+acknowledged, and peak RSS. Separate processes keep RSS and GC honest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import resource
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from bench.job import ENRICHED_SCHEMA, HIT_SCHEMA, crm_table, join
+
+
+def _report(started: float, records: float) -> None:
+    elapsed = time.perf_counter() - started
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"elapsed": elapsed, "records": records, "peak_rss_mb": rss_kb / 1024}), flush=True)
+
+
+def _registry_ids(registry: str, output: str) -> tuple[Any, Any, Any]:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from schemas.serde import AvroEncoder
+
+    client = SchemaRegistryClient({"url": registry})
+    value_enc = AvroEncoder.for_subject(client, f"{output}-value", ENRICHED_SCHEMA)
+    key_enc = AvroEncoder.for_subject(client, f"{output}-key", '"string"')
+    return client, value_enc, key_enc
+
+
+def run_raw(args: argparse.Namespace) -> None:
+    """(a) The plain confluent-kafka batch loop, fastavro schemaless, no framework."""
+    import fastavro
+    from confluent_kafka import Consumer, Producer
+
+    _, value_enc, _ = _registry_ids(args.registry, args.output)
+    reader = fastavro.parse_schema(json.loads(HIT_SCHEMA))
+    writer = value_enc.schema
+    header = value_enc.header
+    crm = crm_table()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "group.id": args.group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    producer = Producer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "queue.buffering.max.messages": 500_000,
+        }
+    )
+    consumer.subscribe([args.input])
+    done, started = 0, 0.0
+    schemaless_reader, schemaless_writer = fastavro.schemaless_reader, fastavro.schemaless_writer
+    while done < args.records:
+        msgs = consumer.consume(5000, timeout=0.5)
+        if not msgs:
+            continue
+        if not started:
+            started = time.perf_counter()
+        for msg in msgs:
+            if msg.error():
+                continue
+            value: Any = schemaless_reader(io.BytesIO(msg.value()[5:]), reader, None)  # type: ignore[index]
+            out = io.BytesIO()
+            out.write(header)
+            schemaless_writer(out, writer, join(value, crm))
+            while True:
+                try:
+                    producer.produce(args.output, out.getvalue(), msg.key())
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            done += 1
+        producer.poll(0)
+        consumer.commit(asynchronous=True)
+    producer.flush(60)
+    _report(started, done)
+    consumer.close()
+
+
+def run_runtime(args: argparse.Namespace, exactly_once: bool) -> None:
+    """(b)/(c) The same job as a passerelle processor on the runtime."""
+    from streams.runtime import Context, InRecord, OutRecord, Processor, Runner, RunnerConfig
+
+    crm = crm_table()
+    output = args.output
+
+    class Enrich(Processor):
+        name = "bench-enrich"
+        inputs = (args.input,)
+        outputs = (output,)
+
+        def process(self, records: Sequence[InRecord], ctx: Context) -> Iterable[OutRecord]:
+            return [OutRecord(output, r.key, join(r.value, crm)) for r in records]
+
+    runner = Runner(
+        Enrich(),
+        RunnerConfig(
+            app_id=args.group,
+            bootstrap_servers=args.bootstrap,
+            schema_registry_url=args.registry,
+            output_schemas={output: ENRICHED_SCHEMA},
+            exactly_once=exactly_once,
+            batch_size=5000,
+            commit_interval_ms=args.commit_ms,
+            dead_letter_topic=args.dlq,
+        ),
+    )
+    started = 0.0
+
+    def done() -> bool:
+        nonlocal started
+        if not started and runner.records_in:
+            started = time.perf_counter()
+        return runner.records_out >= args.records
+
+    runner.run(until=done)  # returns after the final commit (flush + offsets or transaction)
+    _report(started or time.perf_counter(), runner.records_out)
+
+
+def run_faust(args: argparse.Namespace) -> None:
+    """(d) The same job as a plain faust-streaming agent, one ``await send`` per event."""
+    import logging
+    import os
+
+    import fastavro
+    import faust
+
+    logging.disable(logging.INFO)
+    _, value_enc, _ = _registry_ids(args.registry, args.output)
+    reader = fastavro.parse_schema(json.loads(HIT_SCHEMA))
+    writer = value_enc.schema
+    header = value_enc.header
+    crm = crm_table()
+    app = faust.App(
+        args.group,
+        broker=f"kafka://{args.bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_disable_leader=True,
+        web_enabled=False,
+        store="memory://",
+        producer_acks=-1,
+    )
+    source = app.topic(args.input, value_type=bytes, key_type=bytes)
+    sink = app.topic(args.output, value_type=bytes, key_type=bytes)
+    state = {"done": 0, "started": 0.0}
+
+    @app.agent(source)
+    async def enrich(stream: Any) -> None:
+        async for key, value in stream.items():
+            if not state["started"]:
+                state["started"] = time.perf_counter()
+            record: Any = fastavro.schemaless_reader(io.BytesIO(value[5:]), reader, None)
+            out = io.BytesIO()
+            out.write(header)
+            fastavro.schemaless_writer(out, writer, join(record, crm))
+            await sink.send(key=key, value=out.getvalue())
+            state["done"] += 1
+            if state["done"] >= args.records:
+                await app.producer.flush()
+                _report(state["started"], state["done"])
+                os._exit(0)
+
+    worker = faust.Worker(app, loglevel="WARNING", redirect_stdouts=False)
+    worker.execute_from_commandline()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.workers")
+    parser.add_argument("impl", choices=["raw", "alo", "eos", "faust"])
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--registry", required=True)
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--dlq", default="errors.deadletters")
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--records", type=int, required=True)
+    parser.add_argument("--commit-ms", type=int, default=100)
+    args = parser.parse_args(argv)
+    if args.impl == "raw":
+        run_raw(args)
+    elif args.impl == "faust":
+        run_faust(args)
+    else:
+        run_runtime(args, exactly_once=args.impl == "eos")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

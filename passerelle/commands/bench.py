@@ -1,0 +1,45 @@
+"""``passerelle bench runtime``: the side-by-side runtime benchmark against the configured stack."""
+
+from __future__ import annotations
+
+import argparse
+
+from passerelle.settings import load
+
+
+def _runtime(args: argparse.Namespace) -> int:
+    from bench import runtime
+
+    settings = load()
+    argv = [
+        "--bootstrap", settings.bootstrap_servers, "--registry", settings.schema_registry_url,
+        "--records", str(args.records), "--rounds", str(args.rounds), "--faust-records", str(args.faust_records),
+        "--rate", str(args.rate), "--latency-seconds", str(args.latency_seconds), "--commit-ms", str(args.commit_ms),
+        "--dlq", args.dlq, "--timeout", str(args.timeout),
+    ]  # fmt: skip
+    if args.skip:
+        argv += ["--skip", *args.skip]
+    return runtime.main(argv)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``bench runtime``."""
+    from bench import runtime
+
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks, printed side by side (ours vs raw confluent-kafka vs faust)",
+        description="Benchmarks that print figures and ratios measured side by side in one run. "
+        "They run against PASSERELLE_BOOTSTRAP_SERVERS / PASSERELLE_SCHEMA_REGISTRY_URL (start the local "
+        "stack with `passerelle up`), create their own topics and delete them afterwards.",
+    )
+    bsub = p.add_subparsers(dest="bench_command", metavar="BENCH")
+    bsub.required = True
+    q = bsub.add_parser(
+        "runtime",
+        help="raw confluent-kafka loop vs passerelle at-least-once / exactly-once vs a faust agent",
+        description=runtime.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    runtime.add_arguments(q)
+    q.set_defaults(func=_runtime)

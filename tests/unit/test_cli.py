@@ -1,0 +1,110 @@
+"""The command line as a user meets it: help everywhere, one-line errors, no tracebacks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PASSERELLE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "passerelle", *args],
+        capture_output=True,
+        text=True,
+        env={**base, **(env or {})},
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+COMMANDS = [
+    ["up"], ["down"], ["status"], ["registry"], ["schemas"], ["schemas", "register"], ["schemas", "check"],
+    ["topics"], ["topics", "create"], ["topics", "list"], ["demo"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))
+def test_every_command_has_help(command: list[str]) -> None:
+    proc = run(*command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: passerelle")
+    assert len(proc.stdout.splitlines()) > 3
+
+
+def test_top_level_help_lists_the_commands() -> None:
+    out = run("--help").stdout
+    for name in ("up", "down", "status", "registry", "schemas", "topics", "demo"):
+        assert f"    {name}" in out
+
+
+def test_unknown_setting_is_rejected_by_name() -> None:
+    proc = run("status", env={"PASSERELLE_KAFAK_PORT": "1"})
+    assert_one_line_error(proc, "PASSERELLE_KAFAK_PORT")
+
+
+def test_broker_not_reachable_is_one_line(tmp_path: Path) -> None:
+    proc = run("topics", "create", env={"PASSERELLE_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert_one_line_error(proc, "127.0.0.1:1")
+
+
+def test_registry_not_reachable_is_one_line() -> None:
+    proc = run("schemas", "check", env={"PASSERELLE_SCHEMA_REGISTRY_URL": "http://127.0.0.1:1"})
+    assert_one_line_error(proc, "http://127.0.0.1:1")
+
+
+def test_unknown_topic_is_one_line() -> None:
+    proc = run("topics", "create", "no.such.topic", env={"PASSERELLE_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert_one_line_error(proc, "no.such.topic")
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_port_already_taken_is_one_line(tmp_path: Path, busy_port: int) -> None:
+    proc = run(
+        "up",
+        env={"PASSERELLE_STATE_DIR": str(tmp_path / "state"), "PASSERELLE_KAFKA_PORT": str(busy_port)},
+    )
+    assert_one_line_error(proc, f"port {busy_port}", "already in use")
+    assert not (tmp_path / "state" / "kafka" / "broker.pid").exists()
+
+
+def test_malformed_avsc_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(ROOT / "schemas", tmp_path / "schemas", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    (tmp_path / "schemas" / "avro" / "Hit.avsc").write_text('{"type": "record", "name": "Hit", "fields": [')
+    proc = run("topics", "list", env={"PASSERELLE_CATALOG": str(tmp_path / "schemas" / "catalog.toml")})
+    assert_one_line_error(proc, "Hit.avsc")
+
+
+def test_debug_shows_the_traceback() -> None:
+    proc = run("--debug", "topics", "create", "no.such.topic")
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr
