@@ -43,6 +43,9 @@ class PasserelleSettings(BaseSettings):
     registry_port: int = Field(default=8081, description="Embedded schema registry's HTTP port")
     registry_host: str = Field(default="127.0.0.1", description="Address the embedded registry binds")
     schemas_topic: str = Field(default="_schemas", description="Compacted topic storing the registry")
+    catalog: Path | None = Field(
+        default=None, description="Topic catalog file (default: schemas/catalog.toml shipped with the code)"
+    )
 
     @model_validator(mode="after")
     def _default_endpoints(self) -> PasserelleSettings:
@@ -66,12 +69,11 @@ def check_environment(environ: dict[str, str] | None = None) -> None:
     env = os.environ if environ is None else environ
     known = _known_fields(PasserelleSettings)
     unknown = sorted(
-        key for key in env if key.upper().startswith(ENV_PREFIX) and key.upper()[len(ENV_PREFIX):] not in known
+        key for key in env if key.upper().startswith(ENV_PREFIX) and key.upper()[len(ENV_PREFIX) :] not in known
     )
     if unknown:
         raise PasserelleError(
-            f"unknown setting(s) {', '.join(unknown)}; known: "
-            + ", ".join(sorted(ENV_PREFIX + k for k in known))
+            f"unknown setting(s) {', '.join(unknown)}; known: " + ", ".join(sorted(ENV_PREFIX + k for k in known))
         )
 
 

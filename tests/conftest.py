@@ -29,9 +29,7 @@ def _docker_engine_answers() -> bool:
     if shutil.which("docker") is None:
         return False
     try:
-        return (
-            subprocess.run(["docker", "info"], capture_output=True, timeout=10, check=False).returncode == 0
-        )
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10, check=False).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -99,9 +97,7 @@ def start_registry_process(bootstrap: str, port: int, topic: str, log: Path) -> 
 
 
 @pytest.fixture(scope="session")
-def schema_registry_url(
-    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def schema_registry_url(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of the embedded registry, running as its own process over the session's broker."""
     env = os.environ.get("SCHEMA_REGISTRY_URL")
     if env:

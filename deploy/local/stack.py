@@ -180,9 +180,7 @@ def java_command() -> str:
         candidates.append(found)
     for candidate in candidates:
         if Path(candidate).exists():
-            out = subprocess.run(
-                [candidate, "-version"], capture_output=True, text=True, check=False
-            ).stderr
+            out = subprocess.run([candidate, "-version"], capture_output=True, text=True, check=False).stderr
             match = re.search(r'version "(\d+)', out)
             if match and int(match.group(1)) >= 17:
                 return candidate
@@ -263,9 +261,7 @@ def broker_answers(bootstrap: str, timeout: float = 3.0) -> bool:
     from confluent_kafka.admin import AdminClient  # imported late: status works without a broker
 
     # log_level 0: a probe of a broker that is not up yet must not spam "Connection refused".
-    admin = AdminClient(
-        {"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000), "log_level": 0}
-    )
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000), "log_level": 0})
     try:
         meta = admin.list_topics(timeout=timeout)
     except Exception:
@@ -414,9 +410,7 @@ def up(cfg: StackConfig, progress: bool = True) -> list[str]:
     reg = start_registry(cfg, progress)
     if reg is not None:
         rpid, rstarted = reg
-        lines.append(
-            f"registry  {'started' if rstarted else 'already running'} (pid {rpid}) on {cfg.registry_url}"
-        )
+        lines.append(f"registry  {'started' if rstarted else 'already running'} (pid {rpid}) on {cfg.registry_url}")
     return lines
 
 

@@ -51,9 +51,7 @@ def through_broker(bootstrap: str, topic: str, values: list[bytes]) -> list[byte
     for value in values:
         producer.produce(topic, value=value)
     assert producer.flush(30) == 0
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": topic, "auto.offset.reset": "earliest"}
-    )
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topic, "auto.offset.reset": "earliest"})
     consumer.subscribe([topic])
     out: list[bytes] = []
     try:
