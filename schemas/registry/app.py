@@ -1,0 +1,249 @@
+"""The Confluent Schema Registry REST API subset, over ``SchemaRegistry``.
+
+Only what confluent-kafka's ``SchemaRegistryClient`` and serdes, and Kafka
+Connect's AvroConverter, call. Every error answers ``{"error_code", "message"}``
+because clients read the Confluent code, not the HTTP status alone.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from schemas.registry import errors
+from schemas.registry.service import SchemaRegistry
+from schemas.registry.state import SchemaVersion
+
+MEDIA_TYPE = "application/vnd.schemaregistry.v1+json"
+
+
+class RegistryResponse(JSONResponse):
+    media_type = MEDIA_TYPE
+
+
+def _error(status: int, code: int, message: str) -> RegistryResponse:
+    return RegistryResponse({"error_code": code, "message": message}, status_code=status)
+
+
+async def json_body(request: Request) -> Any:
+    """Parse the body whatever the content type says; Confluent clients send the vnd type, curl users JSON."""
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise errors.RegistryError(400, 400, f"Unrecognized request body, not JSON: {exc}") from exc
+
+
+JsonBody = Annotated[Any, Depends(json_body)]
+
+
+def _flag(request: Request, *names: str) -> bool:
+    """Query booleans: the Python client sends ``True``/``False`` as well as ``true``/``false``."""
+    return any(request.query_params.get(name, "false").strip().lower() == "true" for name in names)
+
+
+def _page(items: list[Any], request: Request) -> list[Any]:
+    try:
+        offset = max(0, int(request.query_params.get("offset", 0)))
+        limit = int(request.query_params.get("limit", -1))
+    except ValueError:
+        return items
+    items = items[offset:]
+    return items if limit < 0 else items[:limit]
+
+
+def _version_body(entry: SchemaVersion) -> dict[str, Any]:
+    body: dict[str, Any] = {"subject": entry.subject, "version": entry.version, "id": entry.id}
+    if entry.schema_type != "AVRO":
+        body["schemaType"] = entry.schema_type
+    body["schema"] = entry.schema
+    return body
+
+
+def _body_dict(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise errors.RegistryError(422, 422, "the request body must be a JSON object")
+    return body
+
+
+def create_app(registry: SchemaRegistry) -> FastAPI:
+    """An app answering for ``registry``; the server binds it, tests can drive it in process."""
+    app = FastAPI(title="passerelle schema registry", default_response_class=RegistryResponse, openapi_url=None)
+
+    @app.exception_handler(errors.RegistryError)
+    async def _registry_error(request: Request, exc: errors.RegistryError) -> Response:
+        return _error(exc.http_status, exc.error_code, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return _error(exc.status_code, exc.status_code, f"HTTP {exc.status_code} {exc.detail}")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0].get("msg", "invalid") if exc.errors() else "invalid"
+        return _error(422, 422, f"Unprocessable request: {first}")
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> Response:
+        return _error(500, 50001, f"Internal error: {type(exc).__name__}: {exc}")
+
+    @app.get("/")
+    def root() -> dict[str, Any]:
+        return {}
+
+    # --- subjects -----------------------------------------------------------------------
+
+    @app.get("/subjects")
+    def subjects(request: Request) -> list[str]:
+        names = registry.subjects(
+            deleted=_flag(request, "deleted"),
+            deleted_only=_flag(request, "deleted_only", "deletedOnly"),
+            prefix=request.query_params.get("subjectPrefix", ""),
+        )
+        return _page(names, request)
+
+    @app.get("/subjects/{subject}/versions")
+    def versions(subject: str, request: Request) -> list[int]:
+        found = registry.versions(
+            subject, deleted=_flag(request, "deleted"), deleted_only=_flag(request, "deleted_only", "deletedOnly")
+        )
+        return _page(found, request)
+
+    @app.post("/subjects/{subject}/versions")
+    def register(subject: str, body: JsonBody) -> dict[str, Any]:
+        body = _body_dict(body)
+        return {"id": registry.register(subject, body.get("schema"), body.get("schemaType"), body.get("references"))}
+
+    @app.get("/subjects/{subject}/versions/{version}")
+    def version(subject: str, version: str, request: Request) -> dict[str, Any]:
+        return _version_body(registry.version(subject, version, deleted=_flag(request, "deleted")))
+
+    @app.get("/subjects/{subject}/versions/{version}/schema")
+    def version_schema(subject: str, version: str, request: Request) -> Response:
+        entry = registry.version(subject, version, deleted=_flag(request, "deleted"))
+        return Response(entry.schema, media_type=MEDIA_TYPE)
+
+    @app.get("/subjects/{subject}/versions/{version}/referencedby")
+    def referenced_by(subject: str, version: str) -> list[int]:
+        registry.version(subject, version, deleted=True)
+        return []  # references are not supported, so nothing refers to anything
+
+    @app.delete("/subjects/{subject}/versions/{version}")
+    def delete_version(subject: str, version: str, request: Request) -> int:
+        return registry.delete_version(subject, version, permanent=_flag(request, "permanent"))
+
+    @app.post("/subjects/{subject}")
+    def lookup(subject: str, request: Request, body: JsonBody) -> dict[str, Any]:
+        body = _body_dict(body)
+        entry = registry.lookup(subject, body.get("schema"), body.get("schemaType"), deleted=_flag(request, "deleted"))
+        return _version_body(entry)
+
+    @app.delete("/subjects/{subject}")
+    def delete_subject(subject: str, request: Request) -> list[int]:
+        return registry.delete_subject(subject, permanent=_flag(request, "permanent"))
+
+    # --- schemas by id --------------------------------------------------------------------
+
+    @app.get("/schemas/types")
+    def schema_types() -> list[str]:
+        return ["AVRO"]
+
+    @app.get("/schemas")
+    def list_schemas(request: Request) -> list[dict[str, Any]]:
+        deleted = _flag(request, "deleted")
+        prefix = request.query_params.get("subjectPrefix", "")
+        latest_only = _flag(request, "latestOnly")
+        found: list[dict[str, Any]] = []
+        for subject in registry.subjects(deleted=deleted, prefix=prefix):
+            entries = registry.state.versions(subject, include_deleted=deleted)
+            found += [_version_body(e) for e in (entries[-1:] if latest_only else entries)]
+        return _page(found, request)
+
+    @app.get("/schemas/ids/{schema_id}")
+    def schema_by_id(schema_id: int, request: Request) -> dict[str, Any]:
+        text, schema_type = registry.schema_by_id(schema_id)
+        body: dict[str, Any] = {"schema": text}
+        if schema_type != "AVRO":
+            body["schemaType"] = schema_type
+        if _flag(request, "fetchMaxId"):
+            body["maxId"] = registry.state.max_id
+        return body
+
+    @app.get("/schemas/ids/{schema_id}/schema")
+    def raw_schema_by_id(schema_id: int) -> Response:
+        return Response(registry.schema_by_id(schema_id)[0], media_type=MEDIA_TYPE)
+
+    @app.get("/schemas/ids/{schema_id}/subjects")
+    def id_subjects(schema_id: int, request: Request) -> list[str]:
+        users = registry.id_users(schema_id, _flag(request, "deleted"), request.query_params.get("subject"))
+        return _page(sorted({u.subject for u in users}), request)
+
+    @app.get("/schemas/ids/{schema_id}/versions")
+    def id_versions(schema_id: int, request: Request) -> list[dict[str, Any]]:
+        users = registry.id_users(schema_id, _flag(request, "deleted"), request.query_params.get("subject"))
+        return _page([{"subject": u.subject, "version": u.version} for u in users], request)
+
+    # --- config ---------------------------------------------------------------------------
+
+    def _requested_level(body: Any) -> object:
+        body = _body_dict(body)
+        return body.get("compatibility", body.get("compatibilityLevel"))
+
+    @app.get("/config")
+    def get_config() -> dict[str, Any]:
+        return {"compatibilityLevel": registry.global_level()}
+
+    @app.put("/config")
+    def put_config(body: JsonBody) -> dict[str, Any]:
+        return {"compatibility": registry.set_global_level(_requested_level(body))}
+
+    @app.delete("/config")
+    def delete_config() -> dict[str, Any]:
+        return {"compatibilityLevel": registry.delete_global_level()}
+
+    @app.get("/config/{subject}")
+    def get_subject_config(subject: str, request: Request) -> dict[str, Any]:
+        return {"compatibilityLevel": registry.subject_level(subject, _flag(request, "defaultToGlobal"))}
+
+    @app.put("/config/{subject}")
+    def put_subject_config(subject: str, body: JsonBody) -> dict[str, Any]:
+        return {"compatibility": registry.set_subject_level(subject, _requested_level(body))}
+
+    @app.delete("/config/{subject}")
+    def delete_subject_config(subject: str) -> dict[str, Any]:
+        return {"compatibilityLevel": registry.delete_subject_level(subject)}
+
+    @app.get("/mode")
+    def get_mode() -> dict[str, Any]:
+        return {"mode": "READWRITE"}
+
+    @app.get("/mode/{subject}")
+    def get_subject_mode(subject: str) -> dict[str, Any]:
+        return {"mode": "READWRITE"}
+
+    # --- compatibility --------------------------------------------------------------------
+
+    def _compatibility(subject: str, version: str | None, request: Request, body: Any) -> dict[str, Any]:
+        body = _body_dict(body)
+        problems = registry.test_compatibility(subject, body.get("schema"), version, body.get("schemaType"))
+        answer: dict[str, Any] = {"is_compatible": not problems}
+        if _flag(request, "verbose"):
+            answer["messages"] = problems
+        return answer
+
+    @app.post("/compatibility/subjects/{subject}/versions/{version}")
+    def compatibility_version(subject: str, version: str, request: Request, body: JsonBody) -> dict[str, Any]:
+        return _compatibility(subject, version, request, body)
+
+    @app.post("/compatibility/subjects/{subject}/versions")
+    def compatibility_all(subject: str, request: Request, body: JsonBody) -> dict[str, Any]:
+        return _compatibility(subject, None, request, body)
+
+    return app
