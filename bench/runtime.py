@@ -60,35 +60,46 @@ def delete(bootstrap: str, topics: Sequence[str]) -> None:
             fut.result(30)
 
 
-def produce_hits(bootstrap: str, registry: str, topic: str, start: int, count: int, rate: float | None = None) -> None:
-    client = SchemaRegistryClient({"url": registry})
-    value_enc = AvroEncoder.for_subject(client, f"{topic}-value", HIT_SCHEMA)
-    key_enc = AvroEncoder.for_subject(client, f"{topic}-key", '"string"')
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "linger.ms": 0 if rate else 20,
-            "partitioner": "murmur2_random",
-            "queue.buffering.max.messages": 1_000_000,
-        }
-    )
-    t0 = time.perf_counter()
-    for i in range(start, start + count):
-        if rate:
-            wait = t0 + (i - start) / rate - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-        record = hit(i, time.time_ns() // 1_000_000)
-        while True:
-            try:
-                producer.produce(topic, value_enc.encode(record), key_enc.encode(visitor(i * 7919)))
-                break
-            except BufferError:
-                producer.poll(0.05)
-        if rate:
-            producer.poll(0)
-    producer.flush(120)
+class Feeder:
+    """Produces bench hits; created once so producer start-up never counts as latency."""
+
+    def __init__(self, bootstrap: str, registry: str, topic: str, paced: bool = False) -> None:
+        client = SchemaRegistryClient({"url": registry})
+        self.topic = topic
+        self.value_enc = AvroEncoder.for_subject(client, f"{topic}-value", HIT_SCHEMA)
+        self.key_enc = AvroEncoder.for_subject(client, f"{topic}-key", '"string"')
+        self.producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": 0 if paced else 20,
+                "partitioner": "murmur2_random",
+                "queue.buffering.max.messages": 1_000_000,
+            }
+        )
+
+    def send(self, start: int, count: int, rate: float | None = None) -> None:
+        producer, topic = self.producer, self.topic
+        t0 = time.perf_counter()
+        for i in range(start, start + count):
+            if rate:
+                wait = t0 + (i - start) / rate - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+            record = hit(i, time.time_ns() // 1_000_000)
+            while True:
+                try:
+                    producer.produce(topic, self.value_enc.encode(record), self.key_enc.encode(visitor(i * 7919)))
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            if rate:
+                producer.poll(0)
+        producer.flush(120)
+
+
+def produce_hits(bootstrap: str, registry: str, topic: str, start: int, count: int) -> None:
+    Feeder(bootstrap, registry, topic).send(start, count)
 
 
 def run_worker(impl: str, args: argparse.Namespace, input_topic: str, records: int, tag: str) -> dict[str, Any]:
@@ -127,13 +138,15 @@ def latency_run(impl: str, args: argparse.Namespace, tag: str) -> tuple[float, f
         {"bootstrap.servers": args.bootstrap, "group.id": f"lat-reader-{tag}-{impl}", "auto.offset.reset": "earliest"}
     )
     consumer.subscribe([output])
-    # One warm-up hit: the worker is ready (assigned, schemas registered) once it comes out.
-    produce_hits(args.bootstrap, args.registry, topic, 0, 1)
+    # One warm-up hit: the worker is ready (assigned, schemas registered) once it comes out,
+    # and the feeder's producer is connected before the paced hits start.
+    feeder = Feeder(args.bootstrap, args.registry, topic, paced=True)
+    feeder.send(0, 1)
     deadline = time.monotonic() + 120
     seen = 0
     while not seen and time.monotonic() < deadline:
         seen += len([m for m in consumer.consume(100, timeout=0.5) if not m.error()])
-    produce_hits(args.bootstrap, args.registry, topic, 1, count, rate=args.rate)
+    feeder.send(1, count, rate=args.rate)
     latencies: list[float] = []
     deadline = time.monotonic() + 120
     while len(latencies) < count and time.monotonic() < deadline:

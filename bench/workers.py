@@ -68,9 +68,12 @@ def run_raw(args: argparse.Namespace) -> None:
     done, started = 0, 0.0
     schemaless_reader, schemaless_writer = fastavro.schemaless_reader, fastavro.schemaless_writer
     while done < args.records:
-        msgs = consumer.consume(5000, timeout=0.5)
+        msgs = consumer.consume(5000, timeout=0)  # what is queued, else wait for one record (as the runtime)
         if not msgs:
-            continue
+            first = consumer.poll(0.05)
+            if first is None:
+                continue
+            msgs = [first, *consumer.consume(4999, timeout=0)]
         if not started:
             started = time.perf_counter()
         for msg in msgs:

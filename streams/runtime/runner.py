@@ -109,7 +109,7 @@ class Runner:
         """One loop turn: consume, table updates, process, timers, maybe commit."""
         assert self._consumer is not None
         self._begin()
-        msgs = self._consumer.consume(self.config.batch_size, timeout=self.config.poll_timeout_s)
+        msgs = self._next_batch()
         now = self.config.clock()
         for table in self._tables.values():
             table.poll()
@@ -118,6 +118,23 @@ class Runner:
         self._fire_wall_timers(now)
         if now - self._last_commit >= self.config.commit_interval_ms:
             self._commit()
+
+    def _next_batch(self) -> list[Any]:
+        """Whatever is queued, else wait for the first record only.
+
+        ``consume(n, timeout)`` waits until ``n`` records or the timeout, which
+        adds up to the whole timeout of latency at low rates; this returns as
+        soon as anything arrives and still forms full batches under load.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        msgs: list[Any] = consumer.consume(self.config.batch_size, timeout=0)
+        if msgs:
+            return msgs
+        first = consumer.poll(self.config.poll_timeout_s)
+        if first is None:
+            return []
+        return [first, *consumer.consume(self.config.batch_size - 1, timeout=0)]
 
     # --- set-up ---------------------------------------------------------------
 
