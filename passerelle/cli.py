@@ -19,7 +19,9 @@ COMMAND_MODULES = (
     "passerelle.commands.registry",
     "passerelle.commands.schemas",
     "passerelle.commands.topics",
+    "passerelle.commands.enrich",
     "passerelle.commands.demo",
+    "passerelle.commands.collector",
     "passerelle.commands.bench",
 )
 

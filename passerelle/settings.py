@@ -84,3 +84,71 @@ def load(cls: type[PasserelleSettings] = PasserelleSettings, **overrides: Any) -
         return cls(**overrides)
     except Exception as exc:  # pydantic.ValidationError, but keep the message short
         raise PasserelleError(f"invalid settings: {exc}".replace("\n", " ")) from exc
+
+
+# --- collector (appended on its own so that each process's settings stay one block) -------------
+
+from typing import TYPE_CHECKING  # noqa: E402
+
+from pydantic import SecretStr  # noqa: E402
+
+if TYPE_CHECKING:
+    from connectors.collector.config import CollectorConfig
+
+
+class CollectorSettings(PasserelleSettings):
+    """Settings of ``passerelle collector``: where it listens, which sites it accepts, its limits."""
+
+    collector_host: str = Field(default="127.0.0.1", description="Address the hit collector binds")
+    collector_port: int = Field(default=8088, ge=1, le=65535, description="Hit collector's HTTP port")
+    collector_sites: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='Known sites and their API keys, as JSON: {"shop.example": "key"}; a key may cover several sites',
+    )
+    collector_max_events: int = Field(default=500, ge=1, description="Most events in one POST /v1/events")
+    collector_max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest POST body, in bytes")
+    collector_trust_forwarded: bool = Field(
+        default=False, description="Take the client IP from X-Forwarded-For (only behind a proxy that sets it)"
+    )
+
+    def collector_config(self, topic: str = "hits.raw") -> CollectorConfig:
+        """The plain configuration the collector core takes (it cannot import ``passerelle``)."""
+        from connectors.collector.config import CollectorConfig
+
+        return CollectorConfig(
+            bootstrap_servers=self.bootstrap_servers,
+            schema_registry_url=self.schema_registry_url,
+            sites={site: key.get_secret_value() for site, key in self.collector_sites.items()},
+            topic=topic,
+            catalog_path=self.catalog,
+            max_batch_events=self.collector_max_events,
+            max_body_bytes=self.collector_max_body_bytes,
+            trust_forwarded=self.collector_trust_forwarded,
+        )
+
+
+# --- stream processors ------------------------------------------------------------------------------------
+
+
+class ProcessorSettings(PasserelleSettings):
+    """Settings of a stream processor process (``passerelle enrich`` and the ones after it)."""
+
+    instance_id: str = Field(
+        default="0",
+        description="Stable id of this instance (names its transactional producer: keep it across restarts)",
+    )
+    processing_guarantee: str = Field(
+        default="exactly_once", pattern="^(exactly_once|at_least_once)$", description="exactly_once | at_least_once"
+    )
+    commit_interval_ms: int = Field(default=100, ge=1, description="How often state, outputs and offsets commit")
+    batch_size: int = Field(default=2000, ge=1, description="Most records consumed per loop turn")
+    metrics_port: int | None = Field(default=None, description="Serve /metrics on this port (none: off)")
+    dead_letter_topic: str = Field(default="errors.deadletters", description="Where poison records go")
+    max_error_ratio: float = Field(
+        default=0.5, gt=0, le=1, description="Stop when more than this share of recent records fail (1: never)"
+    )
+    visit_timeout_minutes: int = Field(default=30, ge=1, description="Inactivity that ends a visit")
+    campaign_lifetime_days: int = Field(default=30, ge=0, description="How long a campaign is credited to returns")
+    attribution_precedence: str = Field(
+        default="xtor,at,utm,mtm,pk,click_id", description="Tag families in order of precedence, comma-separated"
+    )

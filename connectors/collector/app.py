@@ -1,0 +1,271 @@
+"""The collector's HTTP API: ``GET /hit`` (pixel), ``POST /v1/events`` (JSON batches), health and metrics.
+
+Answers are promises: 2xx only once the broker acknowledged every accepted
+event of the request, 503 with ``Retry-After`` when it did not, so that a tag
+or a server-side sender retries instead of losing hits. Invalid events are
+answered 4xx (pixel) or reported per index (batch) and never reach Kafka;
+valid events of a partly invalid batch are delivered anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from connectors.collector.config import CollectorConfig
+from connectors.collector.metrics import CollectorMetrics
+from connectors.collector.producer import DeliveryResult, HitProducer, OutRecord
+from connectors.collector.validation import (
+    HitRules,
+    InvalidEvent,
+    RequestContext,
+    client_ip,
+    event_to_hit,
+    pixel_to_hit,
+)
+from schemas.models import Hit
+
+log = logging.getLogger(__name__)
+
+PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+"""A 1x1 transparent GIF (43 bytes)."""
+
+NO_CACHE = {
+    "Cache-Control": "no-cache, no-store, must-revalidate, private, max-age=0",
+    "Pragma": "no-cache",
+    "Expires": "0",
+}
+
+
+class _Refused(Exception):
+    """A whole request refused before any event is looked at (auth, size, shape)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": str(self)}, status_code=self.status, headers=self.headers)
+
+
+def hit_rules(config: CollectorConfig) -> HitRules:
+    """The validation rules the configuration implies."""
+    return HitRules(
+        sites=frozenset(config.sites),
+        max_event_age_ms=int(config.max_event_age_s * 1000),
+        max_clock_skew_ms=int(config.max_clock_skew_s * 1000),
+        keep_ip=config.keep_ip,
+        ipv4_prefix=config.ipv4_prefix,
+        ipv6_prefix=config.ipv6_prefix,
+    )
+
+
+class Collector:
+    """Request handling, separate from routing so that each step reads on its own."""
+
+    def __init__(self, config: CollectorConfig, producer: HitProducer, metrics: CollectorMetrics) -> None:
+        self.config = config
+        self.producer = producer
+        self.metrics = metrics
+        self.rules = hit_rules(config)
+        self._keys = [(site, key.encode()) for site, key in config.sites.items()]
+
+    # --- shared steps ---------------------------------------------------------------------------
+
+    def context(self, request: Request) -> RequestContext:
+        peer = request.client.host if request.client else None
+        return RequestContext(
+            received_at_ms=time.time_ns() // 1_000_000,
+            client_ip=client_ip(peer, request.headers.get("x-forwarded-for"), self.config.trust_forwarded),
+            user_agent=request.headers.get("user-agent"),
+            referer=request.headers.get("referer"),
+        )
+
+    async def deliver(self, endpoint: str, hits: Sequence[Hit]) -> list[DeliveryResult]:
+        started = time.perf_counter()
+        records = [OutRecord(h.visitor_id, h.to_avro(), h.event_time) for h in hits]
+        results = await self.producer.send(records)
+        self.metrics.produce_seconds.labels(endpoint).observe(time.perf_counter() - started)
+        failed = sum(not r.ok for r in results)
+        if failed:
+            self.metrics.events.labels(endpoint, "failed").inc(failed)
+            log.warning("%d of %d event(s) not acknowledged: %s", failed, len(results), _first_error(results))
+        if failed < len(results):
+            self.metrics.events.labels(endpoint, "accepted").inc(len(results) - failed)
+        return results
+
+    def unavailable(self, body: dict[str, Any]) -> JSONResponse:
+        retry = str(self.config.retry_after_s)
+        return JSONResponse(body, status_code=503, headers={"Retry-After": retry, **NO_CACHE})
+
+    # --- pixel ----------------------------------------------------------------------------------
+
+    async def pixel(self, request: Request) -> Response:
+        try:
+            hit = pixel_to_hit(request.query_params, self.context(request), self.rules)
+        except InvalidEvent as exc:
+            self.metrics.events.labels("pixel", "rejected").inc()
+            return JSONResponse({"error": "invalid hit", "errors": exc.errors}, status_code=400, headers=NO_CACHE)
+        (result,) = await self.deliver("pixel", [hit])
+        if not result.ok:
+            return self.unavailable({"error": "the hit could not be stored, retry later", "event_id": hit.event_id})
+        return Response(PIXEL_GIF, media_type="image/gif", headers=NO_CACHE)
+
+    # --- batches --------------------------------------------------------------------------------
+
+    def covered_sites(self, request: Request) -> frozenset[str]:
+        """The sites the request's API key covers; 401 without a key, 403 with a key no site has."""
+        key = request.headers.get("x-api-key", "").strip()
+        if not key:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() == "bearer":
+                key = token.strip()
+        if not key:
+            raise _Refused(401, "missing API key (X-Api-Key or Authorization: Bearer)", {"WWW-Authenticate": "Bearer"})
+        given = key.encode()
+        # compare_digest against every key: the time taken does not tell which site's key was close.
+        covered = frozenset([site for site, expected in self._keys if hmac.compare_digest(given, expected)])
+        if not covered:
+            raise _Refused(403, "API key not valid")
+        return covered
+
+    async def read_body(self, request: Request) -> bytes:
+        """The body, refused as soon as it is known to exceed the limit (declared or actually sent)."""
+        limit = self.config.max_body_bytes
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise _Refused(415, f"Content-Encoding {encoding!r} not supported; send the JSON uncompressed")
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise _Refused(400, "Content-Length is not a number") from None
+            if size > limit:
+                raise _Refused(413, f"body of {size} bytes exceeds the limit of {limit} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise _Refused(413, f"body exceeds the limit of {limit} bytes")
+        return bytes(body)
+
+    def events_of(self, body: bytes) -> list[Any]:
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _Refused(400, f"body is not valid JSON: {exc}") from None
+        events = payload.get("events") if isinstance(payload, dict) else payload
+        if not isinstance(events, list):
+            raise _Refused(400, 'body must be {"events": [...]} or a JSON array of events')
+        if not events:
+            raise _Refused(400, "the request carries no events")
+        limit = self.config.max_batch_events
+        if len(events) > limit:
+            raise _Refused(413, f"{len(events)} events in one request; at most {limit}, split the batch")
+        return events
+
+    async def batch(self, request: Request) -> Response:
+        try:
+            covered = self.covered_sites(request)
+            events = self.events_of(await self.read_body(request))
+            named = {e["site"] for e in events if isinstance(e, dict) and isinstance(e.get("site"), str)}
+            foreign = sorted(named - covered)
+            if foreign:
+                raise _Refused(403, f"this API key does not cover site(s) {', '.join(map(repr, foreign))}")
+        except _Refused as refused:
+            return refused.response()
+
+        ctx, rules = self.context(request), self.rules.for_sites(covered)
+        results: list[dict[str, Any]] = []
+        hits: list[Hit] = []
+        for index, raw in enumerate(events):
+            try:
+                hit = event_to_hit(raw, ctx, rules)
+            except InvalidEvent as exc:
+                results.append({"index": index, "status": "rejected", "errors": exc.errors})
+                continue
+            hits.append(hit)
+            results.append({"index": index, "status": "accepted", "event_id": hit.event_id})
+        rejected = len(events) - len(hits)
+        if rejected:
+            self.metrics.events.labels("batch", "rejected").inc(rejected)
+
+        deliveries = iter(await self.deliver("batch", hits) if hits else [])
+        failed = 0
+        for entry in results:
+            if entry["status"] == "accepted":
+                outcome = next(deliveries)
+                if not outcome.ok:
+                    entry["status"], entry["errors"] = "failed", [outcome.error]
+                    failed += 1
+        body = {"accepted": len(hits) - failed, "rejected": rejected, "failed": failed, "results": results}
+        if failed:
+            body["error"] = f"{failed} event(s) could not be stored, retry them later"
+            return self.unavailable(body)
+        del body["failed"]
+        status = 200 if not rejected else 400 if not hits else 207
+        return JSONResponse(body, status_code=status)
+
+    # --- operations -----------------------------------------------------------------------------
+
+    async def health(self) -> Response:
+        ok, detail = await asyncio.to_thread(self.producer.reachable)
+        return JSONResponse({"status": "ok" if ok else "unavailable", "detail": detail}, status_code=200 if ok else 503)
+
+
+def _first_error(results: Sequence[DeliveryResult]) -> str:
+    return next((r.error for r in results if r.error), "")
+
+
+def create_app(config: CollectorConfig, producer: HitProducer | None = None) -> FastAPI:
+    """The ASGI app; its lifespan starts the producer (schemas, poll thread) and flushes it at shutdown."""
+    producer = producer or HitProducer(config)
+    collector = Collector(config, producer, CollectorMetrics())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(producer.start)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(producer.close)
+
+    app = FastAPI(title="passerelle collector", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.collector = collector
+
+    def timed(endpoint: str, response: Response, started: float) -> Response:
+        elapsed = time.perf_counter() - started
+        collector.metrics.request_seconds.labels(endpoint, str(response.status_code)).observe(elapsed)
+        return response
+
+    @app.get("/hit", summary="pixel hit: query parameters, answers a 1x1 GIF")
+    async def hit(request: Request) -> Response:
+        started = time.perf_counter()
+        return timed("pixel", await collector.pixel(request), started)
+
+    @app.post("/v1/events", summary="JSON batch of events, API key required")
+    async def events(request: Request) -> Response:
+        started = time.perf_counter()
+        return timed("batch", await collector.batch(request), started)
+
+    @app.get("/healthz", summary="200 when the broker answers metadata for the topic")
+    async def healthz() -> Response:
+        return await collector.health()
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(collector.metrics.render(), media_type=collector.metrics.content_type)
+
+    return app

@@ -1,0 +1,268 @@
+"""The collector's Kafka producer: idempotent, ``acks=all``, and awaitable per request.
+
+The HTTP answer is the collector's promise to the tag: a 2xx must mean the
+broker has every record of the request. So ``send`` resolves only once the
+delivery report of each record has come back (or the timeout passed). The
+delivery reports arrive on a dedicated poll thread; one asyncio future per
+request (not per record) is resolved through ``call_soon_threadsafe`` when the
+last report of that request lands, so a batch of 500 costs one wake-up of the
+event loop.
+
+Records are keyed by visitor id (Avro ``string`` key, ``<topic>-key``) with
+the ``murmur2_random`` partitioner, the Java client's hashing, so that every
+client writing ``hits.raw`` sends a visitor to the same partition and a
+visitor's hits stay in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from connectors.collector.config import CATALOG_TOPIC, CollectorConfig, CollectorStartupError
+from schemas.catalog import load_catalog
+from schemas.errors import ContractError, SerializationError
+from schemas.serde import AvroEncoder, RegistryLike
+
+log = logging.getLogger(__name__)
+
+_FIXED = {"enable.idempotence": True, "acks": "all"}
+"""Settings no override may weaken: without them a 2xx would not mean the hit is safely stored."""
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """What the broker said about one record: an error, or where it was written."""
+
+    error: str | None = None
+    partition: int = -1
+    offset: int = -1
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class OutRecord:
+    """One record to produce: the visitor id key, the Avro value dict and its timestamp (event time)."""
+
+    key: str
+    value: Mapping[str, Any]
+    timestamp_ms: int
+
+
+class _Pending:
+    """Delivery reports of one request, filled from the poll thread, awaited on the event loop."""
+
+    __slots__ = ("future", "lock", "loop", "remaining", "results")
+
+    def __init__(self, size: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.results: list[DeliveryResult | None] = [None] * size
+        self.remaining = size
+        self.lock = threading.Lock()
+        if size == 0:
+            self.future.set_result(None)
+
+    def settle(self, index: int, result: DeliveryResult) -> None:
+        with self.lock:
+            if self.results[index] is not None:
+                return
+            self.results[index] = result
+            self.remaining -= 1
+            done = self.remaining == 0
+        if done:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                self.loop.call_soon_threadsafe(_resolve, self.future)
+
+    def delivered(self, index: int, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            self.settle(index, DeliveryResult(None, msg.partition() or 0, msg.offset() or 0))
+        else:
+            self.settle(index, DeliveryResult(err.str()))
+
+    def snapshot(self, missing: str) -> list[DeliveryResult]:
+        with self.lock:
+            return [r if r is not None else DeliveryResult(missing) for r in self.results]
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def producer_config(config: CollectorConfig, error_cb: Any = None) -> dict[str, Any]:
+    """librdkafka settings: durable by construction, overrides may tune but not weaken them.
+
+    ``message.timeout.ms`` matches the request timeout so that a record the
+    collector answered 503 for is not silently delivered much later (it may
+    still be, right at the edge: the client's retry then carries the same
+    event id if it sent one, and consumers deduplicate).
+    """
+    for key, required in _FIXED.items():
+        value = config.producer_overrides.get(key)
+        if value is not None and str(value).lower() not in {str(required).lower(), "-1" if key == "acks" else "true"}:
+            raise CollectorStartupError(f"producer override {key}={value!r} is not allowed: the collector needs {key}")
+    conf: dict[str, Any] = {
+        "bootstrap.servers": config.bootstrap_servers,
+        "client.id": "passerelle-collector",
+        "partitioner": "murmur2_random",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.timeout.ms": max(1000, int(config.produce_timeout_s * 1000)),
+        # A missing topic is a deployment error to report (503, /healthz), not one to paper over with a
+        # broker-default topic of the wrong partition count and retention.
+        "allow.auto.create.topics": False,
+        **config.producer_overrides,
+        **_FIXED,
+    }
+    if error_cb is not None:
+        conf["error_cb"] = error_cb
+    return conf
+
+
+class HitProducer:
+    """Encodes hits in the Confluent wire format and produces them, one awaitable call per request."""
+
+    def __init__(self, config: CollectorConfig, registry: RegistryLike | None = None) -> None:
+        self.config = config
+        self.topic = config.topic
+        self._registry = registry
+        self._producer: Producer | None = None
+        self._key_encoder: AvroEncoder | None = None
+        self._value_encoder: AvroEncoder | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._fatal: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def started(self) -> bool:
+        return self._producer is not None
+
+    @property
+    def fatal_error(self) -> str | None:
+        """Set when librdkafka reported a fatal error: this producer will never deliver again."""
+        return self._fatal
+
+    def start(self) -> None:
+        """Register/look up the schemas, create the producer and its poll thread (blocking, idempotent)."""
+        with self._lock:
+            if self._producer is not None:
+                return
+            self._key_encoder, self._value_encoder = self._encoders()
+            try:
+                self._producer = Producer(producer_config(self.config, error_cb=self._on_error))
+            except KafkaException as exc:
+                raise CollectorStartupError(f"cannot create the Kafka producer: {exc}") from exc
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._poll_loop, name="collector-delivery", daemon=True)
+            self._thread.start()
+
+    def _encoders(self) -> tuple[AvroEncoder, AvroEncoder]:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        try:
+            catalog = load_catalog(self.config.catalog_path)
+            spec = catalog.topic(CATALOG_TOPIC)
+            key_text = catalog.schema_text(spec.key_schema)
+            value_text = catalog.schema_text(spec.value_schema)
+            registry = self._registry or SchemaRegistryClient({"url": self.config.schema_registry_url})
+            auto = self.config.auto_register_schemas
+            key = AvroEncoder.for_subject(registry, f"{self.topic}-key", key_text, auto_register=auto)
+            value = AvroEncoder.for_subject(registry, f"{self.topic}-value", value_text, auto_register=auto)
+        except ContractError as exc:
+            raise CollectorStartupError(f"{exc} (schema registry {self.config.schema_registry_url})") from exc
+        return key, value
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = err.str()
+            log.error("fatal Kafka producer error, the collector cannot deliver any more: %s", err.str())
+        else:
+            log.debug("Kafka producer: %s", err.str())
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            producer = self._producer
+            if producer is None:
+                return
+            producer.poll(0.05)
+
+    async def send(self, records: Sequence[OutRecord]) -> list[DeliveryResult]:
+        """Produce ``records``; return once each one is acknowledged, failed, or timed out (in order)."""
+        if self._producer is None or self._key_encoder is None or self._value_encoder is None:
+            raise RuntimeError("HitProducer.send() before start()")
+        loop = asyncio.get_running_loop()
+        pending = _Pending(len(records), loop)
+        if self._fatal is not None:
+            return [DeliveryResult(f"producer unusable: {self._fatal}")] * len(records)
+        deadline = loop.time() + self.config.produce_timeout_s
+        producer, topic = self._producer, self.topic
+        key_enc, value_enc = self._key_encoder, self._value_encoder
+        for index, record in enumerate(records):
+            try:
+                key = key_enc.encode(record.key)
+                value = value_enc.encode(record.value)
+            except SerializationError as exc:
+                pending.settle(index, DeliveryResult(str(exc)))
+                continue
+            callback = functools.partial(pending.delivered, index)
+            while True:
+                try:
+                    producer.produce(topic, value, key, on_delivery=callback, timestamp=record.timestamp_ms)
+                    break
+                except BufferError:  # local queue full: let the poll thread drain it
+                    if loop.time() >= deadline:
+                        pending.settle(index, DeliveryResult("producer queue full"))
+                        break
+                    await asyncio.sleep(0.005)
+                except KafkaException as exc:
+                    pending.settle(index, DeliveryResult(str(exc)))
+                    break
+        remaining = max(0.0, deadline - loop.time())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(pending.future), timeout=remaining)
+        return pending.snapshot(f"not acknowledged by the broker within {self.config.produce_timeout_s:g}s")
+
+    def reachable(self) -> tuple[bool, str]:
+        """Whether the broker answers metadata for the topic (blocking; run it off the event loop)."""
+        producer = self._producer
+        if producer is None:
+            return False, "producer not started"
+        if self._fatal is not None:
+            return False, f"fatal producer error: {self._fatal}"
+        try:
+            meta = producer.list_topics(self.topic, timeout=self.config.health_timeout_s)
+        except KafkaException as exc:
+            return False, f"broker metadata unavailable: {exc}"
+        topic = meta.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            reason = topic.error.str() if topic is not None and topic.error is not None else "no partitions"
+            return False, f"topic {self.topic}: {reason}"
+        return True, f"{len(meta.brokers)} broker(s), topic {self.topic} with {len(topic.partitions)} partition(s)"
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the poll thread and flush what is still queued (its reports go to nobody if the loop is gone)."""
+        with self._lock:
+            producer, self._producer = self._producer, None
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join(timeout=2)
+                self._thread = None
+            if producer is not None:
+                started = time.monotonic()
+                left = producer.flush(timeout)
+                if left:
+                    log.warning("%d record(s) not delivered after %.1fs at shutdown", left, time.monotonic() - started)

@@ -1,0 +1,108 @@
+"""``passerelle collector``: the HTTP hit collector in the foreground.
+
+The port is bound and the producer started (schemas registered, Kafka client
+created) before uvicorn runs, so a taken port or an unreachable registry is
+one ``error:`` line at once, not a log of a half-started server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import signal
+import socket
+import sys
+from typing import TYPE_CHECKING
+
+from passerelle.errors import PasserelleError
+from passerelle.settings import CollectorSettings, load
+
+if TYPE_CHECKING:
+    import uvicorn
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A bound socket, or a one-line error saying why not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PasserelleError(
+                f"port {port} on {host} is already in use (another collector running? "
+                "set PASSERELLE_COLLECTOR_PORT or --port)"
+            ) from exc
+        raise PasserelleError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def _server(config: uvicorn.Config, host: str, port: int, topic: str) -> uvicorn.Server:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """Says once when it accepts requests; SIGTERM ends it with status 0 (how supervisors stop it)."""
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                print(f"collector listening on http://{host}:{port} (topic {topic})", file=sys.stderr, flush=True)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().shutdown(sockets=sockets)
+            self._captured_signals = [sig for sig in self._captured_signals if sig != signal.SIGTERM]
+
+    return Server(config)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from connectors.collector.app import create_app
+    from connectors.collector.producer import HitProducer
+
+    settings = load(CollectorSettings)
+    assert isinstance(settings, CollectorSettings)
+    if not settings.collector_sites:
+        raise PasserelleError(
+            'no site configured: set PASSERELLE_COLLECTOR_SITES, e.g. \'{"shop.example": "an-api-key"}\''
+        )
+    config = settings.collector_config(topic=args.topic)
+    host = args.host or settings.collector_host
+    port = args.port or settings.collector_port
+    sock = bind(host, port)
+    producer = HitProducer(config)
+    try:
+        producer.start()  # schemas and Kafka client before serving: start-up errors are one line
+        app = create_app(config, producer=producer)
+        server = _server(
+            uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"), host, port, config.topic
+        )
+        server.run(sockets=[sock])
+        if not server.started:
+            raise PasserelleError("the collector did not start (see the log above)")
+    finally:
+        producer.close()
+        sock.close()
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``collector``."""
+    p = sub.add_parser(
+        "collector",
+        help="run the HTTP hit collector in the foreground",
+        description="Serve GET /hit (pixel, answers a 1x1 GIF) and POST /v1/events (JSON batches with an API "
+        "key); every valid event becomes an Avro Hit on hits.raw, keyed by visitor id, and is answered only once "
+        "the broker acknowledged it (503 with Retry-After otherwise). Client IPs are truncated (IPv4 /24, IPv6 "
+        "/48) before they reach Kafka. Also GET /healthz and GET /metrics. Stops on Ctrl-C or SIGTERM.",
+        epilog="Settings: PASSERELLE_COLLECTOR_SITES (JSON site -> API key, required), PASSERELLE_COLLECTOR_HOST, "
+        "PASSERELLE_COLLECTOR_PORT, PASSERELLE_COLLECTOR_MAX_EVENTS, PASSERELLE_COLLECTOR_MAX_BODY_BYTES, "
+        "PASSERELLE_COLLECTOR_TRUST_FORWARDED, PASSERELLE_BOOTSTRAP_SERVERS, PASSERELLE_SCHEMA_REGISTRY_URL.",
+    )
+    p.add_argument("--host", help="address to bind (default: PASSERELLE_COLLECTOR_HOST, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="HTTP port (default: PASSERELLE_COLLECTOR_PORT, 8088)")
+    p.add_argument("--topic", default="hits.raw", help="topic to write hits to (default: hits.raw)")
+    p.set_defaults(func=_run)
