@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from streams.runtime.records import InRecord, OutRecord
 from streams.runtime.state import KeyValueStore, StoreSpec
@@ -36,6 +36,7 @@ class Context:
     stores: dict[str, KeyValueStore]
     tables: Mapping[str, Mapping[str, Any]]
     timers: TimerService
+    deleted: Mapping[str, set[Any]] = field(default_factory=dict)
     now_ms: int = 0
     stream_time: int = -1
     failures: list[tuple[InRecord, BaseException, str]] = field(default_factory=list)
@@ -58,11 +59,12 @@ class Context:
 class Processor:
     """Base class: override ``process_one`` (or ``process`` for batch logic) and ``on_timer``."""
 
-    name: ClassVar[str] = "processor"
-    inputs: ClassVar[Sequence[str]] = ()
-    outputs: ClassVar[Sequence[str]] = ()
-    stores: ClassVar[Sequence[StoreSpec]] = ()
-    tables: ClassVar[Sequence[TableSpec]] = ()
+    # Declared on the class for fixed processors, or set per instance when topic names are configurable.
+    name: str = "processor"
+    inputs: Sequence[str] = ()
+    outputs: Sequence[str] = ()
+    stores: Sequence[StoreSpec] = ()
+    tables: Sequence[TableSpec] = ()
 
     def process(self, records: Sequence[InRecord], ctx: Context) -> Iterable[OutRecord]:
         """Default batch handling: one record at a time, a failing record becomes a dead letter."""
@@ -84,14 +86,24 @@ class Processor:
         """Emit on the absence of events; the default has no timers."""
         return ()
 
-    def on_partition_restored(self, ctx: Context) -> None:
-        """Hook after a partition's state is restored (rebuild derived indexes here)."""
+    def on_partition_restored(self, ctx: Context) -> Iterable[OutRecord] | None:
+        """Hook after a partition's state is restored: rebuild derived indexes, enforce erasures."""
+        return None
+
+    def on_table_change(self, table: str, key: Any, old: Any, new: Any, ctx: Context) -> Iterable[OutRecord]:
+        """A lookup table changed while running (``new is None``: tombstone); called once per partition.
+
+        Every instance holds the whole table, so each one reacts for its own
+        partitions: an erasure purges state everywhere without a broadcast.
+        """
+        return ()
 
 
 def make_context(
     processor: Processor,
     partition: int,
     tables: Mapping[str, Mapping[str, Any]] | None = None,
+    deleted: Mapping[str, set[Any]] | None = None,
 ) -> Context:
     """A context with empty stores: what the runner builds before restore, and what unit tests use."""
     stores = {spec.name: KeyValueStore(spec, partition) for spec in processor.stores}
@@ -101,4 +113,5 @@ def make_context(
         stores=stores,
         tables=tables if tables is not None else {t.name: {} for t in processor.tables},
         timers=TimerService(stores[TIMER_STORE.name]),
+        deleted=deleted if deleted is not None else {t.name: set() for t in processor.tables},
     )

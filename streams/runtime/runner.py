@@ -192,6 +192,9 @@ class Runner:
             log.info("lookup table %s: %d records in %.2fs", spec.name, count, time.monotonic() - started)
             self._tables[spec.name] = table
         self._table_data = {name: t.data for name, t in self._tables.items()}
+        self._table_deleted = {name: t.deleted for name, t in self._tables.items()}
+        for name, table in self._tables.items():
+            table.on_change = self._table_changed(name)
         self._restore_consumer = Consumer(
             {
                 "bootstrap.servers": cfg.bootstrap_servers,
@@ -306,7 +309,7 @@ class Runner:
         """Rebuild a partition's stores from its changelog partitions before processing resumes."""
         assert self._restore_consumer is not None
         started = time.monotonic()
-        ctx = make_context(self.processor, partition, self._table_data)
+        ctx = make_context(self.processor, partition, self._table_data, self._table_deleted)
         topics = {spec.changelog_topic(self.config.app_id): ctx.stores[spec.name] for spec in self._stores}
         rc = self._restore_consumer
         rc.assign([TopicPartition(t, partition, OFFSET_BEGINNING) for t in topics])
@@ -328,8 +331,11 @@ class Runner:
                 count += 1
         rc.unassign()
         ctx.timers.reload()
-        self.processor.on_partition_restored(ctx)
         self._contexts[partition] = ctx
+        produced = self.processor.on_partition_restored(ctx)
+        if produced:
+            self._uncommitted = True
+            self._emit(produced)
         elapsed = time.monotonic() - started
         self.metrics.restore_seconds.labels(self._name).observe(elapsed)
         self.metrics.restored_records.labels(self._name).inc(count)
@@ -498,6 +504,14 @@ class Runner:
         self._produce(self._producer.produce, self.config.dead_letter_topic, value, key, {"headers": hdrs})  # type: ignore[union-attr]
         self.metrics.dead_letters.labels(self._name, stage).inc()
         log.debug("dead letter %s[%d]@%d (%s): %s", topic, partition, offset, stage, error)
+
+    def _table_changed(self, name: str) -> Callable[[Any, Any, Any], None]:
+        def changed(key: Any, old: Any, new: Any) -> None:
+            for ctx in list(self._contexts.values()):
+                self._uncommitted = True
+                self._emit(self.processor.on_table_change(name, key, old, new, ctx))
+
+        return changed
 
     def _table_dead_letter(self, topic: str, key: bytes | None, value: bytes | None, error: BaseException) -> None:
         if self._producer is not None:

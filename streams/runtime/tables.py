@@ -36,6 +36,10 @@ class LookupTable:
         self.name = name
         self.topic = topic
         self.data: dict[Any, Any] = {}
+        # Keys whose latest record is a tombstone: erasures must be enforced on state restored later.
+        self.deleted: set[Any] = set()
+        self.on_change: Callable[[Any, Any, Any], None] | None = None
+        self._restored = False
         self._decode_key = decode_key
         self._decode_value = decode_value
         self._on_error = on_error
@@ -65,6 +69,7 @@ class LookupTable:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"lookup table '{self.name}' not restored within {timeout:.0f}s")
             applied += self.poll(timeout=0.5, max_records=10_000)
+        self._restored = True
         return applied
 
     def poll(self, timeout: float = 0.0, max_records: int = 2_000) -> int:
@@ -82,10 +87,16 @@ class LookupTable:
             raw_key, raw_value = msg.key(), msg.value()
             try:
                 key = self._decode_key(raw_key)
+                old = self.data.get(key)
                 if raw_value is None:
                     self.data.pop(key, None)
+                    self.deleted.add(key)
+                    new = None
                 else:
-                    self.data[key] = self._decode_value(raw_value)
+                    new = self.data[key] = self._decode_value(raw_value)
+                    self.deleted.discard(key)
+                if self._restored and self.on_change is not None:
+                    self.on_change(key, old, new)
             except Exception as exc:
                 if self._on_error is not None:
                     self._on_error(self.topic, raw_key, raw_value, exc)

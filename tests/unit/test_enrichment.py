@@ -1,0 +1,147 @@
+"""Enrichment rules with a driven clock and hand-built tables: visits, persistence, identity, CRM, erasure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from streams.enrichment.enricher import crm_attributes
+from streams.enrichment.processor import EnrichmentProcessor
+from streams.runtime import InRecord, OutRecord, make_context
+
+pytestmark = pytest.mark.unit
+
+T0 = 1_795_000_000_000
+MIN = 60_000
+DAY = 24 * 60 * MIN
+CAMPAIGN = {"key": "EREC-123", "name": "Black Friday newsletter", "partner": "mailer", "channel": "email",
+            "medium": "email", "tagged_url_template": "https://shop.example/?xtor=EREC-123", "valid_from": None,
+            "valid_to": None, "cost_model": None, "cost_amount": None, "currency": None, "declared_at": T0}  # fmt: skip
+PROFILE = {"customer_id": "C1", "email": "c1@example.com", "gender": "F", "birth_year": 1990, "age_band": None,
+           "csp": "cadre", "loyalty_tier": "gold", "marketing_consent": True, "updated_at": T0}  # fmt: skip
+
+
+def hit(
+    at: int,
+    visitor: str = "v1",
+    url: str = "https://shop.example/",
+    referrer: str | None = None,
+    params: dict[str, str] | None = None,
+    customer: str | None = None,
+    type_: str = "page_view",
+) -> dict[str, Any]:
+    return {
+        "event_id": f"e-{visitor}-{at}", "site": "shop.example", "visitor_id": visitor, "customer_id": customer,
+        "event_time": at, "type": type_, "url": url, "referrer": referrer, "page": None,
+        "campaign_params": params or {}, "product": None, "order": None,
+        "consent": {"analytics": True, "marketing": True}, "user_agent": None, "ip_truncated": None,
+    }  # fmt: skip
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.proc = EnrichmentProcessor()
+        self.tables: dict[str, dict[str, Any]] = {"campaigns": {"EREC-123": CAMPAIGN}, "crm": {}, "undeclared": {}}
+        self.ctx = make_context(self.proc, 0, self.tables)
+        self.offset = 0
+
+    def send(self, value: dict[str, Any], now: int | None = None) -> list[OutRecord]:
+        self.ctx.now_ms = now if now is not None else value["event_time"]
+        self.offset += 1
+        record = InRecord("hits.raw", 0, self.offset, value["event_time"], value["visitor_id"], value)
+        out = list(self.proc.process([record], self.ctx))
+        assert not self.ctx.failures, self.ctx.failures
+        return out
+
+    def enriched(self, value: dict[str, Any]) -> dict[str, Any]:
+        outs = [o for o in self.send(value) if o.topic == "hits.enriched"]
+        assert len(outs) == 1
+        return outs[0].value  # type: ignore[no-any-return]
+
+
+def test_declared_campaign_then_same_visit_then_direct_return_keeps_campaign() -> None:
+    h = Harness()
+    first = h.enriched(hit(T0, params={"xtor": "EREC-123-[bf]-20261128-[]-contact@list"}))
+    assert first["traffic_source"]["medium"] == "email"
+    assert first["traffic_source"]["campaign"] == "EREC-123"
+    assert first["declared_campaign"] == {"key": "EREC-123", "name": "Black Friday newsletter",
+                                          "partner": "mailer", "channel": "email"}  # fmt: skip
+    assert first["campaign_undeclared"] is False
+    assert (first["visit_id"], first["visit_number"]) == ("v1:1", 1)
+    same = h.enriched(hit(T0 + 10 * MIN, url="https://shop.example/p/1", referrer="https://shop.example/"))
+    assert same["visit_id"] == "v1:1" and same["declared_campaign"]["key"] == "EREC-123"
+    back = h.enriched(hit(T0 + 3 * DAY))  # direct, 3 days later: prior-attribution credit
+    assert back["visit_number"] == 2 and back["traffic_source"]["campaign"] == "EREC-123"
+    late = h.enriched(hit(T0 + 40 * DAY))  # past the 30-day lifetime
+    assert late["visit_number"] == 3 and late["traffic_source"]["medium"] == "direct"
+    assert late["declared_campaign"] is None
+
+
+def test_visit_breaks_after_30_minutes_and_a_search_visit_keeps_its_own_source() -> None:
+    h = Harness()
+    h.enriched(hit(T0, params={"utm_source": "nl", "utm_medium": "email", "utm_campaign": "spring"}))
+    v = h.enriched(hit(T0 + 29 * MIN))
+    assert v["visit_number"] == 1
+    search = h.enriched(hit(T0 + 29 * MIN + 31 * MIN, referrer="https://www.google.fr/search?q=shoes"))
+    assert search["visit_number"] == 2
+    assert search["traffic_source"]["medium"] == "organic" and search["traffic_source"]["source"] == "google"
+
+
+def test_undeclared_tag_is_flagged_on_every_hit_and_reported_once() -> None:
+    h = Harness()
+    outs = h.send(hit(T0, visitor="a", params={"xtor": "AL-72-[partnerx]"}))
+    reports = [o for o in outs if o.topic == "campaigns.undeclared"]
+    assert [o.key for o in reports] == ["AL-72"]
+    assert reports[0].value["medium"] == "affiliate"
+    enriched = next(o.value for o in outs if o.topic == "hits.enriched")
+    assert enriched["campaign_undeclared"] is True and enriched["declared_campaign"] is None
+    again = h.send(hit(T0 + MIN, visitor="b", params={"xtor": "AL-72-[partnerx]"}))
+    assert [o for o in again if o.topic == "campaigns.undeclared"] == []
+    assert next(o.value for o in again if o.topic == "hits.enriched")["campaign_undeclared"] is True
+
+
+def test_identity_stitching_and_crm_published_after_first_hits() -> None:
+    h = Harness()
+    anon = h.enriched(hit(T0))
+    assert anon["customer_id"] is None and anon["crm"] is None
+    outs = h.send(hit(T0 + MIN, customer="C1", type_="identify"))
+    links = [o for o in outs if o.topic == "identity.links"]
+    assert [(o.key, o.value["customer_id"], o.value["source"]) for o in links] == [("v1", "C1", "identify")]
+    before_crm = h.enriched(hit(T0 + 2 * MIN))
+    assert before_crm["customer_id"] == "C1" and before_crm["crm"] is None
+    h.tables["crm"]["C1"] = PROFILE  # the CRM publishes the profile later
+    after = h.enriched(hit(T0 + 3 * MIN))
+    assert after["crm"] == {"gender": "F", "age_band": "35-49", "csp": "cadre", "loyalty_tier": "gold",
+                            "marketing_consent": True}  # fmt: skip
+    assert [o for o in h.send(hit(T0 + 4 * MIN, customer="C1")) if o.topic == "identity.links"] == []
+
+
+def test_crm_tombstone_purges_every_visitor_of_the_person() -> None:
+    h = Harness()
+    h.tables["crm"]["C1"] = PROFILE
+    h.send(hit(T0, visitor="phone", customer="C1"))
+    h.send(hit(T0, visitor="laptop", customer="C1"))
+    del h.tables["crm"]["C1"]
+    outs = list(h.proc.on_table_change("crm", "C1", PROFILE, None, h.ctx))
+    assert sorted((o.topic, o.key, o.value) for o in outs) == [
+        ("identity.links", "laptop", None), ("identity.links", "phone", None),
+    ]  # fmt: skip
+    assert "phone" not in h.ctx.store("visitors") and "C1" not in h.ctx.store("customers")
+    later = h.enriched(hit(T0 + MIN, visitor="phone"))
+    assert later["customer_id"] is None and later["crm"] is None and later["visit_number"] == 1
+
+
+def test_erasure_seen_during_restore_is_enforced() -> None:
+    h = Harness()
+    h.send(hit(T0, customer="C9"))
+    h.ctx.deleted["crm"].add("C9")
+    outs = list(h.proc.on_partition_restored(h.ctx) or [])
+    assert [(o.key, o.value) for o in outs] == [("v1", None)]
+    assert "v1" not in h.ctx.store("visitors")
+
+
+def test_age_band_comes_from_birth_year_when_missing() -> None:
+    assert crm_attributes({"birth_year": 2000}, T0)["age_band"] == "25-34"  # type: ignore[index]
+    assert crm_attributes({"birth_year": 2015}, T0)["age_band"] == "<18"  # type: ignore[index]
+    assert crm_attributes(None, T0) is None
