@@ -22,6 +22,26 @@ def _runtime(args: argparse.Namespace) -> int:
     return runtime.main(argv)
 
 
+def _enrich(args: argparse.Namespace) -> int:
+    from bench import enrich
+
+    settings = load()
+    argv = [
+        "--records", str(args.records), "--rounds", str(args.rounds), "--latency-seconds", str(args.latency_seconds),
+        "--commit-ms", str(args.commit_ms), "--load", str(args.load), "--timeout", str(args.timeout),
+    ]  # fmt: skip
+    if args.latency_commit_ms is not None:
+        argv += ["--latency-commit-ms", str(args.latency_commit_ms)]
+    return enrich.main(argv, settings.bootstrap_servers, settings.schema_registry_url)
+
+
+def _collector(args: argparse.Namespace) -> int:
+    from bench import collector
+
+    settings = load()
+    return collector.main(args.collector_argv, settings.bootstrap_servers, settings.schema_registry_url)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``bench runtime``."""
     from bench import runtime
@@ -43,3 +63,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     runtime.add_arguments(q)
     q.set_defaults(func=_runtime)
+
+    from bench import enrich
+
+    q = bsub.add_parser(
+        "enrich",
+        help="enrichment processor (at-least-once, exactly-once) vs the raw loop doing the same join; latency",
+        description=enrich.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    enrich.add_arguments(q)
+    q.set_defaults(func=_enrich)
+    q = bsub.add_parser(
+        "collector",
+        help="HTTP collector: accepted events/s for pixel hits and batches of 100, on loopback",
+        description="Start the collector against the configured broker and registry and load it from local "
+        "clients for a bounded time. Options after `collector` are passed on (see python -m bench.collector -h).",
+    )
+    q.add_argument("collector_argv", nargs=argparse.REMAINDER, help="options for bench/collector.py")
+    q.set_defaults(func=_collector)

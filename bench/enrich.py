@@ -1,0 +1,261 @@
+"""Enrichment benchmark: the raw confluent-kafka loop doing the same join vs the enrichment processor.
+
+    (a) raw  confluent-kafka batch loop: decode, Enricher.enrich with dict state and tables, encode, produce
+    (b) alo  EnrichmentProcessor on the runtime, at-least-once
+    (c) eos  EnrichmentProcessor on the runtime, exactly-once
+
+Throughput: N realistic hits (campaign tags, identified visitors, CRM
+profiles, declared campaigns) are produced once and drained by each worker in
+interleaved rounds; medians are reported. Latency: the exactly-once processor
+is then fed at half of its measured maximum rate; hit-to-enriched latency is
+the time a read_committed consumer receives the enriched hit minus the hit's
+event time (emit latency, the output's CreateTime minus event time, is shown
+too). The last line reads ``ratios: alo=<b/a> eos=<c/a> p99_ms=<visible p99>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from bench.runtime import ROOT, delete
+from schemas.catalog import load_catalog
+from schemas.serde import AvroEncoder
+
+IMPLS = ("raw", "alo", "eos")
+VISITORS = 20_000
+CUSTOMERS = 5_000
+TAGS = (
+    {"xtor": "EREC-123-[soldes]-20261128-[]-contact@list"},
+    {"xtor": "SEC-9-GOO-[chaussures trail]"},
+    {"xtor": "AL-72-[partnerx]"},
+    {"utm_source": "newsletter", "utm_medium": "email", "utm_campaign": "black_friday"},
+    {"utm_source": "blog", "utm_medium": "referral", "utm_campaign": "never-declared"},
+    {"gclid": "EAIaIQobChMI"},
+)
+DECLARED = ("EREC-123", "SEC-9", "AL-72", "black_friday")
+REFERRERS = (None, None, "https://www.google.fr/search?q=shoes", "https://www.facebook.com/", "https://blog.example/")
+
+
+def bench_hit(i: int, now_ms: int) -> dict[str, Any]:
+    vis = (i * 7919) % VISITORS
+    identified = vis % 4 == 0 and i % 20 == 0
+    return {
+        "event_id": f"h{i:012d}", "site": "shop.example", "visitor_id": f"v{vis:06d}",
+        "customer_id": f"C{vis % CUSTOMERS:05d}" if identified else None, "event_time": now_ms,
+        "type": "page_view" if i % 3 else "product_view", "url": f"https://shop.example/p/{i % 977}",
+        "referrer": REFERRERS[i % len(REFERRERS)], "page": None,
+        "campaign_params": TAGS[i % len(TAGS)] if i % 17 == 0 else {}, "product": None, "order": None,
+        "consent": {"analytics": True, "marketing": vis % 3 != 0}, "user_agent": None, "ip_truncated": None,
+    }  # fmt: skip
+
+
+def tables(now_ms: int) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
+    campaigns = [
+        (key, {"key": key, "name": f"campaign {key}", "partner": "partner", "channel": "email", "medium": "email",
+               "tagged_url_template": "https://shop.example/", "valid_from": None, "valid_to": None,
+               "cost_model": None, "cost_amount": None, "currency": None, "declared_at": now_ms})
+        for key in DECLARED
+    ]  # fmt: skip
+    profiles = [
+        (f"C{c:05d}", {"customer_id": f"C{c:05d}", "email": f"c{c}@example.com", "gender": "FMX"[c % 3],
+                       "birth_year": 1950 + c % 50, "age_band": None, "csp": ("cadre", "employe", "retraite")[c % 3],
+                       "loyalty_tier": ("gold", "silver", None)[c % 3], "marketing_consent": c % 2 == 0,
+                       "updated_at": now_ms})
+        for c in range(CUSTOMERS)
+    ]  # fmt: skip
+    return campaigns, profiles
+
+
+class Producer_:
+    """Avro producer for one topic, connected up front so start-up never counts as latency."""
+
+    def __init__(self, bootstrap: str, registry: str, topic: str, stem: str, paced: bool = False) -> None:
+        catalog = load_catalog()
+        client = SchemaRegistryClient({"url": registry})
+        self.topic = topic
+        self.enc = AvroEncoder.for_subject(client, f"{topic}-value", catalog.schema_text(stem))
+        self.key = AvroEncoder.for_subject(client, f"{topic}-key", '"string"')
+        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                                  "linger.ms": 1 if paced else 20, "partitioner": "murmur2_random",
+                                  "queue.buffering.max.messages": 1_000_000})  # fmt: skip
+
+    def send(self, records: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        for key, value in records:
+            self._produce(key, value)
+        self.producer.flush(120)
+
+    def _produce(self, key: str, value: dict[str, Any]) -> None:
+        while True:
+            try:
+                self.producer.produce(self.topic, self.enc.encode(value), self.key.encode(key))
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def hits(self, start: int, count: int, rate: float | None = None) -> None:
+        t0 = time.perf_counter()
+        for i in range(start, start + count):
+            if rate and i % 50 == 0:
+                wait = t0 + (i - start) / rate - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+            hit = bench_hit(i, time.time_ns() // 1_000_000)
+            self._produce(hit["visitor_id"], hit)
+            if rate and i % 50 == 0:
+                self.producer.poll(0)
+        self.producer.flush(120)
+
+
+def create(bootstrap: str, topics: dict[str, int], compact: bool = False) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    config = {"cleanup.policy": "compact"} if compact else {}
+    for fut in admin.create_topics([NewTopic(t, n, 1, config=config) for t, n in topics.items()]).values():
+        fut.result(30)
+
+
+def worker_cmd(
+    impl: str, args: argparse.Namespace, env: dict[str, str], records: int, group: str, commit_ms: int | None = None
+) -> list[str]:
+    return [
+        sys.executable, "-m", "bench.enrich_workers", impl, "--bootstrap", args.bootstrap, "--registry", args.registry,
+        "--input", env["input"], "--output", env["output"], "--campaigns", env["campaigns"], "--crm", env["crm"],
+        "--records", str(records), "--group", group, "--dlq", env["dlq"],
+        "--commit-ms", str(commit_ms or args.commit_ms),
+    ]  # fmt: skip
+
+
+def outputs(bootstrap: str, output: str) -> None:
+    create(bootstrap, {output: 6, output + ".links": 6})
+    create(bootstrap, {output + ".undeclared": 1}, compact=True)
+
+
+def throughput(impl: str, args: argparse.Namespace, env: dict[str, str], tag: str) -> dict[str, Any]:
+    import json
+
+    env = {**env, "output": f"bench.enriched.{impl}.{tag}"}
+    outputs(args.bootstrap, env["output"])
+    cmd = worker_cmd(impl, args, env, args.records, f"bench-enrich-{impl}-{tag}")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    delete(args.bootstrap, [env["output"], env["output"] + ".links", env["output"] + ".undeclared"])
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{impl} worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def latency(impl: str, rate: float, args: argparse.Namespace, env: dict[str, str], tag: str) -> dict[str, float]:
+    """Run ``impl`` on a fresh topic fed at ``rate``; percentiles of visible and emit latency (ms)."""
+    import json
+
+    env = {**env, "input": f"bench.lat.in.{impl}.{tag}", "output": f"bench.lat.out.{impl}.{tag}"}
+    create(args.bootstrap, {env["input"]: 6})
+    outputs(args.bootstrap, env["output"])
+    count = int(rate * args.latency_seconds)
+    feeder = Producer_(args.bootstrap, args.registry, env["input"], "Hit", paced=True)
+    cmd = worker_cmd(impl, args, env, count + 1, f"bench-lat-{impl}-{tag}", args.latency_commit_ms)
+    worker = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "bench.latency_reader", "--bootstrap", args.bootstrap, "--registry", args.registry,
+         "--topic", env["output"], "--count", str(count), "--timeout", str(args.latency_seconds + 120)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert reader.stdout is not None
+    feeder.hits(0, 1)  # warm-up: once it comes out, the worker is assigned and its tables are loaded
+    if reader.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"{impl}: the warm-up hit never came out")
+    feeder.hits(1, count, rate=rate)
+    out, _ = reader.communicate(timeout=args.latency_seconds + 180)
+    try:
+        worker.wait(60)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+    delete(args.bootstrap, [env["input"], env["output"], env["output"] + ".links", env["output"] + ".undeclared"])
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    result["rate"] = rate
+    return result
+
+
+def run(args: argparse.Namespace) -> str:
+    tag = uuid.uuid4().hex[:6]
+    env = {"input": f"bench.hits.{tag}", "campaigns": f"bench.campaigns.{tag}", "crm": f"bench.crm.{tag}",
+           "dlq": f"bench.dlq.{tag}"}  # fmt: skip
+    create(args.bootstrap, {env["input"]: 6, env["dlq"]: 1})
+    create(args.bootstrap, {env["campaigns"]: 1, env["crm"]: 3}, compact=True)
+    now = time.time_ns() // 1_000_000
+    campaigns, profiles = tables(now)
+    Producer_(args.bootstrap, args.registry, env["campaigns"], "Campaign").send(campaigns)
+    Producer_(args.bootstrap, args.registry, env["crm"], "CrmProfile").send(profiles)
+    print(f"producing {args.records} hits ...", file=sys.stderr, flush=True)
+    Producer_(args.bootstrap, args.registry, env["input"], "Hit").hits(0, args.records)
+    rates: dict[str, list[float]] = {i: [] for i in IMPLS}
+    rss: dict[str, float] = {i: 0.0 for i in IMPLS}
+    for round_ in range(args.rounds):
+        for impl in IMPLS if round_ % 2 == 0 else tuple(reversed(IMPLS)):
+            res = throughput(impl, args, env, f"{tag}-{round_}")
+            rates[impl].append(res["records"] / res["elapsed"])
+            rss[impl] = max(rss[impl], res["peak_rss_mb"])
+            print(f"round {round_ + 1} {impl:<4} {rates[impl][-1]:>9,.0f} hits/s", file=sys.stderr, flush=True)
+    med = {i: statistics.median(r) for i, r in rates.items()}
+    lat = {}
+    if args.latency_seconds > 0:
+        for impl in ("alo", "eos"):
+            lat[impl] = latency(impl, med["eos"] * args.load, args, env, tag)
+            print(f"latency {impl}: {lat[impl]}", file=sys.stderr, flush=True)
+    delete(args.bootstrap, [env["input"], env["campaigns"], env["crm"], env["dlq"]])
+    labels = {"raw": "(a) raw loop, same join", "alo": "(b) enrichment at-least-once",
+              "eos": "(c) enrichment exactly-once"}  # fmt: skip
+    lines = [
+        f"enrichment bench: {args.records} hits, {VISITORS} visitors, {CUSTOMERS} CRM profiles, {args.rounds} "
+        f"round(s), medians; commit interval {args.commit_ms} ms (latency runs: "
+        f"{args.latency_commit_ms or args.commit_ms} ms)",
+        f"{'implementation':<32}{'hits/s':>10}{'x raw':>8}{'peak RSS MB':>13}",
+    ]
+    for impl in IMPLS:
+        lines.append(f"{labels[impl]:<32}{med[impl]:>10,.0f}{med[impl] / med['raw']:>8.2f}{rss[impl]:>13.0f}")
+    for impl, r in lat.items():
+        lines.append(
+            f"latency {impl} at {r['rate']:,.0f} hits/s ({args.load:.0%} of eos max): "
+            f"hit-to-enriched p50 {r['p50']:.1f} ms p99 {r['p99']:.1f} ms; "
+            f"emit p50 {r['emit_p50']:.1f} ms p99 {r['emit_p99']:.1f} ms"
+        )
+    p99 = lat["eos"]["p99"] if "eos" in lat else float("nan")
+    lines.append(f"ratios: alo={med['alo'] / med['raw']:.2f} eos={med['eos'] / med['raw']:.2f} p99_ms={p99:.1f}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--records", type=int, default=200_000, help="hits per throughput run (default 200000)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, medians reported (default 3)")
+    parser.add_argument("--latency-seconds", type=float, default=5, help="length of the latency runs; 0 skips them")
+    parser.add_argument("--commit-ms", type=int, default=100, help="processor commit interval (default 100)")
+    parser.add_argument(
+        "--latency-commit-ms", type=int, default=None, help="commit interval of the latency runs (default: --commit-ms)"
+    )
+    parser.add_argument("--load", type=float, default=0.5, help="latency-run rate as a share of eos max (default 0.5)")
+    parser.add_argument("--timeout", type=float, default=900, help="per-worker timeout in seconds")
+
+
+def main(argv: Sequence[str] | None = None, bootstrap: str | None = None, registry: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.enrich", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--bootstrap", default=bootstrap or "127.0.0.1:9092")
+    parser.add_argument("--registry", default=registry or "http://127.0.0.1:8081")
+    add_arguments(parser)
+    print(run(parser.parse_args(argv)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

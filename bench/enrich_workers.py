@@ -1,0 +1,175 @@
+"""Enrichment bench workers: the raw confluent-kafka loop and the runtime processor, one process each.
+
+    python -m bench.enrich_workers raw|alo|eos --bootstrap B --registry R --input T --output O
+        --campaigns C --crm P --records N --group G [--commit-ms MS]
+
+Both do the same work per hit: decode, ``Enricher.enrich`` against the
+visitor's state and the campaign/CRM tables, encode ``EnrichedHit``, produce.
+The raw loop keeps its state in a dict and commits offsets asynchronously: no
+changelog, no transactions; that is the ceiling the runtime is compared to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from bench.workers import _report
+
+
+def read_table(bootstrap: str, registry: str, topic: str) -> dict[str, Any]:
+    """Load a compacted topic into a dict, as the runtime's lookup table does."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
+
+    decoder = AvroDecoder(SchemaCache(registry_fetcher(SchemaRegistryClient({"url": registry}))))
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-table", "enable.partition.eof": True})
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    table: dict[str, Any] = {}
+    eof: set[int] = set()
+    while len(eof) < len(parts):
+        batch: list[Any] = consumer.consume(1000, timeout=1)
+        for msg in batch:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    eof.add(msg.partition())
+                continue
+            key = decoder.decode(msg.key())
+            if msg.value() is None:
+                table.pop(key, None)
+            else:
+                table[key] = decoder.decode(msg.value())
+    consumer.close()
+    return table
+
+
+def run_raw(args: argparse.Namespace) -> None:
+    import fastavro
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from schemas.catalog import load_catalog
+    from schemas.serde import AvroEncoder, SchemaCache, registry_fetcher
+    from streams.enrichment.enricher import Enricher
+
+    catalog = load_catalog()
+    client = SchemaRegistryClient({"url": args.registry})
+    enc = AvroEncoder.for_subject(client, f"{args.output}-value", catalog.schema_text("EnrichedHit"))
+    key_enc = AvroEncoder.for_subject(client, f"{args.output}-key", '"string"')
+    writer, header = enc.schema, enc.header
+    cache = SchemaCache(registry_fetcher(client))
+    campaigns = read_table(args.bootstrap, args.registry, args.campaigns)
+    crm = read_table(args.bootstrap, args.registry, args.crm)
+    enricher = Enricher()
+    state: dict[str, Any] = {}
+    consumer = Consumer(
+        {"bootstrap.servers": args.bootstrap, "group.id": args.group, "auto.offset.reset": "earliest",
+         "enable.auto.commit": False}
+    )  # fmt: skip
+    producer = Producer(
+        {"bootstrap.servers": args.bootstrap, "enable.idempotence": True, "linger.ms": 5,
+         "queue.buffering.max.messages": 500_000, "partitioner": "murmur2_random"}
+    )  # fmt: skip
+    consumer.subscribe([args.input])
+    done, started = 0, 0.0
+    reader, write = fastavro.schemaless_reader, fastavro.schemaless_writer
+    while done < args.records:
+        msgs = consumer.consume(5000, timeout=0)
+        if not msgs:
+            first = consumer.poll(0.05)
+            if first is None:
+                continue
+            msgs = [first, *consumer.consume(4999, timeout=0)]
+        if not started:
+            started = time.perf_counter()
+        now = time.time_ns() // 1_000_000
+        for msg in msgs:
+            if msg.error():
+                continue
+            raw: Any = msg.value()
+            hit: Any = reader(io.BytesIO(raw[5:]), cache.get(int.from_bytes(raw[1:5], "big")), None)
+            visitor = hit["visitor_id"]
+            result, state[visitor] = enricher.enrich(hit, state.get(visitor), campaigns, crm, now)
+            out = io.BytesIO()
+            out.write(header)
+            write(out, writer, result.hit)
+            while True:
+                try:
+                    producer.produce(args.output, out.getvalue(), key_enc.encode(visitor))
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            done += 1
+        producer.poll(0)
+        consumer.commit(asynchronous=True)
+    producer.flush(60)
+    _report(started, done)
+    consumer.close()
+
+
+def run_runtime(args: argparse.Namespace, exactly_once: bool) -> None:
+    from schemas.catalog import load_catalog
+    from streams.enrichment.processor import EnrichmentProcessor, EnrichmentTopics
+    from streams.runtime import Runner, RunnerConfig
+
+    catalog = load_catalog()
+    topics = EnrichmentTopics(
+        hits_raw=args.input, hits_enriched=args.output, identity_links=args.output + ".links",
+        campaigns=args.campaigns, undeclared=args.output + ".undeclared", crm_profiles=args.crm,
+    )  # fmt: skip
+    processor = EnrichmentProcessor(topics)
+    runner = Runner(
+        processor,
+        RunnerConfig(
+            app_id=args.group,
+            bootstrap_servers=args.bootstrap,
+            schema_registry_url=args.registry,
+            output_schemas={
+                topics.hits_enriched: catalog.schema_text("EnrichedHit"),
+                topics.identity_links: catalog.schema_text("IdentityLink"),
+                topics.undeclared: catalog.schema_text("Campaign"),
+            },
+            exactly_once=exactly_once,
+            batch_size=5000,
+            commit_interval_ms=args.commit_ms,
+            dead_letter_topic=args.dlq,
+        ),
+    )
+    started = 0.0
+
+    def done() -> bool:
+        nonlocal started
+        if not started and runner.records_in:
+            started = time.perf_counter()
+        return runner.records_in >= args.records and runner.records_out >= args.records
+
+    runner.run(until=done)
+    _report(started or time.perf_counter(), runner.records_in)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.enrich_workers")
+    parser.add_argument("impl", choices=["raw", "alo", "eos"])
+    for name in ("bootstrap", "registry", "input", "output", "campaigns", "crm", "group"):
+        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--records", type=int, required=True)
+    parser.add_argument("--dlq", default="errors.deadletters")
+    parser.add_argument("--commit-ms", type=int, default=100)
+    args = parser.parse_args(argv)
+    if args.impl == "raw":
+        run_raw(args)
+    else:
+        run_runtime(args, exactly_once=args.impl == "eos")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Reads enriched hits in its own process and reports hit-to-enriched latency percentiles as JSON.
+
+A separate process, so decoding the output does not fight the feeder for the GIL
+and inflate the latency it measures. Prints ``ready`` once the first (warm-up)
+record arrived, then one JSON line when ``--count`` more arrived or time ran out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import time
+from typing import Any
+
+import fastavro
+from confluent_kafka import Consumer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from schemas.serde import SchemaCache, registry_fetcher
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--registry", required=True)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--timeout", type=float, default=120)
+    args = parser.parse_args()
+    cache = SchemaCache(registry_fetcher(SchemaRegistryClient({"url": args.registry})))
+    consumer = Consumer({"bootstrap.servers": args.bootstrap, "group.id": f"lat-{args.topic}",
+                         "auto.offset.reset": "earliest", "isolation.level": "read_committed"})  # fmt: skip
+    consumer.subscribe([args.topic])
+    ready = False
+    visible: list[float] = []
+    emit: list[float] = []
+    deadline = time.monotonic() + args.timeout
+    while len(visible) < args.count and time.monotonic() < deadline:
+        msgs: list[Any] = consumer.consume(2000, timeout=0)  # what is queued, else wait for the next one
+        if not msgs:
+            first = consumer.poll(0.05)
+            msgs = [] if first is None else [first, *consumer.consume(1999, timeout=0)]
+        received = time.time_ns() / 1e6
+        for msg in msgs:
+            if msg.error():
+                continue
+            if not ready:
+                ready = True
+                print("ready", flush=True)
+                continue
+            raw = msg.value()
+            value: Any = fastavro.schemaless_reader(io.BytesIO(raw[5:]), cache.get(int.from_bytes(raw[1:5], "big")))
+            sent = value["event_time"].timestamp() * 1000
+            visible.append(received - sent)
+            emit.append(msg.timestamp()[1] - sent)
+    consumer.close()
+    qv = statistics.quantiles(visible, n=100) if len(visible) > 1 else [float("nan")] * 99
+    qe = statistics.quantiles(emit, n=100) if len(emit) > 1 else [float("nan")] * 99
+    print(json.dumps({"received": len(visible), "p50": qv[49], "p99": qv[98], "emit_p50": qe[49],
+                      "emit_p99": qe[98]}), flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
