@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "passerelle.commands.enrich",
     "passerelle.commands.demo",
     "passerelle.commands.collector",
+    "passerelle.commands.generate",
     "passerelle.commands.bench",
 )
 
