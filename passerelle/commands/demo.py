@@ -1,8 +1,9 @@
 """``passerelle demo``: the whole local flow in one command, for a newcomer's first five minutes.
 
-Stack up, topics created, schemas registered, a few realistic hits produced
-to ``hits.raw`` in the Confluent wire format, then read back from the broker
-and printed decoded, so the reader sees real records make the round trip.
+Stack up, topics created, schemas registered, campaigns and CRM profiles
+published, then generated shop traffic posted to the real HTTP collector and
+read back from ``hits.enriched`` after the real enrichment processor attributed
+and enriched it: every piece a newcomer will meet, running for real.
 """
 
 from __future__ import annotations
@@ -18,136 +19,92 @@ from passerelle.commands.schemas import register, subject_plans
 from passerelle.commands.stack import stack_config
 from passerelle.errors import PasserelleError
 from passerelle.settings import PasserelleSettings, load
-from schemas.catalog import Catalog, load_catalog
-from schemas.models import Consent, Hit, HitType, Order, Product
-from streams.enrichment.params import parse_campaign_params
-
-TOPIC = "hits.raw"
-PRODUCTS = [
-    Product(id="SKU-1001", name="Trail running shoes", price=129.0, currency="EUR", category="shoes"),
-    Product(id="SKU-2002", name="Rain jacket", price=89.5, currency="EUR", category="outerwear"),
-    Product(id="SKU-3003", name="Merino socks", price=14.9, currency="EUR", category="accessories"),
-]
-LANDINGS = [
-    ("https://shop.example/?xtor=EREC-123-[soldes]-20261128-[]-contact@list", None),
-    ("https://shop.example/promo?utm_source=newsletter&utm_medium=email&utm_campaign=black_friday", None),
-    ("https://shop.example/?gclid=EAIaIQobChMI", "https://www.google.fr/"),
-    ("https://shop.example/", "https://www.facebook.com/"),
-    ("https://shop.example/", None),
-]
+from schemas.catalog import load_catalog
 
 
-def sample_hits(count: int, seed: int | None = None) -> list[Hit]:
-    """A short shopping journey per visitor: landing, product views, cart add, sometimes an order."""
-    rng = random.Random(seed)
-    now = int(time.time() * 1000)
-    hits: list[Hit] = []
-    while len(hits) < count:
-        visitor = f"vis-{uuid.UUID(int=rng.getrandbits(128)).hex[:12]}"
-        url, referrer = rng.choice(LANDINGS)
-        consent = Consent(analytics=True, marketing=rng.random() < 0.7)
-        product = rng.choice(PRODUCTS)
-        journey: list[dict[str, Any]] = [
-            {"type": HitType.PAGE_VIEW, "url": url, "referrer": referrer, "page": "home",
-             "campaign_params": parse_campaign_params(url)},
-            {"type": HitType.PRODUCT_VIEW, "url": f"https://shop.example/p/{product.id}", "product": product},
-            {"type": HitType.CART_ADD, "url": f"https://shop.example/p/{product.id}", "product": product},
-        ]  # fmt: skip
-        if rng.random() < 0.4:
-            journey.append(
-                {"type": HitType.ORDER, "url": "https://shop.example/checkout/done",
-                 "customer_id": f"C{rng.randint(1, 999)}",
-                 "order": Order(order_id=f"O-{rng.randint(10000, 99999)}", revenue=product.price or 0.0,
-                                currency="EUR", lines=[product])}
-            )  # fmt: skip
-        for step, fields in enumerate(journey):
-            hits.append(
-                Hit(event_id=str(uuid.UUID(int=rng.getrandbits(128))), site="shop.example", visitor_id=visitor,
-                    event_time=now + step * 15_000, consent=consent, user_agent="Mozilla/5.0 (demo)",
-                    ip_truncated="203.0.113.0", **fields)
-            )  # fmt: skip
-    return hits[:count]
+def wait_http(url: str, proc: Any, what: str, log: Any, timeout: float = 60.0) -> None:
+    """Wait until ``url`` answers 200, failing fast (with the log's tail) if the process died."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise PasserelleError(f"{what} exited during start-up: {log.read_text()[-500:].strip()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise PasserelleError(f"{what} did not answer on {url} within {timeout:.0f}s (log: {log})")
 
 
-def produce_and_read_back(settings: PasserelleSettings, catalog: Catalog, hits: list[Hit]) -> list[dict[str, Any]]:
-    """Produce with the project serde, then read exactly those offsets back from the broker."""
-    from confluent_kafka import Consumer, Producer, TopicPartition
+def read_enriched(settings: PasserelleSettings, event_ids: set[str], timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Read hits.enriched until every event id we sent came out (read_committed: exactly-once output)."""
+    from confluent_kafka import Consumer
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    from schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
+    from schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
 
-    spec = catalog.topic(TOPIC)
-    client = SchemaRegistryClient({"url": settings.schema_registry_url})
-    value_enc = AvroEncoder.for_subject(client, spec.value_subject, catalog.schema_text(spec.value_schema))
-    key_enc = AvroEncoder.for_subject(client, spec.key_subject, catalog.schema_text(spec.key_schema))
-    producer = Producer(
-        {"bootstrap.servers": settings.bootstrap_servers, "enable.idempotence": True, "acks": "all",
-         "partitioner": "murmur2_random"}
-    )  # fmt: skip
-    delivered: list[tuple[int, int]] = []
-    errors: list[str] = []
-
-    def on_delivery(err: Any, msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
-        else:
-            delivered.append((msg.partition(), msg.offset()))
-
-    for hit in hits:
-        producer.produce(
-            TOPIC, value_enc.encode(hit.to_avro()), key_enc.encode(hit.visitor_id), on_delivery=on_delivery
-        )
-    if producer.flush(30) or errors:
-        raise PasserelleError(f"could not produce the sample hits: {errors[:1] or 'timeout'}")
-    print(f"produced {len(delivered)} hits to {TOPIC} (schema id {value_enc.schema_id})")
-    first: dict[int, int] = {}
-    for partition, offset in delivered:
-        first[partition] = min(offset, first.get(partition, offset))
-    wanted = set(delivered)
+    decoder = AvroDecoder(SchemaCache(registry_fetcher(SchemaRegistryClient({"url": settings.schema_registry_url}))))
     consumer = Consumer(
         {"bootstrap.servers": settings.bootstrap_servers, "group.id": f"passerelle-demo-{uuid.uuid4().hex[:8]}",
-         "enable.auto.commit": False}
+         "auto.offset.reset": "earliest", "enable.auto.commit": False, "isolation.level": "read_committed"}
     )  # fmt: skip
-    consumer.assign([TopicPartition(TOPIC, p, o) for p, o in first.items()])
-    decoder = AvroDecoder(SchemaCache(registry_fetcher(client)))
-    key_decoder = AvroDecoder(SchemaCache(registry_fetcher(client)))
-    records: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 30
+    consumer.subscribe(["hits.enriched"])
+    wanted, found = set(event_ids), []
+    deadline = time.monotonic() + timeout
     while wanted and time.monotonic() < deadline:
-        for msg in consumer.consume(100, timeout=1.0):
-            if msg.error() or (msg.partition(), msg.offset()) not in wanted:
+        for msg in consumer.consume(500, timeout=0.5):
+            if msg.error() or msg.value() is None:
                 continue
-            wanted.discard((msg.partition(), msg.offset()))
             value = decoder.decode(msg.value())
-            value["_key"] = key_decoder.decode(msg.key())
-            value["_partition"], value["_offset"] = msg.partition(), msg.offset()
-            records.append(value)
+            if value["event_id"] in wanted:
+                wanted.discard(value["event_id"])
+                found.append(value)
     consumer.close()
     if wanted:
-        raise PasserelleError(f"{len(wanted)} produced hits could not be read back within 30 s")
-    return sorted(records, key=lambda r: (r["_partition"], r["_offset"]))
+        missing = f"{len(wanted)} of {len(event_ids)} hits"
+        raise PasserelleError(f"{missing} did not reach hits.enriched within {timeout:.0f}s (see the demo logs)")
+    return sorted(found, key=lambda v: (v["visitor_id"], v["event_time"]))
 
 
-def describe(record: dict[str, Any]) -> str:
-    """One readable line per decoded hit."""
-    extra = ""
-    if record.get("campaign_params"):
-        extra = " campaign=" + ",".join(f"{k}={v}" for k, v in record["campaign_params"].items())
-    elif record.get("referrer"):
-        extra = f" referrer={record['referrer']}"
-    if record.get("product"):
-        extra += f" product={record['product']['id']}"
-    if record.get("order"):
-        extra += f" order={record['order']['order_id']} revenue={record['order']['revenue']}"
-    when = record["event_time"]
-    stamp = when.strftime("%H:%M:%S") if hasattr(when, "strftime") else str(when)
-    return (
-        f"p{record['_partition']}@{record['_offset']:<4} {stamp} key={record['_key']} "
-        f"{record['type']:<12} {record['url']}{extra}"
-    )
+def telling(hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The hits that show something: each visit's landing, identifications, cart adds and orders."""
+    seen_visits: set[str] = set()
+    picked = []
+    for hit in hits:
+        first_of_visit = hit["visit_id"] not in seen_visits
+        seen_visits.add(hit["visit_id"])
+        if first_of_visit or hit["type"] in ("identify", "cart_add", "order"):
+            picked.append(hit)
+    return picked
+
+
+def describe_enriched(hit: dict[str, Any]) -> str:
+    """One line per enriched hit: who, what, which visit, where from, which campaign, which CRM segment."""
+    src = hit["traffic_source"]
+    origin = "/".join(x for x in (src["medium"], src["source"], src["campaign"]) if x)
+    if hit["declared_campaign"]:
+        origin += f" [declared: {hit['declared_campaign']['name']}]"
+    elif hit["campaign_undeclared"]:
+        origin += " [UNDECLARED]"
+    who = hit["customer_id"] or "-"
+    if hit["crm"]:
+        who += f" ({hit['crm']['gender'] or '?'}, {hit['crm']['age_band'] or '?'}, {hit['crm']['csp'] or '?'})"
+    when = hit["event_time"]
+    stamp = when.strftime("%m-%d %H:%M") if hasattr(when, "strftime") else str(when)
+    return f"{stamp} {hit['visitor_id'][:14]:<14} v{hit['visit_number']} {hit['type']:<12} {origin:<58} {who}"
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import json
+    import os
+    import signal
+    import subprocess
+
+    from connectors.generator.send import EventSender, SendOptions, publish_campaigns, publish_profiles
+    from connectors.generator.shop import HOUR, Shop
     from deploy.local import stack
     from schemas.topics_admin import KafkaAdmin, ensure_topics
 
@@ -163,11 +120,70 @@ def _demo(args: argparse.Namespace) -> int:
     print("== schemas")
     for line in register(settings.schema_registry_url, subject_plans(catalog)):
         print(line)
-    print(f"== {args.count} sample hits, produced and read back decoded from the broker")
-    records = produce_and_read_back(settings, catalog, sample_hits(args.count, args.seed))
-    for record in records:
-        print(describe(record))
-    print(f"read back {len(records)} hits. The stack keeps running: `passerelle down` stops it.")
+
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    shop = Shop(seed, int(time.time() * 1000) - 8 * HOUR, site="shop.example", span_ms=8 * HOUR,
+                customers=max(20, args.visitors // 2))  # fmt: skip
+    print("== declared campaigns and CRM profiles (Kafka)")
+    campaigns = publish_campaigns(shop.campaigns(), settings.bootstrap_servers, settings.schema_registry_url,
+                                  catalog_path=settings.catalog)  # fmt: skip
+    profiles = publish_profiles(shop.crm_profiles(), settings.bootstrap_servers, settings.schema_registry_url,
+                                catalog_path=settings.catalog)  # fmt: skip
+    print(f"{campaigns} campaigns -> campaigns, {profiles} profiles -> crm.profiles")
+
+    logs = settings.state_dir.resolve() / "demo"
+    logs.mkdir(parents=True, exist_ok=True)
+    from deploy.local.stack import free_port
+
+    port = free_port()
+    env = {**os.environ, "PASSERELLE_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+           "PASSERELLE_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+           "PASSERELLE_COLLECTOR_SITES": json.dumps({"shop.example": "demo-key"}),
+           "PASSERELLE_COLLECTOR_PORT": str(port), "PASSERELLE_INSTANCE_ID": "demo"}  # fmt: skip
+    procs: list[tuple[str, subprocess.Popen[bytes], Any]] = []
+    try:
+        print("== enrichment processor and collector (background processes)")
+        for what, cmd in (("enrichment", ["enrich"]), ("collector", ["collector"])):
+            log = logs / f"{what}.log"
+            with open(log, "ab") as out:
+                proc = subprocess.Popen([sys.executable, "-m", "passerelle", *cmd], env=env, stdout=out,
+                                        stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            procs.append((what, proc, log))
+            print(f"{what:<10} pid {proc.pid}, log {log}")
+        wait_http(f"http://127.0.0.1:{port}/healthz", procs[1][1], "collector", procs[1][2])
+        events = shop.events(args.visitors)
+        print(f"== traffic: {len(events)} events of {args.visitors} visitors -> POST http://127.0.0.1:{port}/v1/events")
+        with EventSender(f"http://127.0.0.1:{port}", "demo-key", SendOptions(batch_size=100)) as sender:
+            sent = sender.send(events)
+        sent.campaigns, sent.profiles = campaigns, profiles
+        for line in sent.lines():
+            print(line)
+        if procs[0][1].poll() is not None:
+            raise PasserelleError(f"enrichment exited: {procs[0][2].read_text()[-500:].strip()}")
+        accepted = {e["event_id"] for e in events}
+        enriched = read_enriched(settings, accepted)
+        print(f"== hits.enriched: {len(enriched)} hits, attributed and enriched; the telling ones:")
+        for hit in telling(enriched)[: args.show]:
+            print(describe_enriched(hit))
+        by_medium: dict[str, int] = {}
+        for hit in enriched:
+            by_medium[hit["traffic_source"]["medium"]] = by_medium.get(hit["traffic_source"]["medium"], 0) + 1
+        print("by medium: " + ", ".join(f"{m}={n}" for m, n in sorted(by_medium.items(), key=lambda kv: -kv[1])))
+        identified = sum(1 for h in enriched if h["crm"])
+        undeclared = sum(1 for h in enriched if h["campaign_undeclared"])
+        print(f"read back {len(enriched)} enriched hits: {identified} with CRM attributes, {undeclared} with an "
+              "undeclared campaign tag")  # fmt: skip
+    finally:
+        for _, proc, _ in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for what, proc, _ in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                print(f"{what} did not stop within 30 s: killed", file=sys.stderr)
+    print("The stack keeps running: `passerelle down` stops it.")
     sys.stdout.flush()
     return 0
 
@@ -176,11 +192,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``demo``."""
     p = sub.add_parser(
         "demo",
-        help="run the demo: stack up, topics, schemas, sample hits produced and read back",
-        description="Start the local stack (if needed), create the catalog's topics, register their schemas, "
-        "produce a short sample of realistic hits to hits.raw and print them as read back, decoded, from the "
-        "broker.",
+        help="run the demo: stack, topics, schemas, collector, enrichment, generated shop traffic",
+        description="Start the local stack (if needed), create the catalog's topics and register their schemas, "
+        "publish declared campaigns and CRM profiles, start the enrichment processor and the HTTP collector, "
+        "post generated shop traffic to the collector and print the hits as they come out of hits.enriched, "
+        "attributed and enriched. The collector and the processor stop at the end; the stack keeps running.",
     )
-    p.add_argument("--count", type=int, default=12, help="number of sample hits (default 12)")
-    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples")
+    p.add_argument("--visitors", type=int, default=12, help="simulated visitors (default 12)")
+    p.add_argument("--show", type=int, default=25, help="enriched hits to print (default 25)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for a reproducible run")
     p.set_defaults(func=_demo)

@@ -47,14 +47,20 @@ def test_up_is_idempotent_and_demo_reads_back_decoded_hits(env: dict[str, str]) 
     status = cli(env, "status")
     assert status.returncode == 0 and status.stdout.count("answering") == 2
 
-    demo = cli(env, "demo", "--count", "8", "--seed", "3")
+    demo = cli(env, "demo", "--visitors", "8", "--seed", "3")
     assert demo.returncode == 0, demo.stderr
-    assert "hits.raw: created" in demo.stdout or "hits.raw: exists" in demo.stdout
-    assert "hits.raw-value" in demo.stdout
-    lines = [line for line in demo.stdout.splitlines() if re.match(r"p\d+@\d+ ", line)]
-    assert len(lines) == 8
-    assert any("page_view" in line for line in lines) and any("cart_add" in line for line in lines)
-    assert "read back 8 hits" in demo.stdout
+    out = demo.stdout
+    assert "hits.raw: created" in out or "hits.raw: exists" in out
+    assert "hits.enriched-value" in out
+    sent = int(re.search(r"accepted\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+    assert sent > 0 and re.search(r"rejected\s+0\b", out)
+    assert f"read back {sent} enriched hits" in out  # every hit posted to the collector came out enriched
+    lines = [line for line in out.splitlines() if re.match(r"\d\d-\d\d \d\d:\d\d v-", line)]
+    assert lines, out
+    identified = int(re.search(r"identified visitors\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+    with_crm = int(re.search(r"(\d+) with CRM attributes", out).group(1))  # type: ignore[union-attr]
+    assert identified > 0 and with_crm > 0  # identities stitched and CRM profiles joined
+    assert re.search(r"by medium: \w+=\d+", out)
 
     down = cli(env, "down", "--purge")
     assert down.returncode == 0 and "kafka     stopped" in down.stdout
