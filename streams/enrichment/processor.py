@@ -13,15 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry, Counter
 
 from streams.enrichment.enricher import Enricher, EnrichmentConfig
 from streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec, TableSpec
-
-UNDECLARED_HITS = Counter(
-    "passerelle_enrichment_undeclared_campaign_hits_total", "Hits whose campaign tag matches no declared campaign"
-)
-ERASURES = Counter("passerelle_enrichment_erasures_total", "Visitors purged because their CRM profile was erased")
 
 
 @dataclass(frozen=True)
@@ -52,6 +47,19 @@ class EnrichmentProcessor(Processor):
             TableSpec("undeclared", t.undeclared),
         )
         self.enricher = Enricher(config)
+        self._undeclared_hits: Counter | None = None
+        self._erasures: Counter | None = None
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        self._undeclared_hits = Counter(
+            "passerelle_enrichment_undeclared_campaign_hits_total",
+            "Hits whose campaign tag matches no declared campaign",
+            registry=registry,
+        )
+        self._erasures = Counter(
+            "passerelle_enrichment_erasures_total", "Visitors purged because their CRM profile was erased",
+            registry=registry,
+        )  # fmt: skip
 
     def process_one(self, record: InRecord, ctx: Context) -> Iterable[OutRecord] | None:
         hit = record.value
@@ -67,8 +75,8 @@ class EnrichmentProcessor(Processor):
         if result.identity_link is not None:
             self._index(ctx, visitor, previous_customer, result.identity_link["customer_id"])
             out.append(OutRecord(self.topics.identity_links, visitor, result.identity_link))
-        if result.hit["campaign_undeclared"]:
-            UNDECLARED_HITS.inc()
+        if result.hit["campaign_undeclared"] and self._undeclared_hits is not None:
+            self._undeclared_hits.inc()
         if result.undeclared is not None:
             key = result.undeclared["key"]
             seen = ctx.store("undeclared")
@@ -97,7 +105,8 @@ class EnrichmentProcessor(Processor):
         for visitor in customers.get(customer, []):
             visitors.delete(visitor)
             out.append(OutRecord(self.topics.identity_links, visitor, None))
-            ERASURES.inc()
+            if self._erasures is not None:
+                self._erasures.inc()
         customers.delete(customer)
         return out
 

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from streams.runtime.records import InRecord, OutRecord
 from streams.runtime.state import KeyValueStore, StoreSpec
 from streams.runtime.timers import TIMER_STORE, Timer, TimerService
@@ -85,6 +87,9 @@ class Processor:
     def on_timer(self, timers: Sequence[Timer], ctx: Context) -> Iterable[OutRecord]:
         """Emit on the absence of events; the default has no timers."""
         return ()
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Create the processor's own metrics in the registry the runner serves (default: none)."""
 
     def on_partition_restored(self, ctx: Context) -> Iterable[OutRecord] | None:
         """Hook after a partition's state is restored: rebuild derived indexes, enforce erasures."""

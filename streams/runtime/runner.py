@@ -140,6 +140,7 @@ class Runner:
 
     def _setup(self) -> None:
         cfg = self.config
+        self.processor.register_metrics(self.metrics.registry)
         if cfg.metrics_port is not None:
             self.metrics.serve(cfg.metrics_port)
         registry = SchemaRegistryClient({"url": cfg.schema_registry_url})
@@ -570,6 +571,8 @@ class Runner:
         self.metrics.commits.labels(self._name).inc()
         for spec in self.processor.stores:
             self.metrics.state_keys.labels(self._name, spec.name).set(self._state_size(spec.name))
+        for name, table in self._tables.items():
+            self.metrics.table_records.labels(self._name, name).set(len(table.data))
         self._update_lag()
 
     def _commit_transaction(self, offsets: list[TopicPartition]) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from deploy.local.stack import free_port
 from schemas.serde import AvroEncoder
 from streams.runtime import Runner, header_dict
 from tests.integration.kafka_helpers import TopicReader, create_topics, produce_avro
@@ -93,10 +95,9 @@ def test_join_state_table_and_poison_pills(
         + [(b"k", valid[:-2]) for _ in range(10)]  # truncated Avro
     )
     produce_avro(kafka_bootstrap, schema_registry_url, names.input, IN_SCHEMA, good + bad_process, raw=poison)
-    runner = Runner(
-        build("count", [names.input], names.output, table=names.labels),
-        config(args_for(names, kafka_bootstrap, schema_registry_url)),
-    )
+    cfg = config(args_for(names, kafka_bootstrap, schema_registry_url))
+    cfg.metrics_port = free_port()
+    runner = Runner(build("count", [names.input], names.output, table=names.labels), cfg)
     in_thread(runner)
     out = TopicReader(kafka_bootstrap, schema_registry_url, names.output).read(until=3000, timeout=90)
     dlq = TopicReader(kafka_bootstrap, schema_registry_url, names.dlq, decode=False).read(until=35, timeout=30)
@@ -118,6 +119,17 @@ def test_join_state_table_and_poison_pills(
     some = header_dict(dlq[0][0].headers())
     assert some["topic"] == names.input and some["processor"] == "counting-join"
     assert int(some["offset"]) >= 0 and some["exception.message"]
+    deadline = time.monotonic() + 10
+    while True:  # counters are updated per batch and offsets per commit: give the last commit a moment
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{cfg.metrics_port}/metrics", timeout=5).read().decode()
+        if 'passerelle_records_out_total{processor="counting-join",topic="' + names.output + '"} 3000.0' in metrics:
+            break
+        assert time.monotonic() < deadline, metrics
+        time.sleep(0.2)
+    assert 'passerelle_dead_letters_total{processor="counting-join",stage="deserialize"} 30.0' in metrics
+    assert 'passerelle_dead_letters_total{processor="counting-join",stage="process"} 5.0' in metrics
+    assert 'passerelle_lookup_table_keys{processor="counting-join",table="labels"} 9.0' in metrics
+    assert "passerelle_state_restore_seconds_count" in metrics and "passerelle_commits_total" in metrics
 
 
 def spawn(kind: str, names: Names, bootstrap: str, registry: str, alo: bool = False,
