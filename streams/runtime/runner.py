@@ -208,6 +208,7 @@ class Runner:
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
                 "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 10,  # restore reads to the end: do not let the broker hold empty fetches
             }
         )
         consumer_conf: dict[str, Any] = {
@@ -278,10 +279,12 @@ class Runner:
     # --- rebalance ------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        fresh = []
         for tp in partitions:
             self._assigned.add((tp.topic, tp.partition))
-            if tp.partition not in self._contexts:
-                self._restore_partition(tp.partition)
+            if tp.partition not in self._contexts and tp.partition not in fresh:
+                fresh.append(tp.partition)
+        self._restore_partitions(fresh)
         log.info("%s assigned %s", self._name, sorted((tp.topic, tp.partition) for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -312,40 +315,60 @@ class Runner:
         return sum(len(ctx.stores[store]) for ctx in self._contexts.values())
 
     def _restore_partition(self, partition: int) -> None:
-        """Rebuild a partition's stores from its changelog partitions before processing resumes."""
+        self._restore_partitions([partition])
+
+    def _restore_partitions(self, partitions: list[int]) -> None:
+        """Rebuild the partitions' stores from their changelogs before processing resumes.
+
+        All changelog partitions are read at once, empty ones are skipped by
+        their watermarks, and the loop never waits for a full batch: restoring
+        an empty changelog used to cost ~1 s per partition inside the rebalance
+        callback, which stalled every other partition of the instance.
+        """
         assert self._restore_consumer is not None
+        if not partitions:
+            return
         started = time.monotonic()
-        ctx = make_context(self.processor, partition, self._table_data, self._table_deleted)
-        topics = {spec.changelog_topic(self.config.app_id): ctx.stores[spec.name] for spec in self._stores}
         rc = self._restore_consumer
-        rc.assign([TopicPartition(t, partition, OFFSET_BEGINNING) for t in topics])
-        pending = set(topics)
+        contexts = {p: make_context(self.processor, p, self._table_data, self._table_deleted) for p in partitions}
+        targets: dict[tuple[str, int], Any] = {}
+        for p, ctx in contexts.items():
+            for spec in self._stores:
+                topic = spec.changelog_topic(self.config.app_id)
+                low, high = rc.get_watermark_offsets(TopicPartition(topic, p), timeout=30, cached=False)
+                if high > low:
+                    targets[(topic, p)] = ctx.stores[spec.name]
         count = 0
-        deadline = time.monotonic() + 300
-        while pending:
-            if time.monotonic() > deadline:
-                raise FatalRuntimeError(f"restoring partition {partition} took more than 300 s")
-            batch: list[Any] = rc.consume(10_000, timeout=0.5)
-            for msg in batch:
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.topic())
-                        continue
-                    raise FatalRuntimeError(f"restoring {msg.topic()}[{partition}]: {err}")
-                topics[msg.topic()].restore(msg.key(), msg.value())
-                count += 1
-        rc.unassign()
-        ctx.timers.reload()
-        self._contexts[partition] = ctx
-        produced = self.processor.on_partition_restored(ctx)
-        if produced:
-            self._uncommitted = True
-            self._emit(produced)
+        if targets:
+            rc.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in targets])
+            pending = set(targets)
+            deadline = time.monotonic() + 300
+            while pending:
+                if time.monotonic() > deadline:
+                    raise FatalRuntimeError(f"restoring partitions {partitions} took more than 300 s")
+                batch: list[Any] = rc.consume(10_000, timeout=0.05)
+                for msg in batch:
+                    err = msg.error()
+                    where = (msg.topic(), msg.partition())
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            pending.discard(where)
+                            continue
+                        raise FatalRuntimeError(f"restoring {where[0]}[{where[1]}]: {err}")
+                    targets[where].restore(msg.key(), msg.value())
+                    count += 1
+            rc.unassign()
+        for p, ctx in contexts.items():
+            ctx.timers.reload()
+            self._contexts[p] = ctx
+            produced = self.processor.on_partition_restored(ctx)
+            if produced:
+                self._uncommitted = True
+                self._emit(produced)
         elapsed = time.monotonic() - started
         self.metrics.restore_seconds.labels(self._name).observe(elapsed)
         self.metrics.restored_records.labels(self._name).inc(count)
-        log.info("%s partition %d restored: %d changelog records in %.2fs", self._name, partition, count, elapsed)
+        log.info("%s partitions %s restored: %d changelog records in %.2fs", self._name, partitions, count, elapsed)
 
     # --- processing -----------------------------------------------------------
 
@@ -611,8 +634,7 @@ class Runner:
         assigned = [TopicPartition(t, p) for t, p in self._assigned]
         partitions = {p for _, p in self._assigned}
         self._contexts.clear()
-        for p in partitions:
-            self._restore_partition(p)
+        self._restore_partitions(sorted(partitions))
         committed = self._consumer.committed(assigned, timeout=30)
         for tp in committed:
             self._positions.pop((tp.topic, tp.partition), None)
