@@ -1,0 +1,115 @@
+"""One instance of the rebalance benchmark's processor (see ``bench.rebalance``), run as its own process.
+
+    python -m bench.rebalance_worker STRATEGY INSTANCE --bootstrap B --registry R \
+        --input T --output O --dlq D --app-id APP
+
+The bench job (decode a hit, join CRM attributes, encode) as a passerelle
+processor, exactly-once, with ``RunnerConfig(assignment_strategy=STRATEGY)``.
+It prints one JSON line per membership event on stdout (``subscribed``,
+``assign``, ``revoke``, ``lost``, each with the wall-clock time in ms and
+how long the runtime's callback took) and a last ``exit`` line with its
+counts. It stops on SIGTERM (finish the batch, commit, leave the group) or
+after ``--max-seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from bench.job import ENRICHED_SCHEMA, crm_table, join
+from streams.runtime import Context, InRecord, OutRecord, Processor, Runner, RunnerConfig
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _event(kind: str, **fields: Any) -> None:
+    print(json.dumps({"event": kind, "t": _now_ms(), **fields}), flush=True)
+
+
+class ObservedRunner(Runner):
+    """The runtime's runner, reporting when the group changes its assignment (behaviour unchanged)."""
+
+    def _setup(self) -> None:
+        super()._setup()
+        _event("subscribed")
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        started = time.perf_counter()
+        super()._on_assign(consumer, partitions)
+        _event("assign", partitions=sorted(tp.partition for tp in partitions),
+               callback_ms=(time.perf_counter() - started) * 1000)  # fmt: skip
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        started = time.perf_counter()
+        super()._on_revoke(consumer, partitions)
+        _event("revoke", partitions=sorted(tp.partition for tp in partitions),
+               callback_ms=(time.perf_counter() - started) * 1000)  # fmt: skip
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        started = time.perf_counter()
+        super()._on_lost(consumer, partitions)
+        _event("lost", partitions=sorted(tp.partition for tp in partitions),
+               callback_ms=(time.perf_counter() - started) * 1000)  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.rebalance_worker")
+    parser.add_argument("strategy", choices=["range", "roundrobin", "cooperative-sticky"])
+    parser.add_argument("instance", help="instance id (names the transactional producer)")
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--registry", required=True)
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--dlq", required=True)
+    parser.add_argument("--app-id", required=True)
+    parser.add_argument("--commit-ms", type=int, default=100)
+    parser.add_argument("--heartbeat-ms", type=int, default=None, help="heartbeat.interval.ms (librdkafka's default)")
+    parser.add_argument("--max-seconds", type=float, default=300, help="stop by itself after this long")
+    args = parser.parse_args(argv)
+    log_format = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=log_format, datefmt="%H:%M:%S")
+
+    crm = crm_table()
+    output = args.output
+
+    class Enrich(Processor):
+        name = "bench-rebalance"
+        inputs = (args.input,)
+        outputs = (output,)
+
+        def process(self, records: Sequence[InRecord], ctx: Context) -> Iterable[OutRecord]:
+            return [OutRecord(output, r.key, join(r.value, crm)) for r in records]
+
+    runner = ObservedRunner(
+        Enrich(),
+        RunnerConfig(
+            app_id=args.app_id,
+            bootstrap_servers=args.bootstrap,
+            schema_registry_url=args.registry,
+            output_schemas={output: ENRICHED_SCHEMA},
+            instance_id=args.instance,
+            exactly_once=True,
+            commit_interval_ms=args.commit_ms,
+            dead_letter_topic=args.dlq,
+            assignment_strategy=args.strategy,
+            consumer_overrides={} if args.heartbeat_ms is None else {"heartbeat.interval.ms": args.heartbeat_ms},
+        ),
+    )
+    runner.install_signal_handlers()
+    runner.run(max_seconds=args.max_seconds)
+    _event("exit", records_in=runner.records_in, records_out=runner.records_out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
