@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "passerelle.commands.schemas",
     "passerelle.commands.topics",
     "passerelle.commands.enrich",
+    "passerelle.commands.carts",
+    "passerelle.commands.remarketing",
     "passerelle.commands.demo",
     "passerelle.commands.collector",
     "passerelle.commands.generate",

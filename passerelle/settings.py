@@ -152,3 +152,11 @@ class ProcessorSettings(PasserelleSettings):
     attribution_precedence: str = Field(
         default="xtor,at,utm,mtm,pk,click_id", description="Tag families in order of precedence, comma-separated"
     )
+    cart_abandon_minutes: float = Field(default=30, gt=0, description="Cart inactivity before it counts as abandoned")
+    remarketing_followup_hours: float = Field(default=24, ge=0, description="Delay between step 1 and step 2")
+    remarketing_cap_days: float = Field(default=7, ge=0, description="At most one sequence per customer per window")
+    remarketing_promo_code: str = Field(default="COMEBACK10", description="Promotion code of step 2")
+    remarketing_promo_description: str = Field(
+        default="10% off your cart, today only", description="Promotion text of step 2"
+    )
+    remarketing_promo_discount: float | None = Field(default=10.0, description="Promotion discount, percent")

@@ -40,7 +40,8 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str)
 
 COMMANDS = [
     ["up"], ["down"], ["status"], ["registry"], ["schemas"], ["schemas", "register"], ["schemas", "check"],
-    ["topics"], ["topics", "create"], ["topics", "list"], ["demo"],
+    ["topics"], ["topics", "create"], ["topics", "list"], ["demo"], ["collector"], ["enrich"], ["carts"],
+    ["remarketing"], ["generate"], ["bench"], ["bench", "runtime"], ["bench", "enrich"],
 ]  # fmt: skip
 
 
@@ -54,7 +55,8 @@ def test_every_command_has_help(command: list[str]) -> None:
 
 def test_top_level_help_lists_the_commands() -> None:
     out = run("--help").stdout
-    for name in ("up", "down", "status", "registry", "schemas", "topics", "demo"):
+    for name in ("up", "down", "status", "registry", "schemas", "topics", "demo", "collector", "enrich", "carts",
+                 "remarketing", "generate", "bench"):  # fmt: skip
         assert f"    {name}" in out
 
 
