@@ -418,3 +418,28 @@ def model_for(schema_stem: str) -> type[AvroModel]:
         return MODELS[schema_stem]
     except KeyError:
         raise KeyError(f"no model for schema {schema_stem!r}; known: {', '.join(MODELS)}") from None
+
+
+class RemarketingDelivery(AvroModel):
+    """What became of one remarketing message at the emailing partner (``RemarketingDelivery.avsc``)."""
+
+    schema_name: ClassVar[str] = "RemarketingDelivery"
+
+    message_id: str
+    sequence_id: str
+    step: int
+    customer_id: str
+    partner: str
+    outcome: str
+    reason: str
+    attempts: int = Field(ge=0)
+    last_status: int | None = None
+    last_answer: str | None = None
+    latency_ms: int
+    source_partition: int
+    source_offset: int
+    first_attempt_at: EpochMillis
+    decided_at: EpochMillis
+
+
+MODELS[RemarketingDelivery.schema_name] = RemarketingDelivery

@@ -32,6 +32,7 @@ EXPECTED = {
     "partners.metrics": ("PartnerMetric", None, "delete"),
     "carts.abandoned": ("CartAbandoned", None, "delete"),
     "remarketing.messages": ("RemarketingMessage", None, "delete"),
+    "remarketing.deliveries": ("RemarketingDelivery", None, "delete"),
     "conversions.paths": ("ConversionPath", None, "delete"),
     "privacy.requests": ("PrivacyRequest", None, "delete"),
     "errors.deadletters": ("DeadLetter", None, "delete"),
