@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "passerelle.commands.enrich",
     "passerelle.commands.carts",
     "passerelle.commands.remarketing",
+    "passerelle.commands.emailing",
     "passerelle.commands.demo",
     "passerelle.commands.collector",
     "passerelle.commands.generate",

@@ -160,3 +160,24 @@ class ProcessorSettings(PasserelleSettings):
         default="10% off your cart, today only", description="Promotion text of step 2"
     )
     remarketing_promo_discount: float | None = Field(default=10.0, description="Promotion discount, percent")
+
+
+# --- emailing partner bridge ------------------------------------------------------------------------------
+
+
+class EmailingSettings(PasserelleSettings):
+    """Settings of ``passerelle emailing bridge|export``: the partner's API and the retry budget."""
+
+    emailing_partner_url: str = Field(default="", description="Partner endpoint receiving one message per request")
+    emailing_partner_name: str = Field(default="emailing", description="Partner name in metrics and outcomes")
+    emailing_auth_kind: str = Field(
+        default="none", pattern="^(none|bearer|basic|api_key)$", description="none | bearer | basic | api_key"
+    )
+    emailing_auth_secret: SecretStr | None = Field(default=None, description="Token, password or API key")
+    emailing_auth_username: str | None = Field(default=None, description="User name for basic auth")
+    emailing_auth_header: str = Field(default="X-Api-Key", description="Header carrying an api_key secret")
+    emailing_max_attempts: int = Field(default=6, ge=1, description="Attempts per message before the dead letter")
+    emailing_retry_budget_s: float = Field(default=120.0, gt=0, description="Most seconds spent retrying a message")
+    emailing_request_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one partner request")
+    emailing_concurrency: int = Field(default=3, ge=1, description="Partitions delivered in parallel")
+    emailing_export_dir: Path = Field(default=Path("exports"), description="Folder of the batch-mode files")

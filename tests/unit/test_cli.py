@@ -41,7 +41,8 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str)
 COMMANDS = [
     ["up"], ["down"], ["status"], ["registry"], ["schemas"], ["schemas", "register"], ["schemas", "check"],
     ["topics"], ["topics", "create"], ["topics", "list"], ["demo"], ["collector"], ["enrich"], ["carts"],
-    ["remarketing"], ["generate"], ["bench"], ["bench", "runtime"], ["bench", "enrich"],
+    ["remarketing"], ["generate"], ["bench"], ["bench", "runtime"], ["bench", "enrich"], ["emailing"],
+    ["emailing", "bridge"], ["emailing", "export"], ["emailing", "standin"],
 ]  # fmt: skip
 
 
