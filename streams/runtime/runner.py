@@ -101,7 +101,7 @@ class Runner:
                 if until is not None and until():
                     break
                 self.step()
-            self._commit()
+            self._commit(sync=True)
         finally:
             self._close()
 
@@ -290,7 +290,7 @@ class Runner:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Commit everything processed so far before the partitions move on.
         try:
-            self._commit()
+            self._commit(sync=True)
         except FatalRuntimeError:
             raise
         self._drop(partitions)
@@ -569,8 +569,13 @@ class Runner:
                     self._produce(produce, topic, value, key, {"partition": partition})
         return wrote
 
-    def _commit(self) -> None:
-        """Flush state, outputs and offsets together; per interval, never per record."""
+    def _commit(self, sync: bool = False) -> None:
+        """Flush state, outputs and offsets together; per interval, never per record.
+
+        At-least-once commits offsets asynchronously between intervals (the
+        outputs are already acknowledged, a lost commit only means re-processing)
+        and synchronously when partitions are handed over or the process stops.
+        """
         if self._producer is None or self._consumer is None:
             return
         self._last_commit = self.config.clock()
@@ -587,7 +592,10 @@ class Runner:
                 raise FatalRuntimeError(f"{remaining} records not acknowledged by the broker within 60 s")
             if offsets:
                 try:
-                    self._consumer.commit(offsets=offsets, asynchronous=False)
+                    if sync:
+                        self._consumer.commit(offsets=offsets, asynchronous=False)
+                    else:
+                        self._consumer.commit(offsets=offsets, asynchronous=True)
                 except KafkaException as exc:
                     log.warning("offset commit failed (records will be re-processed): %s", exc)
         self._uncommitted = False
