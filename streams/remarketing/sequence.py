@@ -154,6 +154,8 @@ def next_due(state: Mapping[str, Any] | None, config: SequencerConfig) -> int | 
 
 
 def _expires_at(state: Mapping[str, Any], config: SequencerConfig) -> int:
+    if state.get("step1_at") is None:  # only the memory of an order: kept as long as an abandonment may lag it
+        return int(state["last_order_at"]) + max(config.max_lateness_ms or 0, config.followup_ms)
     step1 = int(state["step1_at"])
     return step1 + max(config.cap_ms, config.recovery_window_ms, config.followup_ms)
 
@@ -216,6 +218,11 @@ class Sequencer:
         customer = event.get("customer_id")
         if not customer:
             return state, [], Outcome.ANONYMOUS
+        last_order = state.get("last_order_at") if state is not None else None
+        abandoned_at = to_ms(event.get("last_activity_at") or event["detected_at"])
+        if last_order is not None and int(last_order) >= abandoned_at:
+            # The order (maybe on another device) reached us before the abandonment did: nothing to remind.
+            return state, [], Outcome.CANCELLED
         seq = sequence_id(customer, str(event["event_id"]))
         if state is not None and state.get("sequence_id") == seq:
             return state, [], Outcome.DUPLICATE
@@ -230,7 +237,8 @@ class Sequencer:
             consent = event.get("marketing_consent")
         if consent is not True:
             return state, [], Outcome.NO_CONSENT
-        if state is not None and now - int(state["step1_at"]) < self.config.cap_ms:
+        step1_at = state.get("step1_at") if state is not None else None
+        if step1_at is not None and now - int(step1_at) < self.config.cap_ms:
             return state, [], Outcome.CAPPED
         new: State = {
             "customer_id": customer,
@@ -241,7 +249,8 @@ class Sequencer:
             "event_id": str(event["event_id"]),
             "status": ACTIVE,
             "reason": None,
-            "abandoned_at": to_ms(event.get("last_activity_at") or event["detected_at"]),
+            "abandoned_at": abandoned_at,
+            "last_order_at": last_order,
             "step1_at": now,
             "step2_due_at": now + self.config.followup_ms,
             "step2_at": None,
@@ -268,7 +277,14 @@ class Sequencer:
         one arriving late and changes nothing; one placed between that and
         step 1 cancels without counting (the email did not recover it).
         """
-        if state is None or not self._concerns(state, customer_id, visitor_id):
+        if state is None or state.get("sequence_id") is None:
+            # No sequence yet: remember the order, an abandonment that lags it must not start one.
+            if not customer_id:
+                return state, Outcome.IGNORED
+            memo: State = dict(state or {"customer_id": customer_id})
+            memo["last_order_at"] = max(order_time, int(memo.get("last_order_at") or 0))
+            return memo, Outcome.IGNORED
+        if not self._concerns(state, customer_id, visitor_id):
             return state, Outcome.IGNORED
         if order_time < int(state["abandoned_at"]) or state.get("recovered_order_id") is not None:
             return state, Outcome.IGNORED

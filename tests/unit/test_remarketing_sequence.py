@@ -123,7 +123,10 @@ def test_orders_that_do_not_concern_the_sequence_change_nothing(seq: Sequencer) 
     stopped, outcome = seq.on_order(state, "O1", T0 - 60_000, T0 + HOUR_MS, customer_id="C1")  # before step 1
     assert outcome is Outcome.CANCELLED and stopped is not None and stopped["status"] == "cancelled"
     assert seq.on_tick(stopped, T0 + DAY_MS)[1] == []
-    assert seq.on_order(None, "O1", T0, T0, customer_id="C1") == (None, Outcome.IGNORED)
+    assert seq.on_order(None, "O1", T0, T0, customer_id="C1") == (
+        {"customer_id": "C1", "last_order_at": T0},
+        Outcome.IGNORED,
+    )
 
 
 @pytest.mark.parametrize(
@@ -229,3 +232,25 @@ def test_datetimes_from_fastavro_are_accepted(seq: Sequencer) -> None:
     event["last_activity_at"] = dt.datetime.fromtimestamp((T0 - 60_000) / 1000, tz=dt.UTC)
     state, _, outcome = seq.on_abandoned(None, event, PROFILE, T0)
     assert outcome is Outcome.STARTED and state is not None and state["abandoned_at"] == T0 - 60_000
+
+
+def test_an_order_that_arrives_before_the_abandonment_cancels_it(seq: Sequencer) -> None:
+    # The order (another device, or a backlog) is read before the tracker's CartAbandoned, 30 min later.
+    memo, outcome = seq.on_order(None, "O1", T0 - 10 * 60_000, T0 - 10 * 60_000, customer_id="C1")
+    assert outcome is Outcome.IGNORED and memo is not None and memo["last_order_at"] == T0 - 10 * 60_000
+    state, messages, outcome = seq.on_abandoned(memo, cart(), PROFILE, T0)
+    assert outcome is Outcome.CANCELLED and messages == []
+    assert seq.on_tick(state, T0 + DAY_MS)[1] == []
+
+
+def test_an_older_order_does_not_stop_a_later_cart(seq: Sequencer) -> None:
+    memo, _ = seq.on_order(None, "O0", T0 - 2 * HOUR_MS, T0 - 2 * HOUR_MS, customer_id="C1")
+    state, messages, outcome = seq.on_abandoned(memo, cart(), PROFILE, T0)
+    assert outcome is Outcome.STARTED and [m["step"] for m in messages] == [1]
+    assert state is not None and seq.on_tick(state, T0 + DAY_MS)[1][0]["step"] == 2
+
+
+def test_the_memory_of_an_order_is_forgotten_after_the_lateness_window(seq: Sequencer) -> None:
+    memo, _ = seq.on_order(None, "O1", T0, T0, customer_id="C1")
+    assert seq.on_tick(memo, T0 + HOUR_MS)[0] == memo
+    assert seq.on_tick(memo, T0 + 2 * DAY_MS)[0] is None

@@ -1,0 +1,176 @@
+"""Helpers of the end-to-end flows: CLI processes with their logs, topic tails, the partner stand-in's records."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from deploy.local.stack import free_port
+from schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def private_stack_env(state_dir: Path) -> dict[str, str]:
+    """The caller's environment without its ``PASSERELLE_*`` settings, pointed at a private stack on free ports."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PASSERELLE_")}
+    env.update(
+        PASSERELLE_STATE_DIR=str(state_dir),
+        PASSERELLE_KAFKA_PORT=str(free_port()),
+        PASSERELLE_CONTROLLER_PORT=str(free_port()),
+        PASSERELLE_REGISTRY_PORT=str(free_port()),
+    )
+    return env
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """``python -m passerelle ARGS`` to completion."""
+    return subprocess.run([sys.executable, "-m", "passerelle", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, check=False)  # fmt: skip
+
+
+class Proc:
+    """A ``python -m passerelle ...`` process running in the background, logging to a file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
+        self.name = name
+        self.log = logs / f"{name}.log"
+        with open(self.log, "ab") as out:
+            self.popen = subprocess.Popen([sys.executable, "-m", "passerelle", *args], cwd=ROOT, env=env, stdout=out,
+                                          stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, chars: int = 2500) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError as exc:
+            return f"(no log: {exc})"
+
+
+def stop_all(procs: Iterable[Proc], timeout: float = 30) -> dict[str, int | None]:
+    """SIGTERM every process (in reverse start order), then wait for each; SIGKILL the ones that hang."""
+    started = list(procs)
+    for proc in reversed(started):
+        if proc.alive():
+            proc.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    codes: dict[str, int | None] = {}
+    for proc in started:
+        try:
+            codes[proc.name] = proc.popen.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait(10)
+            codes[proc.name] = None  # did not stop in time
+    return codes
+
+
+def tails(procs: Iterable[Proc], chars: int = 2500) -> str:
+    return "\n".join(f"----- {p.name} (exit {p.popen.poll()}), {p.log}\n{p.tail(chars)}" for p in procs)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, procs: Iterable[Proc] = (),
+               every: float = 0.5) -> float:  # fmt: skip
+    """Wait for ``predicate``; fail at once if one of ``procs`` exited. Returns the seconds waited."""
+    watched = list(procs)
+    start = time.monotonic()
+    while True:
+        if predicate():
+            return time.monotonic() - start
+        dead = [p for p in watched if not p.alive()]
+        if dead:
+            raise AssertionError(f"{what}: {', '.join(p.name for p in dead)} exited")
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` in a Prometheus text exposition."""
+    total = 0.0
+    for match in re.finditer(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? (\S+)$", text, re.MULTILINE):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+class TopicTail:
+    """Reads a whole topic from its beginning (``read_committed``, no consumer group) and keeps reading."""
+
+    def __init__(self, bootstrap: str, registry_url: str, topic: str) -> None:
+        self.topic = topic
+        self.consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": f"e2e-tail-{topic}-{time.monotonic_ns()}",
+             "enable.auto.commit": False, "isolation.level": "read_committed"}
+        )  # fmt: skip
+        partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        assert partitions, f"topic {topic} has no partitions"
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(partitions)])
+        self.decoder = AvroDecoder(SchemaCache(registry_fetcher(SchemaRegistryClient({"url": registry_url}))))
+        self.records: list[tuple[Any, Any]] = []  # (decoded key, decoded value)
+
+    def poll(self, seconds: float = 0.3) -> list[Any]:
+        """Read what arrived since the last call; returns every value read so far."""
+        deadline = time.monotonic() + seconds
+        while True:
+            msgs = self.consumer.consume(1000, timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+            for msg in msgs:
+                if msg.error():
+                    continue
+                key = None if msg.key() is None else self.decoder.decode(msg.key())
+                value = None if msg.value() is None else self.decoder.decode(msg.value())
+                self.records.append((key, value))
+            if not msgs and time.monotonic() >= deadline:
+                return self.values()
+
+    def values(self) -> list[Any]:
+        return [value for _, value in self.records if value is not None]
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class Partner:
+    """A client for the partner stand-in's control and inspection endpoints."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=10)
+
+    def control(self, **changes: Any) -> dict[str, Any]:
+        response = self.http.post("/_control", json=changes)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def delivered(self) -> dict[str, int]:
+        keys: dict[str, int] = self.http.get("/_delivered").json()["keys"]
+        return keys
+
+    def requests(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.http.get("/_requests").json()["requests"]
+        return found
+
+    def close(self) -> None:
+        self.http.close()
