@@ -34,11 +34,12 @@ Visitors whose cart is empty (or already reported) are forgotten after
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
+
+from schemas.timeconv import to_millis
 
 MINUTE_MS = 60 * 1000
 ABANDON_AFTER_MS = 30 * MINUTE_MS
@@ -96,15 +97,6 @@ class Step:
     state: CartState | None
     wake_at: int | None
     abandoned: dict[str, Any] | None = None
-
-
-def to_millis(value: Any) -> int:
-    """Event times arrive as int ms or as the aware datetimes fastavro makes of timestamp-millis."""
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return int(value.timestamp() * 1000)
-    return int(value)
 
 
 def episode_id(visitor_id: str, start: int) -> str:

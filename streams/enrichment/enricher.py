@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.timeconv import to_millis
 from streams.enrichment.attribution import DEFAULT, Attribution, AttributionConfig, attribute_params
 
 VISIT_TIMEOUT_MS = 30 * 60 * 1000
@@ -40,15 +41,6 @@ class Enriched:
     hit: dict[str, Any]
     identity_link: dict[str, Any] | None = None
     undeclared: dict[str, Any] | None = None
-
-
-def to_millis(value: Any) -> int:
-    """Event times arrive as int ms or as the datetimes fastavro makes of timestamp-millis."""
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return int(value.timestamp() * 1000)
-    return int(value)
 
 
 def traffic_source(attr: Attribution) -> dict[str, Any]:

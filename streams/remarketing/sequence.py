@@ -28,12 +28,13 @@ the cap window and the recovery window have both passed.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypedDict
+
+from schemas.timeconv import to_millis as to_ms
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -110,15 +111,6 @@ class Profile(TypedDict):
     email: str | None
     marketing_consent: bool | None
     updated_at: int
-
-
-def to_ms(value: Any) -> int:
-    """UTC milliseconds from what fastavro gives for ``timestamp-millis`` (a datetime) or an int."""
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return round(value.timestamp() * 1000)
-    return int(value)
 
 
 def profile_from_crm(record: Mapping[str, Any]) -> Profile:
