@@ -104,17 +104,49 @@ class Producer_:
                 self.producer.poll(0.05)
 
     def hits(self, start: int, count: int, rate: float | None = None) -> None:
-        t0 = time.perf_counter()
+        """Produce hits; paced runs pre-encode them so the feeder barely competes for the cores it measures.
+
+        Only ``event_time`` (a zigzag varint inside the Avro body) is filled in at send time.
+        """
+        if not rate:
+            for i in range(start, start + count):
+                hit = bench_hit(i, time.time_ns() // 1_000_000)
+                self._produce(hit["visitor_id"], hit)
+            self.producer.flush(120)
+            return
+        prepared = []
         for i in range(start, start + count):
-            if rate and i % 50 == 0:
-                wait = t0 + (i - start) / rate - time.perf_counter()
+            hit = bench_hit(i, 0)
+            zero, one = self.enc.encode(hit), self.enc.encode({**hit, "event_time": 1})
+            at = next(n for n in range(len(zero)) if zero[n] != one[n])  # the 1-byte varint of event_time 0
+            prepared.append((self.key.encode(hit["visitor_id"]), zero[:at], zero[at + 1 :]))
+        produce, topic = self.producer.produce, self.topic
+        t0 = time.perf_counter()
+        for n, (key, head, tail) in enumerate(prepared):
+            if n % 50 == 0:
+                wait = t0 + n / rate - time.perf_counter()
                 if wait > 0:
                     time.sleep(wait)
-            hit = bench_hit(i, time.time_ns() // 1_000_000)
-            self._produce(hit["visitor_id"], hit)
-            if rate and i % 50 == 0:
                 self.producer.poll(0)
+            value = head + zigzag(time.time_ns() // 1_000_000) + tail
+            while True:
+                try:
+                    produce(topic, value, key)
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
         self.producer.flush(120)
+
+
+def zigzag(n: int) -> bytes:
+    """Avro's encoding of a non-negative long."""
+    z = n << 1
+    out = bytearray()
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
 
 
 def create(bootstrap: str, topics: dict[str, int], compact: bool = False) -> None:
