@@ -181,3 +181,6 @@ class EmailingSettings(PasserelleSettings):
     emailing_request_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one partner request")
     emailing_concurrency: int = Field(default=3, ge=1, description="Partitions delivered in parallel")
     emailing_export_dir: Path = Field(default=Path("exports"), description="Folder of the batch-mode files")
+    instance_id: str | None = Field(
+        default=None, description="Stable id of this bridge instance (static group membership: fast restarts)"
+    )

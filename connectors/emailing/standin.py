@@ -8,8 +8,13 @@ misbehave through ``POST /_control``::
     {"fail_ratio": 0.2, "status": 500, "delay_ms": 0, "fail_for_s": 10, "retry_after": "1",
      "require_headers": {"Authorization": "Bearer t0ken"}, "seed": 7, "reset": false}
 
-It deduplicates nothing: tests judge what it received. ``GET /_delivered``
-gives the distinct idempotency keys that got a 2xx (and how many 2xx each).
+It honours ``Idempotency-Key`` as real partners do: a request whose key was
+already delivered is answered 202 again (header ``Idempotent-Replayed: true``)
+and is not delivered twice. ``GET /_delivered`` gives the distinct keys that
+were delivered (with how many deliveries each: more than 1 would be a partner
+sending the same email twice) and ``replays``, how many repeated requests each
+key got (a bridge re-sending after a crash or a lost answer). Every request,
+replays included, is kept in ``GET /_requests`` for tests to judge.
 
 Failure injection is deterministic: whether the n-th request carrying key
 ``k`` fails depends only on ``(seed, k, n)``, not on the order concurrent
@@ -69,6 +74,7 @@ class StandIn:
         self.requests: list[dict[str, Any]] = []
         self.seen: Counter[str] = Counter()
         self.delivered: Counter[str] = Counter()
+        self.replays: Counter[str] = Counter()
         self.lock = threading.Lock()
 
     def configure(self, changes: dict[str, Any]) -> dict[str, Any]:
@@ -113,18 +119,27 @@ class StandIn:
                 return c.status
             return 202
 
+    def is_replay(self, key: str) -> bool:
+        """True when ``key`` was already delivered: answer as before, deliver nothing new."""
+        with self.lock:
+            return bool(key) and key in self.delivered
+
     def record(self, entry: dict[str, Any]) -> None:
         with self.lock:
             entry["seq"] = len(self.requests)
             self.requests.append(entry)
-            if 200 <= entry["status"] < 300 and entry["idempotency_key"]:
-                self.delivered[entry["idempotency_key"]] += 1
+            key = entry["idempotency_key"]
+            if entry.get("replay"):
+                self.replays[key] += 1
+            elif 200 <= entry["status"] < 300 and key:
+                self.delivered[key] += 1
 
     def clear(self) -> None:
         with self.lock:
             self.requests.clear()
             self.seen.clear()
             self.delivered.clear()
+            self.replays.clear()
 
 
 def create_app(seed: int = 0) -> FastAPI:
@@ -163,7 +178,8 @@ def create_app(seed: int = 0) -> FastAPI:
     async def delivered() -> dict[str, Any]:
         with standin.lock:
             keys = dict(standin.delivered)
-        return {"count": len(keys), "keys": keys}
+            replays = dict(standin.replays)
+        return {"count": len(keys), "keys": keys, "replays": replays}
 
     @app.api_route("/{path:path}", methods=["POST", "PUT", "PATCH"])
     async def partner(path: str, request: Request) -> Response:
@@ -172,9 +188,10 @@ def create_app(seed: int = 0) -> FastAPI:
         headers = {k.lower(): v for k, v in request.headers.items()}
         key = headers.get("idempotency-key", "")
         body: Any = None
+        replay = standin.is_replay(key)
         try:
             body = json.loads(raw) if raw else None
-            status = standin.decide(key, headers)
+            status = 202 if replay else standin.decide(key, headers)
         except ValueError:
             status = 400
         delay = standin.control.delay_ms
@@ -191,8 +208,12 @@ def create_app(seed: int = 0) -> FastAPI:
                 "raw": None if body is not None or not raw else raw.decode(errors="replace"),
                 "received_at": received_at,
                 "status": status,
+                "replay": replay,
             }
         )
+        if replay:
+            return JSONResponse({"accepted": True, "id": key}, status_code=status,
+                                headers={"Idempotent-Replayed": "true"})  # fmt: skip
         if 200 <= status < 300:
             return JSONResponse({"accepted": True, "id": key}, status_code=status)
         extra = {"Retry-After": standin.control.retry_after} if standin.control.retry_after else {}

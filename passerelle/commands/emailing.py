@@ -41,6 +41,7 @@ def _bridge(args: argparse.Namespace) -> int:
             "catalog_path": str(s.catalog) if s.catalog else None,
             "auto_register_schemas": False,
             "group_id": args.group_id,
+            "instance_id": s.instance_id,
         }
     )
     run_bridge(config)

@@ -29,7 +29,8 @@ producer has flushed. The command agent awaits the broker's acknowledgement of
 every message before it writes the state that records it; so a crash can only
 lose the state write (the command is then redelivered and the message sent
 again, with the same deterministic ``message_id``), never the message. The
-emailing bridge deduplicates on that id.
+emailing bridge sends that id as the ``Idempotency-Key``, so the partner
+delivers each message once however often it is sent.
 """
 
 from __future__ import annotations

@@ -518,7 +518,9 @@ def test_standin_records_requests_and_delivered_keys() -> None:
         assert first["idempotency_key"] == "k1" and first["headers"]["idempotency-key"] == "k1"
         assert first["status"] == 202 and first["received_at"] > 0
         assert recorded["requests"][2]["status"] == 400 and recorded["requests"][2]["raw"] == "not json"
-        assert client.get("/_delivered").json() == {"count": 1, "keys": {"k1": 2}}
+        # The second k1 is a replay: answered 202 again, delivered once (Idempotency-Key semantics).
+        assert client.get("/_delivered").json() == {"count": 1, "keys": {"k1": 1}, "replays": {"k1": 1}}
+        assert recorded["requests"][1]["replay"] is True and recorded["requests"][1]["status"] == 202
         assert client.get("/_requests", params={"key": "k2"}).json()["count"] == 1
         client.delete("/_requests")
         assert client.get("/_requests").json()["count"] == 0
