@@ -24,6 +24,13 @@ class RunnerConfig:
     names the transactional producer, so a restarted instance fences its
     previous incarnation and aborts its open transaction at once instead of
     leaving read_committed consumers blocked until the transaction times out.
+
+    ``gc_freeze`` moves everything alive to the collector's permanent generation
+    after each commit: state that lives for minutes is then not rescanned by
+    every generation-2 collection (measured on the enrichment logic with 20,000
+    visitors: 19 pauses of up to 93 ms per 200,000 hits without, one of 14 ms
+    with, and +38% throughput). Cyclic garbage among frozen objects waits for
+    the full collection every ``full_gc_interval_s``.
     """
 
     app_id: str
@@ -33,6 +40,7 @@ class RunnerConfig:
     instance_id: str = "0"
     exactly_once: bool = True
     commit_interval_ms: int = 100
+    min_commit_interval_ms: int = 30  # when caught up with the input, commit this early (0: only per interval)
     batch_size: int = 2000
     poll_timeout_s: float = 0.05
     dead_letter_topic: str = DEFAULT_DEAD_LETTER_TOPIC
@@ -45,6 +53,8 @@ class RunnerConfig:
     session_timeout_ms: int = 10_000
     transaction_timeout_ms: int = 30_000
     changelog_replication: int = 1
+    gc_freeze: bool = True
+    full_gc_interval_s: float = 600.0
     clock: Callable[[], int] = wall_clock_ms
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
     producer_overrides: dict[str, Any] = field(default_factory=dict)

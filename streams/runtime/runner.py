@@ -12,6 +12,7 @@ per record.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -71,6 +72,8 @@ class Runner:
         self._producer: Producer | None = None
         self._restore_consumer: Consumer | None = None
         self._in_transaction = False
+        self._last_full_gc = time.monotonic()
+        self._caught_up = False
         self.records_in = 0  # plain counts for tools and benchmarks; Prometheus has the labelled ones
         self.records_out = 0
         m = self.metrics
@@ -116,7 +119,12 @@ class Runner:
         if msgs:
             self._handle(msgs, now)
         self._fire_wall_timers(now)
-        if now - self._last_commit >= self.config.commit_interval_ms:
+        since = now - self._last_commit
+        if since >= self.config.commit_interval_ms or (
+            self._caught_up and self._uncommitted and since >= self.config.min_commit_interval_ms > 0
+        ):
+            # Caught up with the input: commit early, so read_committed readers see the outputs sooner;
+            # under a backlog this never triggers and commits stay one per interval.
             self._commit()
 
     def _next_batch(self) -> list[Any]:
@@ -130,7 +138,9 @@ class Runner:
         assert consumer is not None
         msgs: list[Any] = consumer.consume(self.config.batch_size, timeout=0)
         if msgs:
+            self._caught_up = False
             return msgs
+        self._caught_up = True  # nothing was waiting: we are at the head of the input
         first = consumer.poll(self.config.poll_timeout_s)
         if first is None:
             return []
@@ -600,11 +610,23 @@ class Runner:
                     log.warning("offset commit failed (records will be re-processed): %s", exc)
         self._uncommitted = False
         self.metrics.commits.labels(self._name).inc()
+        self._manage_gc()
         for spec in self.processor.stores:
             self.metrics.state_keys.labels(self._name, spec.name).set(self._state_size(spec.name))
         for name, table in self._tables.items():
             self.metrics.table_records.labels(self._name, name).set(len(table.data))
         self._update_lag()
+
+    def _manage_gc(self) -> None:
+        """Keep long-lived state out of generation-2 scans (see ``RunnerConfig.gc_freeze``)."""
+        if not self.config.gc_freeze:
+            return
+        now = time.monotonic()
+        if now - self._last_full_gc >= self.config.full_gc_interval_s:
+            gc.unfreeze()
+            gc.collect()
+            self._last_full_gc = now
+        gc.freeze()
 
     def _commit_transaction(self, offsets: list[TopicPartition]) -> None:
         producer, consumer = self._producer, self._consumer
