@@ -39,7 +39,10 @@ def _collector(args: argparse.Namespace) -> int:
     from bench import collector
 
     settings = load()
-    return collector.main(args.collector_argv, settings.bootstrap_servers, settings.schema_registry_url)
+    argv = list(args.collector_argv)
+    if argv[:1] == ["--"]:  # `passerelle bench collector -- --seconds 10`: the separator is ours, not its
+        argv = argv[1:]
+    return collector.main(argv, settings.bootstrap_servers, settings.schema_registry_url)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -111,3 +111,14 @@ def test_debug_shows_the_traceback() -> None:
     proc = run("--debug", "topics", "create", "no.such.topic")
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr
+
+
+def test_bench_collector_passes_its_options_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.collector
+    from passerelle.cli import build_parser
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(bench.collector, "main", lambda argv, bootstrap, registry: seen.append(argv) or 0)
+    args = build_parser().parse_args(["bench", "collector", "--", "--seconds", "3", "--clients", "4"])
+    assert args.func(args) == 0
+    assert seen == [["--seconds", "3", "--clients", "4"]]
