@@ -30,7 +30,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from bench.runtime import ROOT, delete
 from schemas.catalog import load_catalog
-from schemas.serde import AvroEncoder
+from schemas.serde import AvroEncoder, write_long
 
 IMPLS = ("raw", "alo", "eos")
 VISITORS = 20_000
@@ -128,7 +128,7 @@ class Producer_:
                 if wait > 0:
                     time.sleep(wait)
                 self.producer.poll(0)
-            value = head + zigzag(time.time_ns() // 1_000_000) + tail
+            value = head + write_long(time.time_ns() // 1_000_000) + tail
             while True:
                 try:
                     produce(topic, value, key)
@@ -136,17 +136,6 @@ class Producer_:
                 except BufferError:
                     self.producer.poll(0.05)
         self.producer.flush(120)
-
-
-def zigzag(n: int) -> bytes:
-    """Avro's encoding of a non-negative long."""
-    z = n << 1
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
 
 
 def create(bootstrap: str, topics: dict[str, int], compact: bool = False) -> None:

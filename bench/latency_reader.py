@@ -15,16 +15,7 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return (result >> 1) ^ -(result & 1), pos
-        shift += 7
+from schemas.serde import read_long
 
 
 def event_time(raw: bytes) -> int:
@@ -32,13 +23,13 @@ def event_time(raw: bytes) -> int:
     ``event_id``, ``site``, ``visitor_id`` (strings) and ``customer_id`` (["null", "string"])."""
     pos = 5  # Confluent header
     for _ in range(3):
-        length, pos = _varint(raw, pos)
+        length, pos = read_long(raw, pos)
         pos += length
-    branch, pos = _varint(raw, pos)
+    branch, pos = read_long(raw, pos)
     if branch == 1:
-        length, pos = _varint(raw, pos)
+        length, pos = read_long(raw, pos)
         pos += length
-    value, _ = _varint(raw, pos)
+    value, _ = read_long(raw, pos)
     return value
 
 

@@ -63,6 +63,33 @@ def split(data: bytes | None) -> tuple[int, memoryview]:
     return schema_id, memoryview(data)[HEADER_SIZE:]
 
 
+def read_long(data: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """One Avro long (zigzag varint) at ``pos``: (value, next position).
+
+    For readers that need one leading field of a record without decoding the
+    rest (the hit type of every hit, the event time of a benchmark output).
+    """
+    shift = result = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+
+
+def write_long(value: int) -> bytes:
+    """The Avro encoding (zigzag varint) of one long."""
+    z = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
 def encode_body(schema: FastavroSchema, record: Any) -> bytes:
     """Avro binary body of one record (no header)."""
     buf = io.BytesIO()

@@ -47,6 +47,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from schemas.serde import read_long
 from streams.remarketing.sequence import (
     Outcome,
     Profile,
@@ -171,14 +172,14 @@ class OrderFilter:
         try:
             pos = 5
             for _ in range(3):
-                length, pos = _zigzag(data, pos)
+                length, pos = read_long(data, pos)
                 pos += length
-            branch, pos = _zigzag(data, pos)
+            branch, pos = read_long(data, pos)
             if branch == 1:
-                length, pos = _zigzag(data, pos)
+                length, pos = read_long(data, pos)
                 pos += length
-            _, pos = _zigzag(data, pos)
-            index, _ = _zigzag(data, pos)
+            _, pos = read_long(data, pos)
+            index, _ = read_long(data, pos)
         except IndexError:
             return None  # truncated: let the full decode report it
         return index == wanted
@@ -200,18 +201,6 @@ class OrderFilter:
         if not isinstance(enum, dict) or enum.get("type") != "enum" or "order" not in enum.get("symbols", []):
             return None
         return int(enum["symbols"].index("order"))
-
-
-def _zigzag(data: bytes, pos: int) -> tuple[int, int]:
-    """One Avro varint (zigzag long) at ``pos``: (value, next position)."""
-    shift = result = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return (result >> 1) ^ -(result & 1), pos
-        shift += 7
 
 
 def order_command(hit: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:

@@ -90,3 +90,17 @@ def test_unencodable_record_is_a_serialize_stage_error() -> None:
     with pytest.raises(SerializationError) as info:
         AvroEncoder(1, V1).encode({"id": "a", "n": "not a number"})
     assert info.value.stage == "serialize"
+
+
+@pytest.mark.parametrize("value", [0, 1, -1, 63, -64, 64, 1_795_000_000_123, -(2**40), 2**62])
+def test_long_reader_and_writer_match_fastavro(value: int) -> None:
+    import io
+
+    import fastavro
+
+    from schemas.serde import read_long, write_long
+
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, "long", value)
+    assert write_long(value) == buf.getvalue()
+    assert read_long(b"\x00" + buf.getvalue(), 1) == (value, 1 + len(buf.getvalue()))
