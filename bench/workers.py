@@ -14,6 +14,7 @@ import io
 import json
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -160,6 +161,7 @@ def run_faust(args: argparse.Namespace) -> None:
         web_enabled=False,
         store="memory://",
         producer_acks=-1,
+        datadir=tempfile.mkdtemp(prefix="passerelle-bench-faust-"),  # not <app id>-data in the caller's directory
     )
     source = app.topic(args.input, value_type=bytes, key_type=bytes)
     sink = app.topic(args.output, value_type=bytes, key_type=bytes)
