@@ -138,8 +138,9 @@ def run_runtime(args: argparse.Namespace, exactly_once: bool) -> None:
                 topics.undeclared: catalog.schema_text("Campaign"),
             },
             exactly_once=exactly_once,
-            batch_size=5000,
+            batch_size=args.batch_size,
             commit_interval_ms=args.commit_ms,
+            min_commit_interval_ms=args.min_commit_ms,
             dead_letter_topic=args.dlq,
         ),
     )
@@ -163,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--records", type=int, required=True)
     parser.add_argument("--dlq", default="errors.deadletters")
     parser.add_argument("--commit-ms", type=int, default=100)
+    parser.add_argument("--min-commit-ms", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=5000)
     args = parser.parse_args(argv)
     if args.impl == "raw":
         run_raw(args)

@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--topic", required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--timeout", type=float, default=120)
+    parser.add_argument("--skip-seconds", type=float, default=0, help="ignore hits sent this long after ready")
     args = parser.parse_args()
     consumer = Consumer({"bootstrap.servers": args.bootstrap, "group.id": f"lat-{args.topic}",
                          "auto.offset.reset": "earliest", "isolation.level": "read_committed"})  # fmt: skip
@@ -47,8 +48,10 @@ def main() -> None:
     ready = False
     visible: list[float] = []
     emit: list[float] = []
+    measure_from = 0.0
+    skipped = 0
     deadline = time.monotonic() + args.timeout
-    while len(visible) < args.count and time.monotonic() < deadline:
+    while len(visible) + skipped < args.count and time.monotonic() < deadline:
         msgs: list[Any] = consumer.consume(2000, timeout=0)  # what is queued, else wait for the next one
         if not msgs:
             first = consumer.poll(0.05)
@@ -59,9 +62,13 @@ def main() -> None:
                 continue
             if not ready:
                 ready = True
+                measure_from = time.time_ns() / 1e6 + args.skip_seconds * 1000
                 print("ready", flush=True)
                 continue
             sent = event_time(msg.value())
+            if sent < measure_from:
+                skipped += 1
+                continue
             visible.append(received - sent)
             emit.append(msg.timestamp()[1] - sent)
     consumer.close()

@@ -49,6 +49,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from bench.runtime import cleanup
 from schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,29 +135,6 @@ def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for fut in admin.create_topics([NewTopic(t, n, 1) for t, n in topics.items()]).values():
         fut.result(30)
-
-
-def cleanup(bootstrap: str, registry: str, prefix: str) -> None:
-    """Delete every topic, consumer group and registry subject named ``prefix*``."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    topics = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefix)]
-    if topics:
-        for fut in admin.delete_topics(topics).values():
-            with contextlib.suppress(Exception):
-                fut.result(30)
-    with contextlib.suppress(Exception):
-        groups = [g.group_id for g in admin.list_consumer_groups().result(30).valid if g.group_id.startswith(prefix)]
-        if groups:
-            for fut in admin.delete_consumer_groups(groups).values():
-                with contextlib.suppress(Exception):
-                    fut.result(30)
-    client = SchemaRegistryClient({"url": registry})
-    with contextlib.suppress(Exception):
-        for subject in client.get_subjects():
-            if subject.startswith(prefix):
-                with contextlib.suppress(Exception):
-                    client.delete_subject(subject)
-                    client.delete_subject(subject, permanent=True)
 
 
 def spawn(name: str, strategy: str, args: argparse.Namespace, topics: dict[str, str], log_dir: Path) -> Instance:

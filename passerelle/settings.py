@@ -141,6 +141,9 @@ class ProcessorSettings(PasserelleSettings):
         default="exactly_once", pattern="^(exactly_once|at_least_once)$", description="exactly_once | at_least_once"
     )
     commit_interval_ms: int = Field(default=100, ge=1, description="How often state, outputs and offsets commit")
+    min_commit_interval_ms: int = Field(
+        default=30, ge=0, description="Commit this early when caught up with the input, so outputs show sooner (0: off)"
+    )
     batch_size: int = Field(default=2000, ge=1, description="Most records consumed per loop turn")
     metrics_port: int | None = Field(default=None, description="Serve /metrics on this port (none: off)")
     dead_letter_topic: str = Field(default="errors.deadletters", description="Where poison records go")

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
 
 from passerelle.settings import ProcessorSettings, load
 from schemas.catalog import Catalog, load_catalog
+
+if TYPE_CHECKING:  # the runtime (confluent-kafka) loads only when a processor runs, not for --help
+    from streams.runtime import RunnerConfig
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +20,7 @@ def output_schemas(catalog: Catalog, topics: list[str]) -> dict[str, str]:
     return {t: catalog.schema_text(catalog.topic(t).value_schema) for t in topics}
 
 
-def runner_config(settings: ProcessorSettings, app_id: str, outputs: dict[str, str]):  # type: ignore[no-untyped-def]
+def runner_config(settings: ProcessorSettings, app_id: str, outputs: dict[str, str]) -> RunnerConfig:
     from streams.runtime import ErrorBudget, RunnerConfig
 
     return RunnerConfig(
@@ -27,6 +31,7 @@ def runner_config(settings: ProcessorSettings, app_id: str, outputs: dict[str, s
         instance_id=settings.instance_id,
         exactly_once=settings.processing_guarantee == "exactly_once",
         commit_interval_ms=settings.commit_interval_ms,
+        min_commit_interval_ms=settings.min_commit_interval_ms,
         batch_size=settings.batch_size,
         metrics_port=settings.metrics_port,
         dead_letter_topic=settings.dead_letter_topic,

@@ -25,6 +25,12 @@ class RunnerConfig:
     previous incarnation and aborts its open transaction at once instead of
     leaving read_committed consumers blocked until the transaction times out.
 
+    ``fetch_wait_max_ms``/``fetch_min_bytes``: the broker answers a fetch once
+    64 KiB are there or after 5 ms, instead of at the first byte. Under a
+    steady flow that is one fetch per 5 ms instead of one per produce request:
+    measured at 9,800 hits/s, 8-12% less broker CPU and a lower hit-to-enriched
+    p99 in each of three side-by-side pairs (docs/measurements.md).
+
     ``gc_freeze`` moves everything alive to the collector's permanent generation
     after each commit: state that lives for minutes is then not rescanned by
     every generation-2 collection (measured on the enrichment logic with 20,000
@@ -42,6 +48,8 @@ class RunnerConfig:
     commit_interval_ms: int = 100
     min_commit_interval_ms: int = 30  # when caught up with the input, commit this early (0: only per interval)
     batch_size: int = 2000
+    fetch_wait_max_ms: int = 5
+    fetch_min_bytes: int = 65536
     poll_timeout_s: float = 0.05
     dead_letter_topic: str = DEFAULT_DEAD_LETTER_TOPIC
     key_schema: str = '"string"'
@@ -58,6 +66,33 @@ class RunnerConfig:
     clock: Callable[[], int] = wall_clock_ms
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
     producer_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def commit_due(self, since_last_ms: int, caught_up: bool, uncommitted: bool) -> bool:
+        """Whether this loop turn commits.
+
+        Every ``commit_interval_ms``; and, once caught up with the input, as soon as
+        ``min_commit_interval_ms`` passed with something to commit: read_committed
+        readers see outputs only after the commit, so a processor keeping up with a
+        steady flow commits often (hit-to-enriched latency in docs/measurements.md)
+        while a backlog still commits once per interval and keeps its throughput.
+        """
+        if since_last_ms >= self.commit_interval_ms:
+            return True
+        return (
+            caught_up
+            and uncommitted
+            and self.min_commit_interval_ms > 0
+            and since_last_ms >= self.min_commit_interval_ms
+        )
+
+    @staticmethod
+    def caught_up(queued_batch: int, batch_size: int) -> bool:
+        """A batch that did not fill up drained what the consumer had fetched.
+
+        Under a steady flow below the maximum rate something is nearly always
+        queued, so "nothing queued" alone would never see the processor as caught up.
+        """
+        return queued_batch < batch_size
 
     @property
     def transactional_id(self) -> str:

@@ -56,6 +56,14 @@ class RuntimeMetrics:
         self.restored_records = Counter(
             "passerelle_state_restored_records_total", "Changelog records replayed on restore", p, registry=r
         )
+        self.commit_seconds = Histogram(
+            "passerelle_commit_seconds",
+            "Time the loop waits for one commit (transaction, or flush and offset commit); "
+            "read_committed readers see outputs only after it",
+            p,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.commits = Counter("passerelle_commits_total", "Commits (transactions or offset commits)", p, registry=r)
         self.aborts = Counter("passerelle_transaction_aborts_total", "Aborted transactions", p, registry=r)
         self.timers_fired = Counter("passerelle_timers_fired_total", "Timers fired", [*p, "kind"], registry=r)

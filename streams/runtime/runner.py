@@ -119,12 +119,7 @@ class Runner:
         if msgs:
             self._handle(msgs, now)
         self._fire_wall_timers(now)
-        since = now - self._last_commit
-        if since >= self.config.commit_interval_ms or (
-            self._caught_up and self._uncommitted and since >= self.config.min_commit_interval_ms > 0
-        ):
-            # Caught up with the input: commit early, so read_committed readers see the outputs sooner;
-            # under a backlog this never triggers and commits stay one per interval.
+        if self.config.commit_due(now - self._last_commit, self._caught_up, self._uncommitted):
             self._commit()
 
     def _next_batch(self) -> list[Any]:
@@ -138,7 +133,7 @@ class Runner:
         assert consumer is not None
         msgs: list[Any] = consumer.consume(self.config.batch_size, timeout=0)
         if msgs:
-            self._caught_up = False
+            self._caught_up = self.config.caught_up(len(msgs), self.config.batch_size)
             return msgs
         self._caught_up = True  # nothing was waiting: we are at the head of the input
         first = consumer.poll(self.config.poll_timeout_s)
@@ -230,6 +225,8 @@ class Runner:
             "isolation.level": "read_committed",
             "partition.assignment.strategy": cfg.assignment_strategy,
             "session.timeout.ms": cfg.session_timeout_ms,
+            "fetch.wait.max.ms": cfg.fetch_wait_max_ms,
+            "fetch.min.bytes": cfg.fetch_min_bytes,
         }
         if cfg.static_membership:
             consumer_conf["group.instance.id"] = cfg.transactional_id
@@ -594,6 +591,7 @@ class Runner:
         if not (self._uncommitted or wrote):
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items() if (t, p) in self._assigned]
+        started = time.perf_counter()
         if self.config.exactly_once:
             self._commit_transaction(offsets)
         else:
@@ -609,6 +607,7 @@ class Runner:
                 except KafkaException as exc:
                     log.warning("offset commit failed (records will be re-processed): %s", exc)
         self._uncommitted = False
+        self.metrics.commit_seconds.labels(self._name).observe(time.perf_counter() - started)
         self.metrics.commits.labels(self._name).inc()
         self._manage_gc()
         for spec in self.processor.stores:

@@ -130,6 +130,7 @@ def test_join_state_table_and_poison_pills(
     assert 'passerelle_dead_letters_total{processor="counting-join",stage="process"} 5.0' in metrics
     assert 'passerelle_lookup_table_keys{processor="counting-join",table="labels"} 9.0' in metrics
     assert "passerelle_state_restore_seconds_count" in metrics and "passerelle_commits_total" in metrics
+    assert 'passerelle_commit_seconds_bucket{le="+Inf",processor="counting-join"}' in metrics
 
 
 def spawn(kind: str, names: Names, bootstrap: str, registry: str, alo: bool = False,

@@ -137,3 +137,24 @@ def test_a_failing_record_becomes_a_dead_letter_and_the_others_go_on() -> None:
     assert ctx.store("counts").get("k") == 2
     fired = ctx.timers.due("event", 200)
     assert list(proc.on_timer(fired, ctx)) == [OutRecord("out", "k", {"n": -1})]
+
+
+def test_commit_due_per_interval_and_early_only_when_caught_up() -> None:
+    from streams.runtime import RunnerConfig
+
+    cfg = RunnerConfig("app", "b", "r", {}, commit_interval_ms=100, min_commit_interval_ms=30)
+    assert cfg.commit_due(100, caught_up=False, uncommitted=False)  # the interval always commits
+    assert not cfg.commit_due(60, caught_up=False, uncommitted=True)  # a backlog waits for the interval
+    assert cfg.commit_due(30, caught_up=True, uncommitted=True)  # caught up: outputs visible sooner
+    assert not cfg.commit_due(29, caught_up=True, uncommitted=True)
+    assert not cfg.commit_due(60, caught_up=True, uncommitted=False)  # nothing to commit
+    off = RunnerConfig("app", "b", "r", {}, commit_interval_ms=100, min_commit_interval_ms=0)
+    assert not off.commit_due(99, caught_up=True, uncommitted=True)
+
+
+def test_a_batch_that_did_not_fill_up_means_caught_up() -> None:
+    from streams.runtime import RunnerConfig
+
+    # A steady flow keeps a few records queued at every turn: still caught up.
+    assert RunnerConfig.caught_up(queued_batch=37, batch_size=2000)
+    assert not RunnerConfig.caught_up(queued_batch=2000, batch_size=2000)  # a full batch: a backlog
