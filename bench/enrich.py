@@ -14,7 +14,8 @@ too). The first ``--warmup-seconds`` of the feed are not measured: they are
 when the processor first meets each of the 20,000 visitors (a steady state is
 what the figure describes; a restarted processor restores its state instead).
 The processor runs as ``passerelle enrich`` does: batches of 2,000, commit
-every 100 ms, early commit after 30 ms when caught up. The last line reads ``ratios: alo=<b/a> eos=<c/a> p99_ms=<visible p99>``.
+every 100 ms, early commit after 30 ms when caught up. The last line reads
+``ratios: alo=<b/a> eos=<c/a> p99_ms=<visible p99>``.
 """
 
 from __future__ import annotations
@@ -244,7 +245,7 @@ def run(args: argparse.Namespace) -> str:
     rates: dict[str, list[float]] = {i: [] for i in IMPLS}
     rss: dict[str, float] = {i: 0.0 for i in IMPLS}
     if args.latency_only:
-        only = latency("eos", args.latency_only, args, env, tag)
+        only = latency(args.latency_impl, args.latency_only, args, env, tag)
         cleanup(args.bootstrap, args.registry, "bench", tag)
         return json.dumps(only)
     for round_ in range(args.rounds):
@@ -305,7 +306,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--latency-batch-size", type=int, default=None, help="batch size of the latency runs (default: --batch-size)"
     )
     parser.add_argument("--load", type=float, default=0.5, help="latency-run rate as a share of eos max (default 0.5)")
-    parser.add_argument("--latency-only", type=float, default=0, help="only the eos latency run, at this rate")
+    parser.add_argument("--latency-only", type=float, default=0, help="only one latency run, at this rate (hits/s)")
+    parser.add_argument("--latency-impl", choices=("alo", "eos"), default="eos", help="with --latency-only")
     parser.add_argument("--timeout", type=float, default=900, help="per-worker timeout in seconds")
 
 

@@ -89,8 +89,9 @@ class RunnerConfig:
     def caught_up(queued_batch: int, batch_size: int) -> bool:
         """A batch that did not fill up drained what the consumer had fetched.
 
-        Under a steady flow below the maximum rate something is nearly always
-        queued, so "nothing queued" alone would never see the processor as caught up.
+        "Nothing queued" alone misses a processor that keeps up with a flow that
+        never pauses (fetch responses from many partitions or brokers landing
+        while a batch is processed): it would only commit once per interval.
         """
         return queued_batch < batch_size
 
