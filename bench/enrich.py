@@ -188,6 +188,8 @@ def throughput(impl: str, args: argparse.Namespace, env: dict[str, str], tag: st
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     delete(args.bootstrap, [env["output"], env["output"] + ".links", env["output"] + ".undeclared"])
+    # Its changelogs too, now: compacting them would load the broker during the next runs.
+    cleanup(args.bootstrap, args.registry, f"bench-enrich-{impl}-{tag}")
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{impl} worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(lines[-1])
@@ -225,6 +227,7 @@ def latency(impl: str, rate: float, args: argparse.Namespace, env: dict[str, str
     except subprocess.TimeoutExpired:
         worker.kill()
     delete(args.bootstrap, [env["input"], env["output"], env["output"] + ".links", env["output"] + ".undeclared"])
+    cleanup(args.bootstrap, args.registry, f"bench-lat-{impl}-{tag}")  # its changelogs, group and subjects
     result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
     result["rate"] = rate
     return result
