@@ -148,6 +148,7 @@ def run_worker(impl: str, args: argparse.Namespace, input_topic: str, records: i
         raise RuntimeError(f"{impl} worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(lines[-1])
     result["output"] = output
+    cleanup(args.bootstrap, args.registry, f"bench-{impl}-{tag}")  # its changelogs now, not while others run
     return result
 
 
@@ -193,6 +194,7 @@ def latency_run(impl: str, args: argparse.Namespace, tag: str) -> tuple[float, f
     except subprocess.TimeoutExpired:
         proc.kill()
     delete(args.bootstrap, [topic, output])
+    cleanup(args.bootstrap, args.registry, f"bench-lat-{impl}-{tag}")
     if len(latencies) < 2:
         return float("nan"), float("nan")
     q = statistics.quantiles(latencies, n=100)
