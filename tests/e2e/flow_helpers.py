@@ -40,6 +40,19 @@ def cli(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.Com
                           text=True, timeout=timeout, check=False)  # fmt: skip
 
 
+def start_stack(env: dict[str, str]) -> tuple[str, str]:
+    """``up``, ``topics create``, ``schemas register`` through the CLI; the bootstrap servers and registry URL."""
+    for args in (("up",), ("topics", "create"), ("schemas", "register")):
+        done = cli(env, *args)
+        assert done.returncode == 0, f"passerelle {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return f"127.0.0.1:{env['PASSERELLE_KAFKA_PORT']}", f"http://127.0.0.1:{env['PASSERELLE_REGISTRY_PORT']}"
+
+
+def may_be_emailed(profile: dict[str, Any] | None) -> bool:
+    """The sequencer's rule for who may receive a remarketing email: CRM consent and an address."""
+    return bool(profile and profile["marketing_consent"] is True and profile["email"])
+
+
 class Proc:
     """A ``python -m passerelle ...`` process running in the background, logging to a file."""
 

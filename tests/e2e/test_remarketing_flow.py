@@ -12,7 +12,6 @@ import json
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,10 @@ from tests.e2e.flow_helpers import (
     Partner,
     Proc,
     TopicTail,
-    cli,
     http_ok,
+    may_be_emailed,
     metric_total,
-    private_stack_env,
+    start_stack,
     stop_all,
     tails,
     wait_until,
@@ -47,29 +46,12 @@ PROMO_CODE = "COMEBACK10"  # the default of PASSERELLE_REMARKETING_PROMO_CODE
 FLOW_TIMEOUT_S = 90
 
 
-@pytest.fixture
-def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    env = private_stack_env(tmp_path / "state")
-    try:
-        yield env
-    finally:
-        cli(env, "down", "--purge", timeout=120)
-
-
-def may_be_emailed(profile: dict[str, Any] | None) -> bool:
-    return bool(profile and profile["marketing_consent"] is True and profile["email"])
-
-
 @pytest.mark.timeout(300)
 def test_abandoned_carts_become_remarketing_emails_delivered_once_each(
     stack_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = stack_env
-    for args in (("up",), ("topics", "create"), ("schemas", "register")):
-        done = cli(env, *args)
-        assert done.returncode == 0, f"passerelle {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-    bootstrap = f"127.0.0.1:{env['PASSERELLE_KAFKA_PORT']}"
-    registry = f"http://127.0.0.1:{env['PASSERELLE_REGISTRY_PORT']}"
+    bootstrap, registry = start_stack(env)
 
     # The generator's own account of who abandons a cart, and the CRM it publishes.
     shop = Shop(SEED, int(time.time() * 1000) - 8 * HOUR, site=SITE, span_ms=8 * HOUR, customers=CUSTOMERS)

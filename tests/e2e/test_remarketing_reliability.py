@@ -32,7 +32,6 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,16 @@ from connectors.generator.send import EventSender, SendOptions, publish_campaign
 from connectors.generator.shop import HOUR, Shop
 from deploy.local.stack import free_port
 from streams.remarketing.sequence import message_id, sequence_id, to_ms
-from tests.e2e.flow_helpers import Partner, TopicTail, cli, http_ok, metric_total, private_stack_env, stop_all, tails
+from tests.e2e.flow_helpers import (
+    Partner,
+    TopicTail,
+    http_ok,
+    may_be_emailed,
+    metric_total,
+    start_stack,
+    stop_all,
+    tails,
+)
 from tests.e2e.reliability_helpers import Chaos, Fleet, kill_schedule
 
 pytestmark = pytest.mark.e2e
@@ -64,32 +72,11 @@ KILLED = ("carts", "remarketing", "bridge")
 POST_CHUNK = 2000  # events posted between two time stamps (when an order reached the collector)
 
 
-def stripped(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if not k.startswith("PASSERELLE_RELIABILITY_")}
-
-
-@pytest.fixture
-def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    env = stripped(private_stack_env(tmp_path / "state"))
-    try:
-        yield env
-    finally:
-        cli(env, "down", "--purge", timeout=120)
-
-
-def may_be_emailed(profile: dict[str, Any] | None) -> bool:
-    return bool(profile and profile["marketing_consent"] is True and profile["email"])
-
-
 @pytest.mark.timeout(900)
 def test_remarketing_survives_sigkills_and_partner_failures(stack_env: dict[str, str], tmp_path: Path) -> None:
     env = stack_env
     started = time.monotonic()
-    for args in (("up",), ("topics", "create"), ("schemas", "register")):
-        done = cli(env, *args)
-        assert done.returncode == 0, f"passerelle {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-    bootstrap = f"127.0.0.1:{env['PASSERELLE_KAFKA_PORT']}"
-    registry = f"http://127.0.0.1:{env['PASSERELLE_REGISTRY_PORT']}"
+    bootstrap, registry = start_stack(env)
 
     shop = Shop(SHOP_SEED, int(time.time() * 1000) - 8 * HOUR, site=SITE, span_ms=8 * HOUR, customers=CUSTOMERS)
     journeys = list(shop.journeys(VISITORS))

@@ -28,6 +28,7 @@ from connectors.emailing.mapping import build_payload
 from deploy.local.stack import free_port
 from schemas.catalog import load_catalog
 from streams.runtime.deadletter import header_dict
+from tests.e2e.flow_helpers import Partner
 from tests.integration.kafka_helpers import TopicReader, create_topics, produce_avro
 
 pytestmark = pytest.mark.integration
@@ -103,17 +104,16 @@ class Proc:
         return self.popen.returncode
 
 
-class StandIn:
-    """The partner stand-in as a real process, and a client for its control endpoints."""
+class StandIn(Partner):
+    """The partner stand-in as a real process, with the flow tests' client for its control endpoints."""
 
     def __init__(self, tmp: Path) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.proc = Proc(
             [sys.executable, "-m", "connectors.emailing.standin", "--port", str(self.port), "--seed", "11"],
             tmp / "standin.log",
         )
-        self.http = httpx.Client(base_url=self.url, timeout=10)
+        super().__init__(f"http://127.0.0.1:{self.port}")
 
         def answers() -> bool:
             try:
@@ -124,22 +124,8 @@ class StandIn:
         wait_for(answers, 30, "the stand-in to answer")
         self.control(require_headers={"Authorization": f"Bearer {TOKEN}"})
 
-    def control(self, **changes: Any) -> dict[str, Any]:
-        response = self.http.post("/_control", json=changes)
-        response.raise_for_status()
-        result: dict[str, Any] = response.json()
-        return result
-
-    def delivered(self) -> dict[str, int]:
-        keys: dict[str, int] = self.http.get("/_delivered").json()["keys"]
-        return keys
-
-    def requests(self) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = self.http.get("/_requests").json()["requests"]
-        return found
-
     def close(self) -> None:
-        self.http.close()
+        super().close()
         self.proc.stop()
 
 
