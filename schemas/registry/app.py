@@ -3,6 +3,10 @@
 Only what confluent-kafka's ``SchemaRegistryClient`` and serdes, and Kafka
 Connect's AvroConverter, call. Every error answers ``{"error_code", "message"}``
 because clients read the Confluent code, not the HTTP status alone.
+
+With an :class:`~schemas.registry.auth.Authenticator`, every request but
+``GET /`` needs HTTP basic credentials and the routes that write need role
+``write`` (see :mod:`schemas.registry.auth` for the rules and the file format).
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from schemas.registry import errors
+from schemas.registry.auth import REALM, SCOPE_KEY, Authenticator, User, forbidden, is_anonymous
 from schemas.registry.service import SchemaRegistry
 from schemas.registry.state import SchemaVersion
 
@@ -73,9 +79,46 @@ def _body_dict(body: Any) -> dict[str, Any]:
     return body
 
 
-def create_app(registry: SchemaRegistry) -> FastAPI:
-    """An app answering for ``registry``; the server binds it, tests can drive it in process."""
+class BasicAuthMiddleware:
+    """Authenticates every request but the health probe; the user goes into the scope for the role check."""
+
+    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
+        self.app = app
+        self.authenticator = authenticator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_anonymous(scope["method"], scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        header = next((value for name, value in scope["headers"] if name == b"authorization"), None)
+        try:
+            scope[SCOPE_KEY] = self.authenticator.authenticate(header)
+        except errors.RegistryError as exc:
+            response = _error(exc.http_status, exc.error_code, exc.message)
+            response.headers["WWW-Authenticate"] = f'Basic realm="{REALM}"'
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def require_write(request: Request) -> None:
+    """Dependency of every route that writes: role ``read`` gets 403 (no authenticator: anyone writes)."""
+    user: User | None = request.scope.get(SCOPE_KEY)
+    if user is not None and not user.can_write:
+        raise forbidden(user)
+
+
+WRITES = [Depends(require_write)]
+
+
+def create_app(registry: SchemaRegistry, authenticator: Authenticator | None = None) -> FastAPI:
+    """An app answering for ``registry``; the server binds it, tests can drive it in process.
+
+    With ``authenticator``, requests need HTTP basic credentials and writes need role ``write``.
+    """
     app = FastAPI(title="passerelle schema registry", default_response_class=RegistryResponse, openapi_url=None)
+    if authenticator is not None:
+        app.add_middleware(BasicAuthMiddleware, authenticator=authenticator)
 
     @app.exception_handler(errors.RegistryError)
     async def _registry_error(request: Request, exc: errors.RegistryError) -> Response:
@@ -116,7 +159,7 @@ def create_app(registry: SchemaRegistry) -> FastAPI:
         )
         return _page(found, request)
 
-    @app.post("/subjects/{subject}/versions")
+    @app.post("/subjects/{subject}/versions", dependencies=WRITES)
     def register(subject: str, body: JsonBody) -> dict[str, Any]:
         body = _body_dict(body)
         return {"id": registry.register(subject, body.get("schema"), body.get("schemaType"), body.get("references"))}
@@ -135,7 +178,7 @@ def create_app(registry: SchemaRegistry) -> FastAPI:
         registry.version(subject, version, deleted=True)
         return []  # references are not supported, so nothing refers to anything
 
-    @app.delete("/subjects/{subject}/versions/{version}")
+    @app.delete("/subjects/{subject}/versions/{version}", dependencies=WRITES)
     def delete_version(subject: str, version: str, request: Request) -> int:
         return registry.delete_version(subject, version, permanent=_flag(request, "permanent"))
 
@@ -145,7 +188,7 @@ def create_app(registry: SchemaRegistry) -> FastAPI:
         entry = registry.lookup(subject, body.get("schema"), body.get("schemaType"), deleted=_flag(request, "deleted"))
         return _version_body(entry)
 
-    @app.delete("/subjects/{subject}")
+    @app.delete("/subjects/{subject}", dependencies=WRITES)
     def delete_subject(subject: str, request: Request) -> list[int]:
         return registry.delete_subject(subject, permanent=_flag(request, "permanent"))
 
@@ -200,11 +243,11 @@ def create_app(registry: SchemaRegistry) -> FastAPI:
     def get_config() -> dict[str, Any]:
         return {"compatibilityLevel": registry.global_level()}
 
-    @app.put("/config")
+    @app.put("/config", dependencies=WRITES)
     def put_config(body: JsonBody) -> dict[str, Any]:
         return {"compatibility": registry.set_global_level(_requested_level(body))}
 
-    @app.delete("/config")
+    @app.delete("/config", dependencies=WRITES)
     def delete_config() -> dict[str, Any]:
         return {"compatibilityLevel": registry.delete_global_level()}
 
@@ -212,11 +255,11 @@ def create_app(registry: SchemaRegistry) -> FastAPI:
     def get_subject_config(subject: str, request: Request) -> dict[str, Any]:
         return {"compatibilityLevel": registry.subject_level(subject, _flag(request, "defaultToGlobal"))}
 
-    @app.put("/config/{subject}")
+    @app.put("/config/{subject}", dependencies=WRITES)
     def put_subject_config(subject: str, body: JsonBody) -> dict[str, Any]:
         return {"compatibility": registry.set_subject_level(subject, _requested_level(body))}
 
-    @app.delete("/config/{subject}")
+    @app.delete("/config/{subject}", dependencies=WRITES)
     def delete_subject_config(subject: str) -> dict[str, Any]:
         return {"compatibilityLevel": registry.delete_subject_level(subject)}
 

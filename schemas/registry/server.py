@@ -2,7 +2,9 @@
 
 The port is bound before Kafka is touched so a second registry fails at once
 with a clear message instead of after loading the topic; the socket is then
-handed to uvicorn, so nothing can take the port in between.
+handed to uvicorn, so nothing can take the port in between. The auth file and
+the TLS certificate are checked before that, so a mistake in either is one
+line at once.
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ import errno
 import logging
 import signal
 import socket
+import ssl
 import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import uvicorn
 
+from schemas.clients import Connection
 from schemas.registry.app import create_app
+from schemas.registry.auth import Authenticator
 from schemas.registry.errors import RegistryStartupError
 from schemas.registry.service import SchemaRegistry
 from schemas.registry.state import RegistryState
@@ -71,18 +77,74 @@ class _Server(uvicorn.Server):
         self._captured_signals = [sig for sig in self._captured_signals if sig != signal.SIGTERM]
 
 
-def run(bootstrap_servers: str, host: str, port: int, topic: str) -> None:
-    """Serve the registry until interrupted; start-up problems raise ``RegistryStartupError`` (one line)."""
+class TlsConfigError(RegistryStartupError):
+    """The certificate or key for HTTPS is missing, unreadable or does not match."""
+
+
+def check_tls(certfile: Path | None, keyfile: Path | None) -> tuple[Path, Path] | None:
+    """Both files for HTTPS, or None for plain HTTP; one without the other, or a bad pair, is one error."""
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None or keyfile is None:
+        given, missing = (
+            ("PASSERELLE_REGISTRY_SSL_CERTFILE", "PASSERELLE_REGISTRY_SSL_KEYFILE")
+            if certfile is not None
+            else ("PASSERELLE_REGISTRY_SSL_KEYFILE", "PASSERELLE_REGISTRY_SSL_CERTFILE")
+        )
+        raise TlsConfigError(f"{given} is set but {missing} is not: HTTPS needs both the certificate and its key")
+    certfile, keyfile = Path(certfile).expanduser(), Path(keyfile).expanduser()
+    for path in (certfile, keyfile):
+        if not path.is_file():
+            raise TlsConfigError(f"cannot read {path} for HTTPS: no such file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        raise TlsConfigError(
+            f"cannot use certificate {certfile} with key {keyfile} for HTTPS: "
+            f"{getattr(exc, 'reason', None) or exc.strerror or exc} (both must be PEM, and the key must match)"
+        ) from None
+    return certfile, keyfile
+
+
+def run(
+    conn: Connection,
+    host: str,
+    port: int,
+    topic: str,
+    auth_file: Path | None = None,
+    ssl_certfile: Path | None = None,
+    ssl_keyfile: Path | None = None,
+) -> None:
+    """Serve the registry until interrupted; start-up problems raise ``RegistryStartupError`` (one line).
+
+    ``auth_file``: users and roles (see :mod:`schemas.registry.auth`), else no
+    authentication; ``ssl_certfile`` and ``ssl_keyfile`` together: HTTPS.
+    """
+    authenticator = Authenticator.from_file(auth_file) if auth_file is not None else None
+    tls = check_tls(ssl_certfile, ssl_keyfile)
     sock = bind(host, port)
     state = RegistryState()
-    store = KafkaStore(bootstrap_servers, topic, state)
+    store = KafkaStore(conn, topic, state)
     try:
         store.start()
-        app = create_app(SchemaRegistry(state, store))
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        app = create_app(SchemaRegistry(state, store), authenticator)
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            ssl_certfile=str(tls[0]) if tls else None,
+            ssl_keyfile=str(tls[1]) if tls else None,
+        )
+        scheme = "https" if tls else "http"
+        guarded = f", basic auth for {len(authenticator.users)} user(s)" if authenticator else ""
 
         def ready() -> None:
-            print(f"schema registry listening on http://{host}:{port} (topic {topic})", file=sys.stderr, flush=True)
+            print(
+                f"schema registry listening on {scheme}://{host}:{port} (topic {topic}{guarded})",
+                file=sys.stderr,
+                flush=True,
+            )
 
         _Server(config, on_ready=ready).run(sockets=[sock])
     finally:
@@ -90,13 +152,17 @@ def run(bootstrap_servers: str, host: str, port: int, topic: str) -> None:
         sock.close()
 
 
-def wait_ready(url: str, timeout: float) -> None:
-    """Block until ``GET url/`` answers 200, so callers start using the registry only once it has loaded."""
+def wait_ready(url: str, timeout: float, cafile: str | Path | None = None) -> None:
+    """Block until ``GET url/`` answers 200, so callers start using the registry only once it has loaded.
+
+    ``cafile`` verifies an HTTPS registry whose certificate no system CA signed.
+    """
+    context = ssl.create_default_context(cafile=str(cafile)) if cafile is not None else None
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url.rstrip("/") + "/", timeout=2) as resp:
+            with urllib.request.urlopen(url.rstrip("/") + "/", timeout=2, context=context) as resp:
                 if resp.status == 200:
                     return
                 last = f"HTTP {resp.status}"

@@ -17,39 +17,43 @@ from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import NewTopic
 
+from schemas import clients
+from schemas.clients import Connection, KafkaUnreachableError, redact
+from schemas.clients.kafka import classify, topic_error
 from schemas.registry import errors, records
 from schemas.registry.state import RegistryState
 
 log = logging.getLogger(__name__)
 
+CLIENT_ID = "passerelle-registry"
 
-class KafkaUnavailableError(errors.RegistryStartupError):
-    """The broker does not answer at the configured bootstrap servers."""
+
+class KafkaUnavailableError(errors.RegistryStartupError, KafkaUnreachableError):
+    """The broker does not answer at the configured bootstrap servers (or the TLS handshake fails)."""
 
 
 class SchemasTopicError(errors.RegistryStartupError):
     """The ``_schemas`` topic exists but cannot hold a registry (e.g. more than one partition)."""
 
 
-def _quiet(conf: dict[str, Any]) -> dict[str, Any]:
-    # librdkafka would print every failed connection attempt; we report the failure ourselves, once
-    return {**conf, "log_level": 0, "logger": logging.getLogger("schemas.registry.rdkafka")}
-
-
 class KafkaStore:
-    """Feeds ``state`` from ``topic`` and writes records to it, acknowledging only what was read back."""
+    """Feeds ``state`` from ``topic`` and writes records to it, acknowledging only what was read back.
+
+    Every Kafka client comes from the client layer (:mod:`schemas.clients`), so
+    the registry connects with the same security properties as every process.
+    """
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        conn: Connection,
         topic: str,
         state: RegistryState,
         connect_timeout: float = 10.0,
         write_timeout: float = 30.0,
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self.conn = conn
         self.topic = topic
         self.state = state
         self.connect_timeout = connect_timeout
@@ -68,18 +72,11 @@ class KafkaStore:
     def start(self, load_timeout: float = 60.0) -> None:
         """Create the topic if needed, replay it to its end, then keep following it in the background."""
         self._ensure_topic()
-        base = {"bootstrap.servers": self.bootstrap_servers, "logger": logging.getLogger("schemas.registry.rdkafka")}
-        self._producer = Producer(
-            {**base, "enable.idempotence": True, "acks": "all", "linger.ms": 0, "client.id": "passerelle-registry"}
-        )
-        self._consumer = Consumer(
-            {
-                **base,
-                "group.id": f"passerelle-registry-{uuid.uuid4().hex}",  # never committed: we always replay
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "client.id": "passerelle-registry",
-            }
+        self._producer = clients.producer(self.conn, {"linger.ms": 0, "client.id": CLIENT_ID})
+        self._consumer = clients.consumer(
+            self.conn,
+            f"{CLIENT_ID}-{uuid.uuid4().hex}",  # assigned, never joined nor committed: we always replay
+            {"auto.offset.reset": "earliest", "client.id": CLIENT_ID},
         )
         self._consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
         end = self._end_offset()
@@ -88,7 +85,7 @@ class KafkaStore:
         if end > 0 and not self._wait_applied(end - 1, load_timeout):
             raise errors.RegistryStartupError(
                 f"could not read topic {self.topic} to its end (offset {end}) within {load_timeout:.0f}s "
-                f"from {self.bootstrap_servers}"
+                f"from Kafka at {self.conn.describe()}"
             )
         log.info("loaded %d record(s) from %s", end, self.topic)
 
@@ -101,15 +98,18 @@ class KafkaStore:
         if self._consumer is not None:
             self._consumer.close()
 
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.conn.bootstrap_servers
+
     def _ensure_topic(self) -> None:
-        admin = AdminClient(_quiet({"bootstrap.servers": self.bootstrap_servers}))
         try:
-            metadata = admin.list_topics(timeout=self.connect_timeout)
-        except KafkaException as exc:
-            raise KafkaUnavailableError(
-                f"cannot reach Kafka at {self.bootstrap_servers} within {self.connect_timeout:.0f}s "
-                f"({_reason(exc)}); is the broker running? set PASSERELLE_BOOTSTRAP_SERVERS"
-            ) from exc
+            metadata = clients.ensure_reachable(self.conn, self.connect_timeout)
+        except KafkaUnreachableError as exc:  # unreachable or TLS failure: the message names the servers
+            raise KafkaUnavailableError(str(exc)) from None
+        denied = topic_error(metadata, self.topic, self.conn)
+        if denied is not None:
+            raise denied
         existing = metadata.topics.get(self.topic)
         if existing is not None and existing.error is None:
             if len(existing.partitions) != 1:
@@ -120,15 +120,20 @@ class KafkaStore:
             return
         replication = max(1, min(3, len(metadata.brokers)))
         new = NewTopic(self.topic, 1, replication, config={"cleanup.policy": "compact"})
+        admin = clients.admin_client(self.conn)
         try:
             admin.create_topics([new], operation_timeout=self.connect_timeout)[self.topic].result(
                 self.connect_timeout + 5
             )
             log.info("created topic %s (compacted, 1 partition, replication %d)", self.topic, replication)
         except KafkaException as exc:
-            if exc.args and getattr(exc.args[0], "code", lambda: None)() == KafkaError.TOPIC_ALREADY_EXISTS:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if error is not None and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 return
-            raise errors.RegistryStartupError(f"cannot create topic {self.topic}: {_reason(exc)}") from exc
+            refused = classify(error, self.conn, f"'{self.topic}'") if error is not None else None
+            if refused is not None:
+                raise refused from None
+            raise errors.RegistryStartupError(f"cannot create topic {self.topic}: {_reason(exc)}") from None
 
     def _end_offset(self) -> int:
         assert self._consumer is not None
@@ -140,7 +145,7 @@ class KafkaStore:
             except KafkaException as exc:  # a fresh topic may take a moment to have a leader
                 if time.monotonic() > deadline:
                     raise KafkaUnavailableError(
-                        f"cannot read the end of topic {self.topic} at {self.bootstrap_servers}: {_reason(exc)}"
+                        f"cannot read the end of topic {self.topic} at {self.conn.describe()}: {_reason(exc)}"
                     ) from exc
                 time.sleep(0.2)
 
@@ -191,7 +196,7 @@ class KafkaStore:
 
             def delivered(err: KafkaError | None, msg: Any) -> None:
                 if err is not None:
-                    failures.append(str(err))
+                    failures.append(redact(str(err)))
                 else:
                     offsets.append(int(msg.offset()))
 
@@ -215,5 +220,5 @@ class KafkaStore:
 
 def _reason(exc: BaseException) -> str:
     arg = exc.args[0] if exc.args else exc
-    text = arg.str() if hasattr(arg, "str") else str(arg)
-    return str(text).splitlines()[0] if text else type(exc).__name__
+    text = redact(str(arg.str() if hasattr(arg, "str") else arg))
+    return text.splitlines()[0] if text else type(exc).__name__
