@@ -27,8 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import NewTopic
+
+from schemas.clients import Connection, admin_client, consumer
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = "bench.example"
@@ -185,8 +187,8 @@ async def run_phase(
 # --- topic -----------------------------------------------------------------------------------------
 
 
-def create_topic(bootstrap: str, topic: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def create_topic(conn: Connection, topic: str) -> None:
+    admin = admin_client(conn)
     for fut in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
         fut.result(30)
     deadline = time.monotonic() + 30
@@ -196,23 +198,23 @@ def create_topic(bootstrap: str, topic: str) -> None:
         time.sleep(0.1)
 
 
-def delete_topic(bootstrap: str, topic: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def delete_topic(conn: Connection, topic: str) -> None:
+    admin = admin_client(conn)
     for fut in admin.delete_topics([topic]).values():
         with contextlib.suppress(Exception):
             fut.result(30)
 
 
-def records_on(bootstrap: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-count-{uuid.uuid4().hex}"})
+def records_on(conn: Connection, topic: str) -> int:
+    counter = consumer(conn, f"bench-count-{uuid.uuid4().hex}")
     try:
         total = 0
         for p in range(PARTITIONS):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = counter.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             total += high - low
         return total
     finally:
-        consumer.close()
+        counter.close()
 
 
 # --- report ----------------------------------------------------------------------------------------
@@ -247,10 +249,11 @@ async def measure(args: argparse.Namespace, base: str) -> list[Phase]:
 
 
 def bench(args: argparse.Namespace) -> int:
+    conn = Connection.plain(args.bootstrap, args.registry)  # the local stack: no security properties
     topic = f"bench.collector.{uuid.uuid4().hex[:8]}"
     port = args.port or free_port()
     base = f"http://127.0.0.1:{port}"
-    create_topic(args.bootstrap, topic)
+    create_topic(conn, topic)
     proc = start_collector(args, topic, port)
     try:
         asyncio.run(wait_healthy(base, proc))
@@ -261,10 +264,10 @@ def bench(args: argparse.Namespace) -> int:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
-    on_topic = records_on(args.bootstrap, topic)
+    on_topic = records_on(conn, topic)
     print(report(phases, on_topic), flush=True)
     if not args.keep_topic:
-        delete_topic(args.bootstrap, topic)
+        delete_topic(conn, topic)
     return 0 if on_topic == sum(p.events for p in phases) else 1
 
 

@@ -30,12 +30,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.admin import NewTopic
 
 from bench.runtime import ROOT, cleanup, delete
 from schemas.catalog import load_catalog
+from schemas.clients import Connection, admin_client, produce, producer, registry_client
 from schemas.serde import AvroEncoder, write_long
 
 IMPLS = ("raw", "alo", "eos")
@@ -86,15 +85,14 @@ def tables(now_ms: int) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[st
 class Producer_:
     """Avro producer for one topic, connected up front so start-up never counts as latency."""
 
-    def __init__(self, bootstrap: str, registry: str, topic: str, stem: str, paced: bool = False) -> None:
+    def __init__(self, conn: Connection, topic: str, stem: str, paced: bool = False) -> None:
         catalog = load_catalog()
-        client = SchemaRegistryClient({"url": registry})
+        client = registry_client(conn)
         self.topic = topic
         self.enc = AvroEncoder.for_subject(client, f"{topic}-value", catalog.schema_text(stem))
         self.key = AvroEncoder.for_subject(client, f"{topic}-key", '"string"')
-        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                                  "linger.ms": 1 if paced else 20, "partitioner": "murmur2_random",
-                                  "queue.buffering.max.messages": 1_000_000})  # fmt: skip
+        # Idempotent, acks=all, murmur2_random: the factory's defaults.
+        self.producer = producer(conn, {"linger.ms": 1 if paced else 20, "queue.buffering.max.messages": 1_000_000})
 
     def send(self, records: Sequence[tuple[str, dict[str, Any]]]) -> None:
         for key, value in records:
@@ -102,12 +100,7 @@ class Producer_:
         self.producer.flush(120)
 
     def _produce(self, key: str, value: dict[str, Any]) -> None:
-        while True:
-            try:
-                self.producer.produce(self.topic, self.enc.encode(value), self.key.encode(key))
-                return
-            except BufferError:
-                self.producer.poll(0.05)
+        produce(self.producer, self.topic, self.enc.encode(value), self.key.encode(key))
 
     def hits(self, start: int, count: int) -> None:
         """Produce hits as fast as the producer takes them (the throughput runs' input)."""
@@ -131,7 +124,7 @@ class Producer_:
 
     def paced(self, prepared: list[tuple[bytes, bytes, bytes]], rate: float) -> None:
         """Send prepared hits at ``rate`` per second, stamping each with the time it is handed to the producer."""
-        produce, topic = self.producer.produce, self.topic
+        send, topic = self.producer.produce, self.topic
         t0 = time.perf_counter()
         for n, (key, head, tail) in enumerate(prepared):
             if n % 50 == 0:
@@ -140,17 +133,15 @@ class Producer_:
                     time.sleep(wait)
                 self.producer.poll(0)
             value = head + write_long(time.time_ns() // 1_000_000) + tail
-            while True:
-                try:
-                    produce(topic, value, key)
-                    break
-                except BufferError:
-                    self.producer.poll(0.05)
+            try:
+                send(topic, value, key)
+            except BufferError:
+                produce(self.producer, topic, value, key)
         self.producer.flush(120)
 
 
-def create(bootstrap: str, topics: dict[str, int], compact: bool = False) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def create(conn: Connection, topics: dict[str, int], compact: bool = False) -> None:
+    admin = admin_client(conn)
     config = {"cleanup.policy": "compact"} if compact else {}
     for fut in admin.create_topics([NewTopic(t, n, 1, config=config) for t, n in topics.items()]).values():
         fut.result(30)
@@ -159,6 +150,7 @@ def create(bootstrap: str, topics: dict[str, int], compact: bool = False) -> Non
 def worker_cmd(
     impl: str,
     args: argparse.Namespace,
+    conn: Connection,
     env: dict[str, str],
     records: int,
     group: str,
@@ -166,7 +158,8 @@ def worker_cmd(
     batch_size: int | None = None,
 ) -> list[str]:
     return [
-        sys.executable, "-m", "bench.enrich_workers", impl, "--bootstrap", args.bootstrap, "--registry", args.registry,
+        sys.executable, "-m", "bench.enrich_workers", impl, "--bootstrap", conn.bootstrap_servers,
+        "--registry", conn.registry_url,
         "--input", env["input"], "--output", env["output"], "--campaigns", env["campaigns"], "--crm", env["crm"],
         "--records", str(records), "--group", group, "--dlq", env["dlq"],
         "--commit-ms", str(commit_ms or args.commit_ms), "--min-commit-ms", str(args.min_commit_ms),
@@ -174,43 +167,46 @@ def worker_cmd(
     ]  # fmt: skip
 
 
-def outputs(bootstrap: str, output: str) -> None:
-    create(bootstrap, {output: 6, output + ".links": 6})
-    create(bootstrap, {output + ".undeclared": 1}, compact=True)
+def outputs(conn: Connection, output: str) -> None:
+    create(conn, {output: 6, output + ".links": 6})
+    create(conn, {output + ".undeclared": 1}, compact=True)
 
 
-def throughput(impl: str, args: argparse.Namespace, env: dict[str, str], tag: str) -> dict[str, Any]:
+def throughput(impl: str, args: argparse.Namespace, conn: Connection, env: dict[str, str], tag: str) -> dict[str, Any]:
     import json
 
     env = {**env, "output": f"bench.enriched.{impl}.{tag}"}
-    outputs(args.bootstrap, env["output"])
-    cmd = worker_cmd(impl, args, env, args.records, f"bench-enrich-{impl}-{tag}")
+    outputs(conn, env["output"])
+    cmd = worker_cmd(impl, args, conn, env, args.records, f"bench-enrich-{impl}-{tag}")
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    delete(args.bootstrap, [env["output"], env["output"] + ".links", env["output"] + ".undeclared"])
+    delete(conn, [env["output"], env["output"] + ".links", env["output"] + ".undeclared"])
     # Its changelogs too, now: compacting them would load the broker during the next runs.
-    cleanup(args.bootstrap, args.registry, f"bench-enrich-{impl}-{tag}")
+    cleanup(conn, f"bench-enrich-{impl}-{tag}")
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{impl} worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(lines[-1])
     return result
 
 
-def latency(impl: str, rate: float, args: argparse.Namespace, env: dict[str, str], tag: str) -> dict[str, float]:
+def latency(
+    impl: str, rate: float, args: argparse.Namespace, conn: Connection, env: dict[str, str], tag: str
+) -> dict[str, float]:
     """Run ``impl`` on a fresh topic fed at ``rate``; percentiles of visible and emit latency (ms)."""
     import json
 
     env = {**env, "input": f"bench.lat.in.{impl}.{tag}", "output": f"bench.lat.out.{impl}.{tag}"}
-    create(args.bootstrap, {env["input"]: 6})
-    outputs(args.bootstrap, env["output"])
+    create(conn, {env["input"]: 6})
+    outputs(conn, env["output"])
     count = int(rate * (args.latency_seconds + args.warmup_seconds))
-    feeder = Producer_(args.bootstrap, args.registry, env["input"], "Hit", paced=True)
+    feeder = Producer_(conn, env["input"], "Hit", paced=True)
     cmd = worker_cmd(
-        impl, args, env, count + 1, f"bench-lat-{impl}-{tag}", args.latency_commit_ms, args.latency_batch_size
+        impl, args, conn, env, count + 1, f"bench-lat-{impl}-{tag}", args.latency_commit_ms, args.latency_batch_size
     )
     worker = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     reader = subprocess.Popen(
-        [sys.executable, "-m", "bench.latency_reader", "--bootstrap", args.bootstrap, "--registry", args.registry,
+        [sys.executable, "-m", "bench.latency_reader", "--bootstrap", conn.bootstrap_servers,
+         "--registry", conn.registry_url,
          "--topic", env["output"], "--count", str(count), "--timeout", str(args.latency_seconds + 120),
          "--skip-seconds", str(args.warmup_seconds)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
@@ -226,34 +222,34 @@ def latency(impl: str, rate: float, args: argparse.Namespace, env: dict[str, str
         worker.wait(60)
     except subprocess.TimeoutExpired:
         worker.kill()
-    delete(args.bootstrap, [env["input"], env["output"], env["output"] + ".links", env["output"] + ".undeclared"])
-    cleanup(args.bootstrap, args.registry, f"bench-lat-{impl}-{tag}")  # its changelogs, group and subjects
+    delete(conn, [env["input"], env["output"], env["output"] + ".links", env["output"] + ".undeclared"])
+    cleanup(conn, f"bench-lat-{impl}-{tag}")  # its changelogs, group and subjects
     result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
     result["rate"] = rate
     return result
 
 
-def run(args: argparse.Namespace) -> str:
+def run(args: argparse.Namespace, conn: Connection) -> str:
     tag = uuid.uuid4().hex[:6]
     env = {"input": f"bench.hits.{tag}", "campaigns": f"bench.campaigns.{tag}", "crm": f"bench.crm.{tag}",
            "dlq": f"bench.dlq.{tag}"}  # fmt: skip
-    create(args.bootstrap, {env["input"]: 6, env["dlq"]: 1})
-    create(args.bootstrap, {env["campaigns"]: 1, env["crm"]: 3}, compact=True)
+    create(conn, {env["input"]: 6, env["dlq"]: 1})
+    create(conn, {env["campaigns"]: 1, env["crm"]: 3}, compact=True)
     now = time.time_ns() // 1_000_000
     campaigns, profiles = tables(now)
-    Producer_(args.bootstrap, args.registry, env["campaigns"], "Campaign").send(campaigns)
-    Producer_(args.bootstrap, args.registry, env["crm"], "CrmProfile").send(profiles)
+    Producer_(conn, env["campaigns"], "Campaign").send(campaigns)
+    Producer_(conn, env["crm"], "CrmProfile").send(profiles)
     print(f"producing {args.records} hits ...", file=sys.stderr, flush=True)
-    Producer_(args.bootstrap, args.registry, env["input"], "Hit").hits(0, args.records)
+    Producer_(conn, env["input"], "Hit").hits(0, args.records)
     rates: dict[str, list[float]] = {i: [] for i in IMPLS}
     rss: dict[str, float] = {i: 0.0 for i in IMPLS}
     if args.latency_only:
-        only = latency(args.latency_impl, args.latency_only, args, env, tag)
-        cleanup(args.bootstrap, args.registry, "bench", tag)
+        only = latency(args.latency_impl, args.latency_only, args, conn, env, tag)
+        cleanup(conn, "bench", tag)
         return json.dumps(only)
     for round_ in range(args.rounds):
         for impl in IMPLS if round_ % 2 == 0 else tuple(reversed(IMPLS)):
-            res = throughput(impl, args, env, f"{tag}-{round_}")
+            res = throughput(impl, args, conn, env, f"{tag}-{round_}")
             rates[impl].append(res["records"] / res["elapsed"])
             rss[impl] = max(rss[impl], res["peak_rss_mb"])
             print(f"round {round_ + 1} {impl:<4} {rates[impl][-1]:>9,.0f} hits/s", file=sys.stderr, flush=True)
@@ -261,9 +257,9 @@ def run(args: argparse.Namespace) -> str:
     lat = {}
     if args.latency_seconds > 0:
         for impl in ("alo", "eos"):
-            lat[impl] = latency(impl, med["eos"] * args.load, args, env, tag)
+            lat[impl] = latency(impl, med["eos"] * args.load, args, conn, env, tag)
             print(f"latency {impl}: {lat[impl]}", file=sys.stderr, flush=True)
-    cleanup(args.bootstrap, args.registry, "bench", tag)  # inputs, outputs, changelogs, groups, subjects
+    cleanup(conn, "bench", tag)  # inputs, outputs, changelogs, groups, subjects
     labels = {"raw": "(a) raw loop, same join", "alo": "(b) enrichment at-least-once",
               "eos": "(c) enrichment exactly-once"}  # fmt: skip
     lines = [
@@ -320,7 +316,9 @@ def main(argv: Sequence[str] | None = None, bootstrap: str | None = None, regist
     parser.add_argument("--bootstrap", default=bootstrap or "127.0.0.1:9092")
     parser.add_argument("--registry", default=registry or "http://127.0.0.1:8081")
     add_arguments(parser)
-    print(run(parser.parse_args(argv)), flush=True)
+    args = parser.parse_args(argv)
+    conn = Connection.plain(args.bootstrap, args.registry)  # the local stack: no security properties
+    print(run(args, conn), flush=True)
     return 0
 
 

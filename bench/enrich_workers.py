@@ -19,17 +19,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.workers import _report
+from schemas import clients
+from schemas.clients import DEAD_LETTER_TOPIC, Connection
 
 
-def read_table(bootstrap: str, registry: str, topic: str) -> dict[str, Any]:
+def read_table(conn: Connection, topic: str) -> dict[str, Any]:
     """Load a compacted topic into a dict, as the runtime's lookup table does."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
     from schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
 
-    decoder = AvroDecoder(SchemaCache(registry_fetcher(SchemaRegistryClient({"url": registry}))))
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-table", "enable.partition.eof": True})
+    decoder = AvroDecoder(SchemaCache(registry_fetcher(clients.registry_client(conn))))
+    consumer = clients.consumer(conn, "bench-table", {"enable.partition.eof": True})
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
     table: dict[str, Any] = {}
@@ -53,31 +54,25 @@ def read_table(bootstrap: str, registry: str, topic: str) -> dict[str, Any]:
 
 def run_raw(args: argparse.Namespace) -> None:
     import fastavro
-    from confluent_kafka import Consumer, Producer
-    from confluent_kafka.schema_registry import SchemaRegistryClient
 
     from schemas.catalog import load_catalog
     from schemas.serde import AvroEncoder, SchemaCache, registry_fetcher
     from streams.enrichment.enricher import Enricher
 
+    conn = Connection.plain(args.bootstrap, args.registry)
     catalog = load_catalog()
-    client = SchemaRegistryClient({"url": args.registry})
+    client = clients.registry_client(conn)
     enc = AvroEncoder.for_subject(client, f"{args.output}-value", catalog.schema_text("EnrichedHit"))
     key_enc = AvroEncoder.for_subject(client, f"{args.output}-key", '"string"')
     writer, header = enc.schema, enc.header
     cache = SchemaCache(registry_fetcher(client))
-    campaigns = read_table(args.bootstrap, args.registry, args.campaigns)
-    crm = read_table(args.bootstrap, args.registry, args.crm)
+    campaigns = read_table(conn, args.campaigns)
+    crm = read_table(conn, args.crm)
     enricher = Enricher()
     state: dict[str, Any] = {}
-    consumer = Consumer(
-        {"bootstrap.servers": args.bootstrap, "group.id": args.group, "auto.offset.reset": "earliest",
-         "enable.auto.commit": False}
-    )  # fmt: skip
-    producer = Producer(
-        {"bootstrap.servers": args.bootstrap, "enable.idempotence": True, "linger.ms": 5,
-         "queue.buffering.max.messages": 500_000, "partitioner": "murmur2_random"}
-    )  # fmt: skip
+    # The factories' defaults: no auto-commit (the loop commits); idempotent, acks=all, murmur2_random.
+    consumer = clients.consumer(conn, args.group, {"auto.offset.reset": "earliest"})
+    producer = clients.producer(conn, {"linger.ms": 5, "queue.buffering.max.messages": 500_000})
     consumer.subscribe([args.input])
     done, started = 0, 0.0
     reader, write = fastavro.schemaless_reader, fastavro.schemaless_writer
@@ -101,12 +96,10 @@ def run_raw(args: argparse.Namespace) -> None:
             out = io.BytesIO()
             out.write(header)
             write(out, writer, result.hit)
-            while True:
-                try:
-                    producer.produce(args.output, out.getvalue(), key_enc.encode(visitor))
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            try:
+                producer.produce(args.output, out.getvalue(), key_enc.encode(visitor))
+            except BufferError:  # queue full: wait for delivery reports (off the measured fast path)
+                clients.produce(producer, args.output, out.getvalue(), key_enc.encode(visitor))
             done += 1
         producer.poll(0)
         consumer.commit(asynchronous=True)
@@ -162,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in ("bootstrap", "registry", "input", "output", "campaigns", "crm", "group"):
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--records", type=int, required=True)
-    parser.add_argument("--dlq", default="errors.deadletters")
+    parser.add_argument("--dlq", default=DEAD_LETTER_TOPIC)
     parser.add_argument("--commit-ms", type=int, default=100)
     parser.add_argument("--min-commit-ms", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=5000)

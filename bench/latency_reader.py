@@ -13,8 +13,7 @@ import statistics
 import time
 from typing import Any
 
-from confluent_kafka import Consumer
-
+from schemas.clients import Connection, consumer
 from schemas.serde import read_long
 
 
@@ -42,9 +41,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=120)
     parser.add_argument("--skip-seconds", type=float, default=0, help="ignore hits sent this long after ready")
     args = parser.parse_args()
-    consumer = Consumer({"bootstrap.servers": args.bootstrap, "group.id": f"lat-{args.topic}",
-                         "auto.offset.reset": "earliest", "isolation.level": "read_committed"})  # fmt: skip
-    consumer.subscribe([args.topic])
+    conn = Connection.plain(args.bootstrap, args.registry)
+    reader = consumer(conn, f"lat-{args.topic}", {"auto.offset.reset": "earliest", "isolation.level": "read_committed"})
+    reader.subscribe([args.topic])
     ready = False
     visible: list[float] = []
     emit: list[float] = []
@@ -52,10 +51,10 @@ def main() -> None:
     skipped = 0
     deadline = time.monotonic() + args.timeout
     while len(visible) + skipped < args.count and time.monotonic() < deadline:
-        msgs: list[Any] = consumer.consume(2000, timeout=0)  # what is queued, else wait for the next one
+        msgs: list[Any] = reader.consume(2000, timeout=0)  # what is queued, else wait for the next one
         if not msgs:
-            first = consumer.poll(0.05)
-            msgs = [] if first is None else [first, *consumer.consume(1999, timeout=0)]
+            first = reader.poll(0.05)
+            msgs = [] if first is None else [first, *reader.consume(1999, timeout=0)]
         received = time.time_ns() / 1e6
         for msg in msgs:
             if msg.error():
@@ -71,7 +70,7 @@ def main() -> None:
                 continue
             visible.append(received - sent)
             emit.append(msg.timestamp()[1] - sent)
-    consumer.close()
+    reader.close()
     qv = statistics.quantiles(visible, n=100) if len(visible) > 1 else [float("nan")] * 99
     qe = statistics.quantiles(emit, n=100) if len(emit) > 1 else [float("nan")] * 99
     print(json.dumps({"received": len(visible), "p50": qv[49], "p99": qv[98], "emit_p50": qe[49],

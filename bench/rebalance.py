@@ -45,11 +45,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka.admin import NewTopic
 
 from bench.runtime import cleanup
+from schemas.clients import Connection, admin_client, consumer, registry_client
 from schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,11 +64,11 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _feed(bootstrap: str, registry: str, topic: str, start: int, count: int, rate: float) -> None:
+def _feed(conn: Connection, topic: str, start: int, count: int, rate: float) -> None:
     """The feeder process: ``count`` hits at ``rate``/s (its own process: pacing and GIL stay out of the reader)."""
     from bench.runtime import Feeder
 
-    Feeder(bootstrap, registry, topic, paced=True).send(start, count, rate=rate)
+    Feeder(conn, topic, paced=True).send(start, count, rate=rate)
 
 
 @dataclass
@@ -131,18 +131,20 @@ class Run:
     log_dir: str = ""
 
 
-def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def create_topics(conn: Connection, topics: dict[str, int]) -> None:
+    admin = admin_client(conn)
     for fut in admin.create_topics([NewTopic(t, n, 1) for t, n in topics.items()]).values():
         fut.result(30)
 
 
-def spawn(name: str, strategy: str, args: argparse.Namespace, topics: dict[str, str], log_dir: Path) -> Instance:
+def spawn(
+    name: str, strategy: str, args: argparse.Namespace, conn: Connection, topics: dict[str, str], log_dir: Path
+) -> Instance:
     out_path, err_path = log_dir / f"{name}.out", log_dir / f"{name}.err"
     out, err = out_path.open("w"), err_path.open("w")
     cmd = [
-        sys.executable, "-m", "bench.rebalance_worker", strategy, name, "--bootstrap", args.bootstrap,
-        "--registry", args.registry, "--input", topics["input"], "--output", topics["output"],
+        sys.executable, "-m", "bench.rebalance_worker", strategy, name, "--bootstrap", conn.bootstrap_servers,
+        "--registry", conn.registry_url, "--input", topics["input"], "--output", topics["output"],
         "--dlq", topics["dlq"], "--app-id", topics["app"], "--commit-ms", str(args.commit_ms),
         "--max-seconds", str(args.join_at + args.leave_at + args.after_leave + 180),
     ]  # fmt: skip
@@ -152,16 +154,15 @@ def spawn(name: str, strategy: str, args: argparse.Namespace, topics: dict[str, 
     return Instance(name, proc, out_path, err_path, [out, err], now_ms())
 
 
-def run_strategy(strategy: str, args: argparse.Namespace, tag: str) -> Run:
+def run_strategy(strategy: str, args: argparse.Namespace, conn: Connection, tag: str) -> Run:
     base = f"rebal.{tag}.{SHORT[strategy]}"
     topics = {"input": f"{base}.in", "output": f"{base}.out", "dlq": f"{base}.dlq", "app": base}
-    create_topics(args.bootstrap, {topics["input"]: args.partitions, topics["output"]: args.partitions,
-                                   topics["dlq"]: 1})  # fmt: skip
+    create_topics(conn, {topics["input"]: args.partitions, topics["output"]: args.partitions,
+                         topics["dlq"]: 1})  # fmt: skip
     log_dir = Path(tempfile.mkdtemp(prefix=f"rebal-{tag}-{SHORT[strategy]}-"))
     run = Run(strategy, log_dir=str(log_dir))
-    decode = AvroDecoder(SchemaCache(registry_fetcher(SchemaRegistryClient({"url": args.registry})))).decode
-    reader = Consumer({"bootstrap.servers": args.bootstrap, "group.id": f"{base}.reader", "enable.auto.commit": False,
-                       "isolation.level": "read_committed", "fetch.wait.max.ms": 10})  # fmt: skip
+    decode = AvroDecoder(SchemaCache(registry_fetcher(registry_client(conn)))).decode
+    reader = consumer(conn, f"{base}.reader", {"isolation.level": "read_committed", "fetch.wait.max.ms": 10})
     reader.assign([TopicPartition(topics["output"], p, OFFSET_BEGINNING) for p in range(args.partitions)])
     seen = 0
 
@@ -180,15 +181,13 @@ def run_strategy(strategy: str, args: argparse.Namespace, tag: str) -> Run:
             got += 1
         return got
 
-    a = spawn("A", strategy, args, topics, log_dir)
+    a = spawn("A", strategy, args, conn, topics, log_dir)
     instances = [a]
     b: Instance | None = None
     feeder: Any = None
     try:
         # Warm-up: A is assigned, restored and producing once this hit comes out.
-        warm = multiprocessing.get_context("spawn").Process(
-            target=_feed, args=(args.bootstrap, args.registry, topics["input"], 0, 1, 0.0)
-        )
+        warm = multiprocessing.get_context("spawn").Process(target=_feed, args=(conn, topics["input"], 0, 1, 0.0))
         warm.start()
         deadline = time.monotonic() + 120
         while seen == 0 and time.monotonic() < deadline:
@@ -202,7 +201,7 @@ def run_strategy(strategy: str, args: argparse.Namespace, tag: str) -> Run:
         count = int(args.rate * feed_seconds)
         run.fed = 1 + count
         feeder = multiprocessing.get_context("spawn").Process(
-            target=_feed, args=(args.bootstrap, args.registry, topics["input"], 1, count, args.rate)
+            target=_feed, args=(conn, topics["input"], 1, count, args.rate)
         )
         feeder.start()
         run.feed_start_ms = now_ms()
@@ -212,7 +211,7 @@ def run_strategy(strategy: str, args: argparse.Namespace, tag: str) -> Run:
             seen += read(0.05)
             elapsed = (now_ms() - run.feed_start_ms) / 1000
             if b is None and elapsed >= args.join_at:
-                b = spawn("B", strategy, args, topics, log_dir)
+                b = spawn("B", strategy, args, conn, topics, log_dir)
                 instances.append(b)
                 run.b_spawn_ms = b.started_ms
                 print(f"  {strategy}: B started at +{elapsed:.1f} s", file=sys.stderr, flush=True)
@@ -438,20 +437,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the rebal.<tag>.* topics")
     args = parser.parse_args(argv)
+    conn = Connection.plain(args.bootstrap, args.registry)  # the local stack: no security properties
     tag = uuid.uuid4().hex[:6]
     strategies = list(STRATEGIES) if args.strategy == "both" else [args.strategy]
     results: dict[str, dict[str, Any]] = {}
     try:
         for strategy in strategies:
             print(f"{strategy}: running (tag {tag}) ...", file=sys.stderr, flush=True)
-            run = run_strategy(strategy, args, tag)
+            run = run_strategy(strategy, args, conn, tag)
             results[strategy] = analyse(run)
             print(f"{strategy}: worker logs in {run.log_dir}", file=sys.stderr, flush=True)
             for line in run.problems[:10]:
                 print(f"  ! {line}", file=sys.stderr, flush=True)
     finally:
         if not args.keep:
-            cleanup(args.bootstrap, args.registry, f"rebal.{tag}.")
+            cleanup(conn, f"rebal.{tag}.")
     print(report(results, args), flush=True)
     return 0
 

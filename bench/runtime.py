@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.admin import NewTopic
 
 from bench.job import HIT_SCHEMA, hit, visitor
+from schemas.clients import DEAD_LETTER_TOPIC, Connection, admin_client, consumer, produce, producer, registry_client
 from schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
 
 IMPLS = ("raw", "alo", "eos", "faust")
@@ -47,20 +46,20 @@ class Result:
     p99_ms: float | None = None
 
 
-def create(bootstrap: str, *topics: str, partitions: int = 6) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def create(conn: Connection, *topics: str, partitions: int = 6) -> None:
+    admin = admin_client(conn)
     for fut in admin.create_topics([NewTopic(t, partitions, 1) for t in topics]).values():
         fut.result(30)
 
 
-def delete(bootstrap: str, topics: Sequence[str]) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def delete(conn: Connection, topics: Sequence[str]) -> None:
+    admin = admin_client(conn)
     for fut in admin.delete_topics(list(topics)).values():
         with contextlib.suppress(Exception):
             fut.result(30)
 
 
-def cleanup(bootstrap: str, registry: str, prefix: str, tag: str = "") -> None:
+def cleanup(conn: Connection, prefix: str, tag: str = "") -> None:
     """Delete every topic, consumer group and registry subject named ``prefix*`` (and containing ``tag``).
 
     Runs leave changelog topics, groups and subjects behind; hundreds of
@@ -71,7 +70,7 @@ def cleanup(bootstrap: str, registry: str, prefix: str, tag: str = "") -> None:
     def ours(name: str) -> bool:
         return name.startswith(prefix) and tag in name
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = admin_client(conn)
     topics = [t for t in admin.list_topics(timeout=30).topics if ours(t)]
     if topics:
         for fut in admin.delete_topics(topics).values():
@@ -83,7 +82,7 @@ def cleanup(bootstrap: str, registry: str, prefix: str, tag: str = "") -> None:
             for fut in admin.delete_consumer_groups(groups).values():
                 with contextlib.suppress(Exception):
                     fut.result(30)
-    client = SchemaRegistryClient({"url": registry})
+    client = registry_client(conn)
     with contextlib.suppress(Exception):
         for subject in client.get_subjects():
             if ours(subject):
@@ -95,23 +94,16 @@ def cleanup(bootstrap: str, registry: str, prefix: str, tag: str = "") -> None:
 class Feeder:
     """Produces bench hits; created once so producer start-up never counts as latency."""
 
-    def __init__(self, bootstrap: str, registry: str, topic: str, paced: bool = False) -> None:
-        client = SchemaRegistryClient({"url": registry})
+    def __init__(self, conn: Connection, topic: str, paced: bool = False) -> None:
+        client = registry_client(conn)
         self.topic = topic
         self.value_enc = AvroEncoder.for_subject(client, f"{topic}-value", HIT_SCHEMA)
         self.key_enc = AvroEncoder.for_subject(client, f"{topic}-key", '"string"')
-        self.producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                "linger.ms": 0 if paced else 20,
-                "partitioner": "murmur2_random",
-                "queue.buffering.max.messages": 1_000_000,
-            }
-        )
+        # Idempotent, acks=all, murmur2_random: the factory's defaults.
+        self.producer = producer(conn, {"linger.ms": 0 if paced else 20, "queue.buffering.max.messages": 1_000_000})
 
     def send(self, start: int, count: int, rate: float | None = None) -> None:
-        producer, topic = self.producer, self.topic
+        feed, topic = self.producer, self.topic
         t0 = time.perf_counter()
         for i in range(start, start + count):
             if rate:
@@ -119,26 +111,28 @@ class Feeder:
                 if wait > 0:
                     time.sleep(wait)
             record = hit(i, time.time_ns() // 1_000_000)
-            while True:
-                try:
-                    producer.produce(topic, self.value_enc.encode(record), self.key_enc.encode(visitor(i * 7919)))
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            value, key = self.value_enc.encode(record), self.key_enc.encode(visitor(i * 7919))
+            try:
+                feed.produce(topic, value, key)
+            except BufferError:
+                produce(feed, topic, value, key)
             if rate:
-                producer.poll(0)
-        producer.flush(120)
+                feed.poll(0)
+        feed.flush(120)
 
 
-def produce_hits(bootstrap: str, registry: str, topic: str, start: int, count: int) -> None:
-    Feeder(bootstrap, registry, topic).send(start, count)
+def produce_hits(conn: Connection, topic: str, start: int, count: int) -> None:
+    Feeder(conn, topic).send(start, count)
 
 
-def run_worker(impl: str, args: argparse.Namespace, input_topic: str, records: int, tag: str) -> dict[str, Any]:
+def run_worker(
+    impl: str, args: argparse.Namespace, conn: Connection, input_topic: str, records: int, tag: str
+) -> dict[str, Any]:
     output = f"bench.out.{impl}.{tag}"
-    create(args.bootstrap, output)
+    create(conn, output)
     cmd = [
-        sys.executable, "-m", "bench.workers", impl, "--bootstrap", args.bootstrap, "--registry", args.registry,
+        sys.executable, "-m", "bench.workers", impl, "--bootstrap", conn.bootstrap_servers,
+        "--registry", conn.registry_url,
         "--input", input_topic, "--output", output, "--group", f"bench-{impl}-{tag}", "--records", str(records),
         "--dlq", args.dlq, "--commit-ms", str(args.commit_ms),
     ]  # fmt: skip
@@ -148,85 +142,83 @@ def run_worker(impl: str, args: argparse.Namespace, input_topic: str, records: i
         raise RuntimeError(f"{impl} worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(lines[-1])
     result["output"] = output
-    cleanup(args.bootstrap, args.registry, f"bench-{impl}-{tag}")  # its changelogs now, not while others run
+    cleanup(conn, f"bench-{impl}-{tag}")  # its changelogs now, not while others run
     return result
 
 
-def latency_run(impl: str, args: argparse.Namespace, tag: str) -> tuple[float, float]:
+def latency_run(impl: str, args: argparse.Namespace, conn: Connection, tag: str) -> tuple[float, float]:
     """Feed a fresh topic at ``args.rate`` while the worker runs; percentiles of CreateTime - event_time."""
     topic = f"bench.lat.{impl}.{tag}"
-    create(args.bootstrap, topic)
+    create(conn, topic)
     count = int(args.rate * args.latency_seconds)
     output = f"bench.out.{impl}.{tag}"
-    create(args.bootstrap, output)
+    create(conn, output)
     cmd = [
-        sys.executable, "-m", "bench.workers", impl, "--bootstrap", args.bootstrap, "--registry", args.registry,
+        sys.executable, "-m", "bench.workers", impl, "--bootstrap", conn.bootstrap_servers,
+        "--registry", conn.registry_url,
         "--input", topic, "--output", output, "--group", f"bench-lat-{impl}-{tag}", "--records", str(count + 1),
         "--dlq", args.dlq, "--commit-ms", str(args.commit_ms),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    client = SchemaRegistryClient({"url": args.registry})
-    decoder = AvroDecoder(SchemaCache(registry_fetcher(client)))
-    consumer = Consumer(
-        {"bootstrap.servers": args.bootstrap, "group.id": f"lat-reader-{tag}-{impl}", "auto.offset.reset": "earliest"}
-    )
-    consumer.subscribe([output])
+    decoder = AvroDecoder(SchemaCache(registry_fetcher(registry_client(conn))))
+    reader = consumer(conn, f"lat-reader-{tag}-{impl}", {"auto.offset.reset": "earliest"})
+    reader.subscribe([output])
     # One warm-up hit: the worker is ready (assigned, schemas registered) once it comes out,
     # and the feeder's producer is connected before the paced hits start.
-    feeder = Feeder(args.bootstrap, args.registry, topic, paced=True)
+    feeder = Feeder(conn, topic, paced=True)
     feeder.send(0, 1)
     deadline = time.monotonic() + 120
     seen = 0
     while not seen and time.monotonic() < deadline:
-        seen += len([m for m in consumer.consume(100, timeout=0.5) if not m.error()])
+        seen += len([m for m in reader.consume(100, timeout=0.5) if not m.error()])
     feeder.send(1, count, rate=args.rate)
     latencies: list[float] = []
     deadline = time.monotonic() + 120
     while len(latencies) < count and time.monotonic() < deadline:
-        for msg in consumer.consume(5000, timeout=0.5):
+        for msg in reader.consume(5000, timeout=0.5):
             if msg.error():
                 continue
             value = decoder.decode(msg.value())
             latencies.append(msg.timestamp()[1] - value["event_time"])
-    consumer.close()
+    reader.close()
     try:
         proc.wait(60)
     except subprocess.TimeoutExpired:
         proc.kill()
-    delete(args.bootstrap, [topic, output])
-    cleanup(args.bootstrap, args.registry, f"bench-lat-{impl}-{tag}")
+    delete(conn, [topic, output])
+    cleanup(conn, f"bench-lat-{impl}-{tag}")
     if len(latencies) < 2:
         return float("nan"), float("nan")
     q = statistics.quantiles(latencies, n=100)
     return q[49], q[98]
 
 
-def run(args: argparse.Namespace) -> dict[str, Result]:
+def run(args: argparse.Namespace, conn: Connection) -> dict[str, Result]:
     tag = uuid.uuid4().hex[:6]
     input_topic = f"bench.hits.{tag}"
-    create(args.bootstrap, input_topic)
-    if args.dlq not in AdminClient({"bootstrap.servers": args.bootstrap}).list_topics(timeout=10).topics:
-        create(args.bootstrap, args.dlq, partitions=1)
+    create(conn, input_topic)
+    if args.dlq not in admin_client(conn).list_topics(timeout=10).topics:
+        create(conn, args.dlq, partitions=1)
     print(f"producing {args.records} hits to {input_topic} ...", file=sys.stderr, flush=True)
-    produce_hits(args.bootstrap, args.registry, input_topic, 0, args.records)
+    produce_hits(conn, input_topic, 0, args.records)
     results = {impl: Result() for impl in IMPLS}
     impls = [i for i in IMPLS if i not in args.skip]
     for round_ in range(args.rounds):
         order = impls if round_ % 2 == 0 else list(reversed(impls))
         for impl in order:
             records = min(args.records, args.faust_records) if impl == "faust" else args.records
-            res = run_worker(impl, args, input_topic, records, f"{tag}-{round_}")
+            res = run_worker(impl, args, conn, input_topic, records, f"{tag}-{round_}")
             rate = res["records"] / res["elapsed"]
             results[impl].rates.append(rate)
             results[impl].rss_mb.append(res["peak_rss_mb"])
             print(f"round {round_ + 1} {impl:<5} {rate:>10,.0f} events/s", file=sys.stderr, flush=True)
-            delete(args.bootstrap, [res["output"]])
+            delete(conn, [res["output"]])
     if args.rate > 0:
         for impl in impls:
-            p50, p99 = latency_run(impl, args, f"{tag}-lat")
+            p50, p99 = latency_run(impl, args, conn, f"{tag}-lat")
             results[impl].p50_ms, results[impl].p99_ms = p50, p99
             print(f"latency {impl:<5} p50 {p50:.1f} ms p99 {p99:.1f} ms", file=sys.stderr, flush=True)
-    cleanup(args.bootstrap, args.registry, "bench", tag)  # inputs, outputs, changelogs, groups, subjects
+    cleanup(conn, "bench", tag)  # inputs, outputs, changelogs, groups, subjects
     return results
 
 
@@ -273,7 +265,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-seconds", type=float, default=5, help="length of each latency run (default 5)")
     parser.add_argument("--commit-ms", type=int, default=100, help="passerelle commit interval (default 100)")
     parser.add_argument("--skip", nargs="*", default=[], choices=IMPLS, help="implementations to leave out")
-    parser.add_argument("--dlq", default="errors.deadletters", help="dead-letter topic for the processors")
+    parser.add_argument("--dlq", default=DEAD_LETTER_TOPIC, help="dead-letter topic for the processors")
     parser.add_argument("--timeout", type=float, default=900, help="per-worker timeout in seconds")
 
 
@@ -284,7 +276,8 @@ def main(argv: Sequence[str] | None = None, bootstrap: str | None = None, regist
     parser.add_argument("--registry", default=registry or "http://127.0.0.1:8081")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    print(report(run(args), args), flush=True)
+    conn = Connection.plain(args.bootstrap, args.registry)  # the local stack: no security properties
+    print(report(run(args, conn), args), flush=True)
     return 0
 
 

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bench.job import ENRICHED_SCHEMA, HIT_SCHEMA, crm_table, join
+from schemas import clients
+from schemas.clients import DEAD_LETTER_TOPIC, Connection
 
 
 def _report(started: float, records: float) -> None:
@@ -28,12 +30,10 @@ def _report(started: float, records: float) -> None:
     print(json.dumps({"elapsed": elapsed, "records": records, "peak_rss_mb": rss_kb / 1024}), flush=True)
 
 
-def _registry_ids(registry: str, output: str) -> tuple[Any, Any, Any]:
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
+def _registry_ids(conn: Connection, output: str) -> tuple[Any, Any, Any]:
     from schemas.serde import AvroEncoder
 
-    client = SchemaRegistryClient({"url": registry})
+    client = clients.registry_client(conn)
     value_enc = AvroEncoder.for_subject(client, f"{output}-value", ENRICHED_SCHEMA)
     key_enc = AvroEncoder.for_subject(client, f"{output}-key", '"string"')
     return client, value_enc, key_enc
@@ -42,29 +42,16 @@ def _registry_ids(registry: str, output: str) -> tuple[Any, Any, Any]:
 def run_raw(args: argparse.Namespace) -> None:
     """(a) The plain confluent-kafka batch loop, fastavro schemaless, no framework."""
     import fastavro
-    from confluent_kafka import Consumer, Producer
 
-    _, value_enc, _ = _registry_ids(args.registry, args.output)
+    conn = Connection.plain(args.bootstrap, args.registry)
+    _, value_enc, _ = _registry_ids(conn, args.output)
     reader = fastavro.parse_schema(json.loads(HIT_SCHEMA))
     writer = value_enc.schema
     header = value_enc.header
     crm = crm_table()
-    consumer = Consumer(
-        {
-            "bootstrap.servers": args.bootstrap,
-            "group.id": args.group,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    producer = Producer(
-        {
-            "bootstrap.servers": args.bootstrap,
-            "enable.idempotence": True,
-            "linger.ms": 5,
-            "queue.buffering.max.messages": 500_000,
-        }
-    )
+    # The factories' defaults: no auto-commit (the loop commits); idempotent, acks=all, murmur2_random.
+    consumer = clients.consumer(conn, args.group, {"auto.offset.reset": "earliest"})
+    producer = clients.producer(conn, {"linger.ms": 5, "queue.buffering.max.messages": 500_000})
     consumer.subscribe([args.input])
     done, started = 0, 0.0
     schemaless_reader, schemaless_writer = fastavro.schemaless_reader, fastavro.schemaless_writer
@@ -84,12 +71,10 @@ def run_raw(args: argparse.Namespace) -> None:
             out = io.BytesIO()
             out.write(header)
             schemaless_writer(out, writer, join(value, crm))
-            while True:
-                try:
-                    producer.produce(args.output, out.getvalue(), msg.key())
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            try:
+                producer.produce(args.output, out.getvalue(), msg.key())
+            except BufferError:  # queue full: wait for delivery reports (off the measured fast path)
+                clients.produce(producer, args.output, out.getvalue(), msg.key())
             done += 1
         producer.poll(0)
         consumer.commit(asynchronous=True)
@@ -147,7 +132,7 @@ def run_faust(args: argparse.Namespace) -> None:
     import faust
 
     logging.disable(logging.INFO)
-    _, value_enc, _ = _registry_ids(args.registry, args.output)
+    _, value_enc, _ = _registry_ids(Connection.plain(args.bootstrap, args.registry), args.output)
     reader = fastavro.parse_schema(json.loads(HIT_SCHEMA))
     writer = value_enc.schema
     header = value_enc.header
@@ -194,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--registry", required=True)
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
-    parser.add_argument("--dlq", default="errors.deadletters")
+    parser.add_argument("--dlq", default=DEAD_LETTER_TOPIC)
     parser.add_argument("--group", required=True)
     parser.add_argument("--records", type=int, required=True)
     parser.add_argument("--commit-ms", type=int, default=100)

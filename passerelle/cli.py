@@ -12,6 +12,8 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from schemas.clients.redact import RedactingFilter, redact
+
 # Sub-command modules, each exposing ``add_parser(subparsers)`` that sets
 # ``func(args) -> int`` on its parser. Order is the order of ``--help``.
 COMMAND_MODULES = (
@@ -48,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_traceback() -> None:
+    print(redact(traceback.format_exc()), end="", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one sub-command; the return value is the process exit status."""
     parser = build_parser()
@@ -57,10 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:  # secrets are masked in every log line, --debug included
+        handler.addFilter(RedactingFilter())
     if not args.debug:
         # HTTP clients log every request at INFO; only our own INFO lines help a user.
         for noisy in ("httpx", "httpx2", "httpcore", "uvicorn.access", "aiokafka", "faust", "mode"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # librdkafka logs every failed connection attempt; what matters reaches us as an error of our own.
+        logging.getLogger("librdkafka").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -69,13 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if getattr(exc, "user_error", False):
             if args.debug:
-                traceback.print_exc()
-            print(f"error: {exc}", file=sys.stderr)
+                _print_traceback()
+            print(f"error: {redact(str(exc))}", file=sys.stderr)
             return int(getattr(exc, "exit_code", 1))
         if args.debug:
-            traceback.print_exc()
+            _print_traceback()
         else:
-            first = str(exc).splitlines()[0] if str(exc) else ""
+            first = redact(str(exc).splitlines()[0] if str(exc) else "")
             print(f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
         return 1
 

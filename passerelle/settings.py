@@ -11,10 +11,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from passerelle.errors import PasserelleError
+from schemas.clients import Connection, read_properties_file
 
 ENV_PREFIX = "PASSERELLE_"
 
@@ -46,15 +47,83 @@ class PasserelleSettings(BaseSettings):
     catalog: Path | None = Field(
         default=None, description="Topic catalog file (default: schemas/catalog.toml shipped with the code)"
     )
+    kafka_config_file: Path | None = Field(
+        default=None,
+        description="librdkafka properties file (kcat -F format: security.protocol=..., sasl.username=...); "
+        "PASSERELLE_KAFKA_<PROPERTY> variables override it",
+    )
+    schema_registry_basic_auth_user_info: SecretStr | None = Field(
+        default=None, description="Registry HTTP basic auth as user:password"
+    )
+    schema_registry_bearer_auth_token: SecretStr | None = Field(
+        default=None, description="Registry bearer token (static), sent as Authorization: Bearer"
+    )
+    schema_registry_ssl_ca_location: Path | None = Field(
+        default=None, description="CA file to verify an HTTPS registry"
+    )
+    schema_registry_ssl_certificate_location: Path | None = Field(
+        default=None, description="Client certificate for a registry that asks for one (mutual TLS)"
+    )
+    schema_registry_ssl_key_location: Path | None = Field(
+        default=None, description="Private key of that client certificate"
+    )
 
     @model_validator(mode="after")
     def _default_endpoints(self) -> PasserelleSettings:
-        # Clients follow the local stack's ports unless pointed elsewhere.
+        # Clients follow the local stack's ports unless pointed elsewhere (or the client file names a cluster).
         if not self.bootstrap_servers:
-            self.bootstrap_servers = f"127.0.0.1:{self.kafka_port}"
+            from_file = self.kafka_properties().get("bootstrap.servers")
+            self.bootstrap_servers = from_file or f"127.0.0.1:{self.kafka_port}"
         if not self.schema_registry_url:
             self.schema_registry_url = f"http://127.0.0.1:{self.registry_port}"
         return self
+
+    def kafka_properties(self, environ: dict[str, str] | None = None) -> dict[str, str]:
+        """librdkafka properties: the config file, then ``PASSERELLE_KAFKA_<PROPERTY>`` variables.
+
+        ``PASSERELLE_KAFKA_SASL_PASSWORD`` becomes ``sasl.password``: underscores
+        become dots (no librdkafka property has an underscore). Variables that
+        name a settings field (``PASSERELLE_KAFKA_PORT``) are not properties.
+        """
+        props: dict[str, str] = {}
+        if self.kafka_config_file is not None:
+            props.update(read_properties_file(self.kafka_config_file.expanduser()))
+        props.pop("metadata.broker.list", None)
+        props.update(kafka_env_properties(environ))
+        return props
+
+    def connection(self) -> Connection:
+        """The cluster, the registry and their credentials, as the client layer takes them."""
+        kafka = self.kafka_properties()
+        kafka.pop("bootstrap.servers", None)
+        registry: dict[str, str] = {}
+        if self.schema_registry_basic_auth_user_info is not None:
+            registry["basic.auth.user.info"] = self.schema_registry_basic_auth_user_info.get_secret_value()
+        if self.schema_registry_bearer_auth_token is not None:
+            registry["bearer.auth.token"] = self.schema_registry_bearer_auth_token.get_secret_value()
+        for name, path in (
+            ("ssl.ca.location", self.schema_registry_ssl_ca_location),
+            ("ssl.certificate.location", self.schema_registry_ssl_certificate_location),
+            ("ssl.key.location", self.schema_registry_ssl_key_location),
+        ):
+            if path is not None:
+                registry[name] = str(path.expanduser())
+        return Connection(self.bootstrap_servers, self.schema_registry_url, kafka, registry)
+
+
+KAFKA_PROPERTY_PREFIX = ENV_PREFIX + "KAFKA_"
+
+
+def kafka_env_properties(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """``PASSERELLE_KAFKA_<PROPERTY>`` variables as librdkafka properties (fields such as ``_PORT`` excluded)."""
+    env = os.environ if environ is None else environ
+    fields = {name.upper() for name in PasserelleSettings.model_fields}
+    props = {}
+    for key, value in env.items():
+        upper = key.upper()
+        if upper.startswith(KAFKA_PROPERTY_PREFIX) and upper[len(ENV_PREFIX) :] not in fields:
+            props[upper[len(KAFKA_PROPERTY_PREFIX) :].lower().replace("_", ".")] = value
+    return props
 
 
 def _known_fields(cls: type[BaseSettings]) -> set[str]:
@@ -69,7 +138,11 @@ def check_environment(environ: dict[str, str] | None = None) -> None:
     env = os.environ if environ is None else environ
     known = _known_fields(PasserelleSettings)
     unknown = sorted(
-        key for key in env if key.upper().startswith(ENV_PREFIX) and key.upper()[len(ENV_PREFIX) :] not in known
+        key
+        for key in env
+        if key.upper().startswith(ENV_PREFIX)
+        and key.upper()[len(ENV_PREFIX) :] not in known
+        and not key.upper().startswith(KAFKA_PROPERTY_PREFIX)  # librdkafka properties, checked by librdkafka
     )
     if unknown:
         raise PasserelleError(
@@ -89,8 +162,6 @@ def load(cls: type[PasserelleSettings] = PasserelleSettings, **overrides: Any) -
 # --- collector (appended on its own so that each process's settings stay one block) -------------
 
 from typing import TYPE_CHECKING  # noqa: E402
-
-from pydantic import SecretStr  # noqa: E402
 
 if TYPE_CHECKING:
     from connectors.collector.config import CollectorConfig
@@ -124,6 +195,7 @@ class CollectorSettings(PasserelleSettings):
             max_batch_events=self.collector_max_events,
             max_body_bytes=self.collector_max_body_bytes,
             trust_forwarded=self.collector_trust_forwarded,
+            connection=self.connection(),
         )
 
 
@@ -187,3 +259,17 @@ class EmailingSettings(PasserelleSettings):
     instance_id: str | None = Field(
         default=None, description="Stable id of this bridge instance (static group membership: fast restarts)"
     )
+
+
+# --- embedded schema registry -----------------------------------------------------------------------------
+
+
+class RegistrySettings(PasserelleSettings):
+    """Settings of ``passerelle registry``: who may read and write, and TLS."""
+
+    registry_auth_file: Path | None = Field(
+        default=None,
+        description="JSON file of registry users and roles (read | write); none: anyone may read and write",
+    )
+    registry_ssl_certfile: Path | None = Field(default=None, description="Serve HTTPS with this certificate (PEM)")
+    registry_ssl_keyfile: Path | None = Field(default=None, description="Private key of that certificate (PEM)")

@@ -179,13 +179,23 @@ class AvroEncoder:
     def for_subject(
         cls, client: RegistryLike, subject: str, schema_text: str, auto_register: bool = True
     ) -> AvroEncoder:
-        """Register (idempotent: same schema, same id) or look up the schema under ``subject``."""
+        """Register (idempotent: same schema, same id) or look up the schema under ``subject``.
+
+        A registry that refuses the registration to this user (403: a read-only
+        principal, as processors are on a secured registry) still lets it use
+        the schema the deployment pipeline registered: look it up instead.
+        """
         from confluent_kafka.schema_registry import Schema
 
         schema = Schema(schema_text, "AVRO")
         try:
             if auto_register:
-                schema_id = client.register_schema(subject, schema)
+                try:
+                    schema_id = client.register_schema(subject, schema)
+                except Exception as exc:
+                    if getattr(exc, "http_status_code", None) != 403:
+                        raise
+                    schema_id = client.lookup_schema(subject, schema).schema_id  # type: ignore[attr-defined]
             else:
                 schema_id = client.lookup_schema(subject, schema).schema_id  # type: ignore[attr-defined]
         except Exception as exc:

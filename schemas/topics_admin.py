@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from schemas import clients
 from schemas.catalog import Catalog, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -160,13 +161,6 @@ class AdminLike(Protocol):
     def create(self, specs: list[TopicSpec], replication_factor: int) -> dict[str, Exception | None]: ...
 
 
-class _QuietLog:
-    """librdkafka's connection errors go to debug logs: the CLI prints one error line of its own."""
-
-    def log(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
-        log.debug(msg, *args)
-
-
 def _first_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
@@ -177,30 +171,29 @@ class KafkaAdmin:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        conn: clients.Connection,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         config: Mapping[str, Any] | None = None,
     ) -> None:
-        from confluent_kafka.admin import AdminClient
-
-        self.bootstrap_servers = bootstrap_servers
+        self.conn = conn
+        self.bootstrap_servers = conn.bootstrap_servers
         self.timeout_s = timeout_s
         conf: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
             "socket.timeout.ms": int(timeout_s * 1000),
             "socket.connection.setup.timeout.ms": int(timeout_s * 1000),
             **(config or {}),
         }
-        try:
-            self.client = AdminClient(conf, logger=_QuietLog())
-        except Exception as exc:  # KafkaException on a bad config value
-            raise AdminError(
-                f"cannot configure a Kafka admin client for {bootstrap_servers}: {_first_line(exc)}"
-            ) from exc
+        self._watch = clients.ErrorWatch(conn)
+        self.client = clients.admin_client(conn, conf, watch=self._watch)
 
-    def _unreachable(self, exc: BaseException) -> AdminError:
+    def _unreachable(self, exc: BaseException) -> Exception:
+        known = _classified(exc, self.conn)
+        if known is not None:
+            return known
+        if self._watch.fatal() is not None:
+            return self._watch.unreachable(exc, self.timeout_s)
         return AdminError(
-            f"Kafka broker not reachable at {self.bootstrap_servers} within {self.timeout_s:g}s "
+            f"Kafka broker not reachable at {self.conn.describe()} within {self.timeout_s:g}s "
             f"(is `passerelle up` running?): {_first_line(exc)}"
         )
 
@@ -235,9 +228,10 @@ class KafkaAdmin:
             try:
                 entries = future.result(timeout=self.timeout_s)
             except KafkaException as exc:
-                raise AdminError(
+                known = _classified(exc, self.conn, repr(resource.name))
+                raise known or AdminError(
                     f"cannot describe topic {resource.name!r} on {self.bootstrap_servers}: {_first_line(exc)}"
-                ) from exc
+                ) from None
             configs = {name: entry.value for name, entry in entries.items() if entry.value is not None}
             states[resource.name] = TopicState(resource.name, len(metadata.topics[resource.name].partitions), configs)
         return states
@@ -277,6 +271,14 @@ class KafkaAdmin:
             log.warning("created topics not yet visible in metadata: %s", ", ".join(sorted(missing)))
 
 
+def _classified(exc: BaseException, conn: clients.Connection, what: str = "") -> Exception | None:
+    """Refused credentials or a missing ACL, as the client layer words them."""
+    from confluent_kafka import KafkaError
+
+    err = exc.args[0] if exc.args else None
+    return clients.kafka.classify(err, conn, what) if isinstance(err, KafkaError) else None
+
+
 def _already_exists(exc: Exception) -> bool:
     from confluent_kafka import KafkaError
 
@@ -314,7 +316,9 @@ def ensure_topics(
             raced.append(spec)
             by_name[spec.name] = TopicOutcome(spec.name, "exists")  # refined below when describable
         else:
-            raise AdminError(f"cannot create topic {spec.name!r} on {_servers(admin)}: {_first_line(error)}")
+            conn = getattr(admin, "conn", None)
+            known = _classified(error, conn, repr(spec.name)) if conn is not None else None
+            raise known or AdminError(f"cannot create topic {spec.name!r} on {_servers(admin)}: {_first_line(error)}")
     if raced:
         _, raced_outcomes = plan(raced, admin.describe([s.name for s in raced]))
         by_name.update({o.name: o for o in raced_outcomes})

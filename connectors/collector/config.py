@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from schemas.clients import Connection, Connects
+
 DEFAULT_TOPIC = "hits.raw"
 CATALOG_TOPIC = "hits.raw"
 """The catalog entry whose key/value schemas the collector writes, whatever topic name it writes to."""
@@ -25,7 +27,7 @@ class CollectorStartupError(Exception):
 
 
 @dataclass(frozen=True)
-class CollectorConfig:
+class CollectorConfig(Connects):
     """Everything the collector needs; frozen so that request handlers cannot change it under each other.
 
     ``sites`` maps each known site to its API key: pixels only need the site to
@@ -52,6 +54,7 @@ class CollectorConfig:
     health_timeout_s: float = 2.0
     auto_register_schemas: bool = True
     producer_overrides: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+    connection: Connection | None = field(default=None, repr=False)  # credentials/TLS; None: plaintext
 
     def __post_init__(self) -> None:
         problems: list[str] = []

@@ -29,6 +29,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from connectors.collector.config import CATALOG_TOPIC, CollectorConfig, CollectorStartupError
+from schemas import clients
 from schemas.catalog import load_catalog
 from schemas.errors import ContractError, SerializationError
 from schemas.serde import AvroEncoder, RegistryLike
@@ -115,9 +116,7 @@ def producer_config(config: CollectorConfig, error_cb: Any = None) -> dict[str, 
         if value is not None and str(value).lower() not in {str(required).lower(), "-1" if key == "acks" else "true"}:
             raise CollectorStartupError(f"producer override {key}={value!r} is not allowed: the collector needs {key}")
     conf: dict[str, Any] = {
-        "bootstrap.servers": config.bootstrap_servers,
         "client.id": "passerelle-collector",
-        "partitioner": "murmur2_random",
         "linger.ms": 5,
         "compression.type": "lz4",
         "message.timeout.ms": max(1000, int(config.produce_timeout_s * 1000)),
@@ -161,24 +160,31 @@ class HitProducer:
         with self._lock:
             if self._producer is not None:
                 return
-            self._key_encoder, self._value_encoder = self._encoders()
+            conn = self.config.conn
             try:
-                self._producer = Producer(producer_config(self.config, error_cb=self._on_error))
-            except KafkaException as exc:
-                raise CollectorStartupError(f"cannot create the Kafka producer: {exc}") from exc
+                meta = clients.ensure_reachable(conn, timeout_s=5)
+            except clients.KafkaUnreachableError as exc:
+                if isinstance(exc, clients.KafkaTlsError):
+                    raise
+                # A broker that is down is no reason not to serve: requests answer 503 until it is back.
+                log.warning("%s; answering 503 until it is", exc)
+            else:
+                denied = clients.kafka.topic_error(meta, self.topic, conn, clients.admin_client(conn))
+                if denied is not None:
+                    raise denied
+            self._key_encoder, self._value_encoder = self._encoders()
+            self._producer = clients.producer(conn, producer_config(self.config, error_cb=self._on_error))
             self._stop.clear()
             self._thread = threading.Thread(target=self._poll_loop, name="collector-delivery", daemon=True)
             self._thread.start()
 
     def _encoders(self) -> tuple[AvroEncoder, AvroEncoder]:
-        from confluent_kafka.schema_registry import SchemaRegistryClient
-
         try:
             catalog = load_catalog(self.config.catalog_path)
             spec = catalog.topic(CATALOG_TOPIC)
             key_text = catalog.schema_text(spec.key_schema)
             value_text = catalog.schema_text(spec.value_schema)
-            registry = self._registry or SchemaRegistryClient({"url": self.config.schema_registry_url})
+            registry = self._registry or clients.registry_client(self.config.conn)
             auto = self.config.auto_register_schemas
             key = AvroEncoder.for_subject(registry, f"{self.topic}-key", key_text, auto_register=auto)
             value = AvroEncoder.for_subject(registry, f"{self.topic}-value", value_text, auto_register=auto)

@@ -40,6 +40,7 @@ from connectors.emailing.config import (
 from connectors.emailing.deadletters import produce_dead_letter
 from connectors.emailing.mapping import build_payload
 from connectors.emailing.metrics import EmailingMetrics
+from schemas import clients
 from schemas.catalog import load_catalog
 from schemas.errors import ContractError, SerializationError
 from schemas.models import RemarketingDelivery, RemarketingMessage
@@ -158,12 +159,12 @@ class EmailingBridge:
 
     def start(self) -> None:
         """Schemas, consumer, producer, HTTP client, worker pool (blocking)."""
-        from confluent_kafka.schema_registry import SchemaRegistryClient
-
         cfg = self.config
+        conn = cfg.conn
+        clients.ensure_reachable(conn)
         try:
             catalog = load_catalog(cfg.catalog_path)
-            registry = self._registry or SchemaRegistryClient({"url": cfg.schema_registry_url})
+            registry = self._registry or clients.registry_client(conn)
             reader = catalog.schema_text(catalog.topic(CATALOG_INPUT_TOPIC).value_schema)
             self._decoder = AvroDecoder(SchemaCache(registry_fetcher(registry)), reader_schema=reader)
             out = catalog.topic(CATALOG_DELIVERIES_TOPIC)
@@ -176,25 +177,21 @@ class EmailingBridge:
             )
         except ContractError as exc:
             raise EmailingStartupError(f"{exc} (schema registry {cfg.schema_registry_url})") from exc
-        self._producer = Producer(
+        self._producer = clients.producer(
+            conn,
             {
-                "bootstrap.servers": cfg.bootstrap_servers,
                 "client.id": f"passerelle-{PROCESSOR}",
-                "enable.idempotence": True,
-                "acks": "all",
                 "linger.ms": 5,
-                "partitioner": "murmur2_random",
                 "message.timeout.ms": max(1000, int(cfg.produce_timeout_s * 1000)),
-            }
+            },
         )
         # Worst case between two polls: one partition's whole batch, each message spending its retry budget.
         batch_budget_s = (cfg.retry.max_total_s + cfg.request_timeout_s + 5) * cfg.batch_size
-        self._consumer = Consumer(
+        self._consumer = clients.consumer(
+            conn,
+            cfg.group_id,
             {
-                "bootstrap.servers": cfg.bootstrap_servers,
-                "group.id": cfg.group_id,
                 "client.id": f"passerelle-{PROCESSOR}",
-                "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
@@ -203,7 +200,7 @@ class EmailingBridge:
                 "max.poll.interval.ms": min(MAX_POLL_INTERVAL_MS, max(300_000, int(batch_budget_s * 1000))),
                 **({"group.instance.id": cfg.instance_id} if cfg.instance_id else {}),
                 **cfg.consumer_overrides,
-            }
+            },
         )
         self._consumer.subscribe([cfg.topic])
         self._client = PartnerClient(cfg, self.metrics, stop=self._stop, transport=self._transport)
@@ -369,14 +366,8 @@ class EmailingBridge:
                 self._produce_errors.append(err.str())
 
     def _produce(self, topic: str, value: bytes | None, key: bytes | None, **kwargs: Any) -> None:
-        producer = self._producer
-        assert producer is not None
-        while True:
-            try:
-                producer.produce(topic, value, key, on_delivery=self._on_delivery, **kwargs)
-                return
-            except BufferError:  # local queue full: serve delivery reports to drain it
-                producer.poll(0.05)
+        assert self._producer is not None
+        clients.produce(self._producer, topic, value, key, on_delivery=self._on_delivery, **kwargs)
 
 
 def run_bridge(config: EmailingConfig, install_signals: bool = True) -> None:

@@ -19,10 +19,11 @@ from typing import Any, Literal
 from pydantic import SecretStr
 
 from connectors.emailing.mapping import PayloadMapping
+from schemas.clients import DEAD_LETTER_TOPIC, Connection, Connects
 
 DEFAULT_TOPIC = "remarketing.messages"
 DEFAULT_DELIVERIES_TOPIC = "remarketing.deliveries"
-DEFAULT_DEAD_LETTER_TOPIC = "errors.deadletters"
+DEFAULT_DEAD_LETTER_TOPIC = DEAD_LETTER_TOPIC
 CATALOG_INPUT_TOPIC = "remarketing.messages"
 """Catalog entry whose value schema the bridge reads, whatever the topic is called in a deployment."""
 CATALOG_DELIVERIES_TOPIC = "remarketing.deliveries"
@@ -111,7 +112,7 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
-class EmailingConfig:
+class EmailingConfig(Connects):
     """Everything the bridge and the export need; frozen so that worker threads cannot change it under each other.
 
     ``concurrency`` is the number of partitions delivered in parallel (messages
@@ -150,6 +151,7 @@ class EmailingConfig:
     metrics_port: int | None = None
     auto_register_schemas: bool = True
     consumer_overrides: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+    connection: Connection | None = field(default=None, repr=False)  # credentials/TLS; None: plaintext
 
     def __post_init__(self) -> None:
         problems: list[str] = []

@@ -12,6 +12,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from schemas.clients import produce
 from streams.runtime.deadletter import dead_letter_headers
 from streams.runtime.records import Headers
 
@@ -47,9 +48,4 @@ def produce_dead_letter(
     kwargs: dict[str, Any] = {"headers": headers + list(extra or [])}
     if on_delivery is not None:
         kwargs["on_delivery"] = on_delivery
-    while True:
-        try:
-            producer.produce(topic, msg.value(), msg.key(), **kwargs)
-            return
-        except BufferError:  # local queue full: serve delivery reports to drain it
-            producer.poll(0.05)
+    produce(producer, topic, msg.value(), msg.key(), **kwargs)

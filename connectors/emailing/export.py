@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_INVALID, KafkaError, Message, Producer, TopicPartition
 from pydantic import ValidationError
 
 from connectors.emailing.config import (
@@ -40,7 +40,9 @@ from connectors.emailing.config import (
 )
 from connectors.emailing.deadletters import produce_dead_letter
 from connectors.emailing.mapping import PayloadMapping, build_payload, iso_millis, message_view
+from schemas import clients
 from schemas.catalog import load_catalog
+from schemas.clients import Connection, Connects
 from schemas.errors import ContractError, SerializationError
 from schemas.models import RemarketingMessage
 from schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
@@ -75,7 +77,7 @@ class ExportError(Exception):
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(Connects):
     """Where to read and where to write; ``group_id`` remembers the last exported offsets."""
 
     bootstrap_servers: str
@@ -88,6 +90,7 @@ class ExportConfig:
     mapping: PayloadMapping = field(default_factory=PayloadMapping)
     prefix: str = "remarketing"
     read_timeout_s: float = 60.0
+    connection: Connection | None = field(default=None, repr=False)  # credentials/TLS; None: plaintext
 
     def __post_init__(self) -> None:
         problems = [
@@ -249,26 +252,25 @@ class _Reader:
     """Reads a bounded range of each partition and decodes it; poison records go to the dead-letter topic."""
 
     def __init__(self, config: ExportConfig) -> None:
-        from confluent_kafka.schema_registry import SchemaRegistryClient
-
         self.config = config
+        conn = config.conn
+        clients.ensure_reachable(conn)
         try:
             catalog = load_catalog(config.catalog_path)
             reader = catalog.schema_text(catalog.topic(CATALOG_INPUT_TOPIC).value_schema)
-            registry = SchemaRegistryClient({"url": config.schema_registry_url})
+            registry = clients.registry_client(conn)
             self.decoder = AvroDecoder(SchemaCache(registry_fetcher(registry)), reader_schema=reader)
         except ContractError as exc:
             raise EmailingStartupError(str(exc)) from exc
-        self.consumer = Consumer(
+        self.consumer = clients.consumer(
+            conn,
+            config.group_id,
             {
-                "bootstrap.servers": config.bootstrap_servers,
-                "group.id": config.group_id,
-                "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "enable.partition.eof": True,
                 "isolation.level": "read_committed",
                 "auto.offset.reset": "earliest",
-            }
+            },
         )
         self._producer: Producer | None = None
         self.dead_letters = 0
@@ -350,9 +352,7 @@ class _Reader:
 
     def _dead_letter(self, msg: Message, error: BaseException) -> None:
         if self._producer is None:
-            self._producer = Producer(
-                {"bootstrap.servers": self.config.bootstrap_servers, "enable.idempotence": True, "acks": "all"}
-            )
+            self._producer = clients.producer(self.config.conn)
         produce_dead_letter(
             self._producer, self.config.dead_letter_topic, msg, error, stage="deserialize", processor=PROCESSOR
         )

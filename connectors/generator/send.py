@@ -27,7 +27,9 @@ from typing import Any, TextIO
 
 import httpx
 
+from schemas import clients
 from schemas.catalog import Catalog, load_catalog
+from schemas.clients import Connection
 from schemas.serde import AvroEncoder
 
 CAMPAIGNS_TOPIC = "campaigns"
@@ -64,8 +66,7 @@ class PublishError(GeneratorError):
 def publish(
     records: Sequence[Mapping[str, Any]],
     *,
-    bootstrap_servers: str,
-    schema_registry_url: str,
+    conn: Connection,
     topic: str,
     catalog_topic: str,
     key_field: str,
@@ -81,24 +82,15 @@ def publish(
     Idempotent producer with ``acks=all``: a retry inside the client cannot
     duplicate or reorder a table's records.
     """
-    from confluent_kafka import KafkaError, Producer
-    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka import KafkaError
 
     catalog = catalog or load_catalog(None)
     spec = catalog.topic(catalog_topic)
-    client = SchemaRegistryClient({"url": schema_registry_url})
+    client = clients.registry_client(conn)
     key_enc = AvroEncoder.for_subject(client, f"{topic}-key", catalog.schema_text(spec.key_schema))
     value_enc = AvroEncoder.for_subject(client, f"{topic}-value", catalog.schema_text(spec.value_schema))
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "enable.idempotence": True,
-            "acks": "all",
-            "partitioner": "murmur2_random",  # the Java client's hashing: every writer puts a key in one partition
-            "linger.ms": 20,
-            "message.timeout.ms": int(timeout_s * 1000),
-        }
-    )
+    watch = clients.ErrorWatch(conn)
+    producer = clients.producer(conn, {"linger.ms": 20, "message.timeout.ms": int(timeout_s * 1000)}, watch=watch)
     errors: list[Any] = []
 
     def on_delivery(err: Any, _msg: Any) -> None:
@@ -109,39 +101,39 @@ def publish(
         kwargs: dict[str, Any] = {"on_delivery": on_delivery}
         if time_field and isinstance(record.get(time_field), int):
             kwargs["timestamp"] = record[time_field]
-        while True:
-            try:
-                producer.produce(topic, value_enc.encode(record), key_enc.encode(str(record[key_field])), **kwargs)
-                break
-            except BufferError:
-                producer.poll(0.1)
+        clients.produce(producer, topic, value_enc.encode(record), key_enc.encode(str(record[key_field])), **kwargs)
         producer.poll(0)
     remaining = producer.flush(timeout_s + 5)
     if errors:
         first = errors[0]
         if first.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-            raise PublishError(f"topic {topic!r} does not exist on {bootstrap_servers}: create the catalog's topics")
+            where = conn.bootstrap_servers
+            raise PublishError(f"topic {topic!r} does not exist on {where}: create the catalog's topics")
+        known = clients.kafka.classify(first, conn, repr(topic))
+        if known is not None:
+            raise known
         raise PublishError(f"{len(errors)} record(s) to {topic!r} not acknowledged by Kafka: {first.str()}")
     if remaining:
+        fatal = watch.fatal()
+        if fatal is not None:
+            raise fatal
         raise PublishError(
             f"{remaining} record(s) to {topic!r} not acknowledged within {timeout_s:.0f} s; "
-            f"is Kafka reachable at {bootstrap_servers}?"
+            f"is Kafka reachable at {conn.describe()}?"
         )
     return len(records)
 
 
 def publish_campaigns(
     records: Sequence[Mapping[str, Any]],
-    bootstrap_servers: str,
-    schema_registry_url: str,
+    conn: Connection,
     topic: str = CAMPAIGNS_TOPIC,
     catalog_path: Path | None = None,
 ) -> int:
     """Declare the campaigns, keyed by campaign key (the compacted table keeps the latest declaration)."""
     return publish(
         records,
-        bootstrap_servers=bootstrap_servers,
-        schema_registry_url=schema_registry_url,
+        conn=conn,
         topic=topic,
         catalog_topic=CAMPAIGNS_TOPIC,
         key_field="key",
@@ -152,16 +144,14 @@ def publish_campaigns(
 
 def publish_profiles(
     records: Sequence[Mapping[str, Any]],
-    bootstrap_servers: str,
-    schema_registry_url: str,
+    conn: Connection,
     topic: str = CRM_TOPIC,
     catalog_path: Path | None = None,
 ) -> int:
     """Publish the CRM profiles, keyed by customer id."""
     return publish(
         records,
-        bootstrap_servers=bootstrap_servers,
-        schema_registry_url=schema_registry_url,
+        conn=conn,
         topic=topic,
         catalog_topic=CRM_TOPIC,
         key_field="customer_id",

@@ -41,15 +41,14 @@ def wait_http(url: str, proc: Any, what: str, log: Any, timeout: float = 60.0) -
 
 def read_enriched(settings: PasserelleSettings, event_ids: set[str], timeout: float = 60.0) -> list[dict[str, Any]]:
     """Read hits.enriched until every event id we sent came out (read_committed: exactly-once output)."""
-    from confluent_kafka import Consumer
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
+    from schemas import clients
     from schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
 
-    decoder = AvroDecoder(SchemaCache(registry_fetcher(SchemaRegistryClient({"url": settings.schema_registry_url}))))
-    consumer = Consumer(
-        {"bootstrap.servers": settings.bootstrap_servers, "group.id": f"passerelle-demo-{uuid.uuid4().hex[:8]}",
-         "auto.offset.reset": "earliest", "enable.auto.commit": False, "isolation.level": "read_committed"}
+    conn = settings.connection()
+    decoder = AvroDecoder(SchemaCache(registry_fetcher(clients.registry_client(conn))))
+    consumer = clients.consumer(
+        conn, f"passerelle-demo-{uuid.uuid4().hex[:8]}",
+        {"auto.offset.reset": "earliest", "isolation.level": "read_committed"},
     )  # fmt: skip
     consumer.subscribe(["hits.enriched"])
     wanted, found = set(event_ids), []
@@ -114,20 +113,20 @@ def _demo(args: argparse.Namespace) -> int:
     for line in stack.up(stack_config(settings)):
         print(line)
     print("== topics")
-    report = ensure_topics(KafkaAdmin(settings.bootstrap_servers), catalog)
+    report = ensure_topics(KafkaAdmin(settings.connection()), catalog)
     for line in report.lines():
         print(line)
     print("== schemas")
-    for line in register(settings.schema_registry_url, subject_plans(catalog)):
+    for line in register(settings.connection(), subject_plans(catalog)):
         print(line)
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     shop = Shop(seed, int(time.time() * 1000) - 8 * HOUR, site="shop.example", span_ms=8 * HOUR,
                 customers=max(20, args.visitors // 2))  # fmt: skip
     print("== declared campaigns and CRM profiles (Kafka)")
-    campaigns = publish_campaigns(shop.campaigns(), settings.bootstrap_servers, settings.schema_registry_url,
+    campaigns = publish_campaigns(shop.campaigns(), settings.connection(),
                                   catalog_path=settings.catalog)  # fmt: skip
-    profiles = publish_profiles(shop.crm_profiles(), settings.bootstrap_servers, settings.schema_registry_url,
+    profiles = publish_profiles(shop.crm_profiles(), settings.connection(),
                                 catalog_path=settings.catalog)  # fmt: skip
     print(f"{campaigns} campaigns -> campaigns, {profiles} profiles -> crm.profiles")
 

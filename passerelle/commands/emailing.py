@@ -42,6 +42,7 @@ def _bridge(args: argparse.Namespace) -> int:
             "auto_register_schemas": False,
             "group_id": args.group_id,
             "instance_id": s.instance_id,
+            "connection": s.connection(),
         }
     )
     run_bridge(config)
@@ -59,6 +60,7 @@ def _export(args: argparse.Namespace) -> int:
             "schema_registry_url": s.schema_registry_url,
             "out_dir": str(args.out_dir or s.emailing_export_dir),
             "catalog_path": str(s.catalog) if s.catalog else None,
+            "connection": s.connection(),
         }
     )
     result = export_window(config, start_ms=_millis(args.start), end_ms=_millis(args.end), commit=args.commit)

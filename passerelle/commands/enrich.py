@@ -37,6 +37,7 @@ def runner_config(settings: ProcessorSettings, app_id: str, outputs: dict[str, s
         dead_letter_topic=settings.dead_letter_topic,
         error_budget=ErrorBudget(max_ratio=settings.max_error_ratio),
         auto_register_schemas=False,
+        connection=settings.connection(),
     )
 
 

@@ -90,16 +90,14 @@ def _run(args: argparse.Namespace) -> int:
         if not args.no_campaigns:
             campaigns = publish_campaigns(
                 shop.campaigns(),
-                settings.bootstrap_servers,
-                settings.schema_registry_url,
+                settings.connection(),
                 args.campaigns_topic,
                 settings.catalog,
             )
         if not args.no_crm:
             profiles = publish_profiles(
                 shop.crm_profiles(),
-                settings.bootstrap_servers,
-                settings.schema_registry_url,
+                settings.connection(),
                 args.crm_topic,
                 settings.catalog,
             )

@@ -35,6 +35,7 @@ def _remarketing(args: argparse.Namespace) -> int:
         auto_register_schemas=False,
         data_dir=str(settings.state_dir / "remarketing"),
         metrics_port=settings.metrics_port,
+        connection=settings.connection(),
     )
     run(config)
     return 0

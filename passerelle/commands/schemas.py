@@ -7,11 +7,13 @@ the topic could not cope with must fail here, not in production consumers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 
 from passerelle.errors import PasserelleError
 from passerelle.settings import load
 from schemas.catalog import Catalog, TopicSpec, load_catalog
+from schemas.clients import Connection, redact
 
 
 @dataclass(frozen=True)
@@ -36,25 +38,40 @@ def subject_plans(catalog: Catalog, topics: list[str] | None = None) -> list[Sub
     return plans
 
 
-def _client(url: str):  # type: ignore[no-untyped-def]
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
-    return SchemaRegistryClient({"url": url})
-
-
 def _registry_error(url: str, exc: Exception) -> PasserelleError:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if "Connection refused" in text or "Max retries" in text or "NewConnectionError" in text:
         return PasserelleError(f"schema registry not reachable at {url} (is `passerelle up` running?)")
+    if "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text:
+        return PasserelleError(
+            f"TLS with the schema registry at {url} failed: {text} (check PASSERELLE_SCHEMA_REGISTRY_SSL_CA_LOCATION)"
+        )
     return PasserelleError(f"schema registry at {url}: {text}")
 
 
-def register(url: str, plans: list[SubjectPlan]) -> list[str]:
+def _refused(url: str, subject: str, exc: Exception) -> PasserelleError | None:
+    """401/403 from the registry: say which credentials to look at."""
+    status = getattr(exc, "http_status_code", None)
+    message = redact(str(getattr(exc, "error_message", exc)))
+    if status == 401:
+        return PasserelleError(
+            f"schema registry at {url} refused the credentials ({message}): "
+            "check PASSERELLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO or _BEARER_AUTH_TOKEN"
+        )
+    if status == 403:
+        return PasserelleError(f"schema registry at {url} does not allow this user to change {subject}: {message}")
+    return None
+
+
+def register(conn: Connection, plans: list[SubjectPlan]) -> list[str]:
     """Set each subject's compatibility then register its schema; same schema again keeps its id."""
     from confluent_kafka.schema_registry import Schema
     from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-    client = _client(url)
+    from schemas.clients import registry_client
+
+    url = conn.registry_url
+    client = registry_client(conn)
     lines = []
     for plan in plans:
         try:
@@ -62,6 +79,9 @@ def register(url: str, plans: list[SubjectPlan]) -> list[str]:
             schema_id = client.register_schema(plan.subject, Schema(plan.schema_text, "AVRO"))
             version = client.lookup_schema(plan.subject, Schema(plan.schema_text, "AVRO")).version
         except SchemaRegistryError as exc:
+            refused = _refused(url, plan.subject, exc)
+            if refused is not None:
+                raise refused from None
             if exc.http_status_code == 409:
                 raise PasserelleError(
                     f"{plan.subject}: {plan.schema_stem}.avsc is incompatible with the registered schema "
@@ -74,12 +94,15 @@ def register(url: str, plans: list[SubjectPlan]) -> list[str]:
     return lines
 
 
-def check(url: str, plans: list[SubjectPlan]) -> tuple[list[str], int]:
+def check(conn: Connection, plans: list[SubjectPlan]) -> tuple[list[str], int]:
     """Test each local schema against what is registered; returns report lines and failure count."""
     from confluent_kafka.schema_registry import Schema
     from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-    client = _client(url)
+    from schemas.clients import registry_client
+
+    url = conn.registry_url
+    client = registry_client(conn)
     lines, failures = [], 0
     for plan in plans:
         schema = Schema(plan.schema_text, "AVRO")
@@ -96,6 +119,9 @@ def check(url: str, plans: list[SubjectPlan]) -> tuple[list[str], int]:
                     raise
             compatible = client.test_compatibility(plan.subject, schema, version="latest")
         except SchemaRegistryError as exc:
+            refused = _refused(url, plan.subject, exc)
+            if refused is not None:
+                raise refused from None
             raise PasserelleError(f"{plan.subject}: {exc.error_message} ({exc.error_code})") from exc
         except Exception as exc:
             raise _registry_error(url, exc) from exc
@@ -110,18 +136,21 @@ def check(url: str, plans: list[SubjectPlan]) -> tuple[list[str], int]:
     return lines, failures
 
 
+def _connection(args: argparse.Namespace) -> Connection:
+    conn = load().connection()
+    return dataclasses.replace(conn, registry_url=args.url) if args.url else conn
+
+
 def _register(args: argparse.Namespace) -> int:
     settings = load()
-    url = args.url or settings.schema_registry_url
-    for line in register(url, subject_plans(load_catalog(settings.catalog), args.topics or None)):
+    for line in register(_connection(args), subject_plans(load_catalog(settings.catalog), args.topics or None)):
         print(line)
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
     settings = load()
-    url = args.url or settings.schema_registry_url
-    lines, failures = check(url, subject_plans(load_catalog(settings.catalog), args.topics or None))
+    lines, failures = check(_connection(args), subject_plans(load_catalog(settings.catalog), args.topics or None))
     for line in lines:
         print(line)
     if failures:

@@ -51,7 +51,7 @@ def _create(args: argparse.Namespace) -> int:
     settings = load()
     catalog = load_catalog(settings.catalog)
     catalog.select(args.topics)  # an unknown name fails before any connection attempt
-    admin = KafkaAdmin(settings.bootstrap_servers, timeout_s=args.timeout)
+    admin = KafkaAdmin(settings.connection(), timeout_s=args.timeout)
     report = ensure_topics(admin, catalog, args.topics or None, replication=args.replication_factor)
     for line in report.lines():
         print(line)

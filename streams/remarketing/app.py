@@ -47,6 +47,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from schemas.clients import DEAD_LETTER_TOPIC, Connection, Connects
 from schemas.serde import read_long
 from streams.remarketing.sequence import (
     Outcome,
@@ -62,7 +63,7 @@ from streams.remarketing.sequence import (
 
 log = logging.getLogger("passerelle.remarketing")
 
-DEFAULT_DEAD_LETTER_TOPIC = "errors.deadletters"
+DEFAULT_DEAD_LETTER_TOPIC = DEAD_LETTER_TOPIC
 STRING_KEY = '"string"'
 
 
@@ -83,7 +84,7 @@ class RemarketingTopics:
 
 
 @dataclass(frozen=True)
-class RemarketingConfig:
+class RemarketingConfig(Connects):
     """How one instance runs; instances sharing ``app_id`` share the work and the state."""
 
     bootstrap_servers: str
@@ -99,6 +100,7 @@ class RemarketingConfig:
     data_dir: str = os.path.join(".passerelle", "remarketing")
     metrics_port: int | None = None
     clock: Callable[[], int] = wall_clock_ms
+    connection: Connection | None = field(default=None, repr=False)  # credentials/TLS; None: plaintext
 
     @property
     def command_topic(self) -> str:
@@ -321,16 +323,19 @@ class CommandHandler:
 def build_app(config: RemarketingConfig, metrics: RemarketingMetrics | None = None) -> Any:
     """The faust app with its topics, tables, agents and timer (faust is untyped: ``Any`` at the boundary)."""
     import faust
-    from confluent_kafka.schema_registry import SchemaRegistryClient
 
     from schemas.catalog import load_catalog
+    from schemas.clients import ensure_reachable, registry_client
     from schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
+    from streams.remarketing.credentials import faust_credentials
     from streams.runtime.deadletter import dead_letter_headers
 
     metrics = metrics or RemarketingMetrics()
     topics = config.topics
     catalog = load_catalog()
-    registry = SchemaRegistryClient({"url": config.schema_registry_url})
+    conn = config.conn
+    ensure_reachable(conn)  # wrong address or credentials: one clear error, not aiokafka retrying forever
+    registry = registry_client(conn)
     cache = SchemaCache(registry_fetcher(registry))
     decoder = AvroDecoder(cache)
     key_decoder = AvroDecoder(cache)
@@ -346,7 +351,8 @@ def build_app(config: RemarketingConfig, metrics: RemarketingMetrics | None = No
 
     app: Any = faust.App(
         config.app_id,
-        broker=f"kafka://{config.bootstrap_servers}",
+        broker=",".join(f"kafka://{server.strip()}" for server in conn.bootstrap_servers.split(",")),
+        broker_credentials=faust_credentials(conn),
         store="memory://",
         key_serializer="raw",
         value_serializer="raw",

@@ -7,9 +7,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.clients import DEAD_LETTER_TOPIC, Connection, Connects
 from streams.runtime.deadletter import ErrorBudget
 
-DEFAULT_DEAD_LETTER_TOPIC = "errors.deadletters"
+DEFAULT_DEAD_LETTER_TOPIC = DEAD_LETTER_TOPIC
 
 
 def wall_clock_ms() -> int:
@@ -17,7 +18,7 @@ def wall_clock_ms() -> int:
 
 
 @dataclass
-class RunnerConfig:
+class RunnerConfig(Connects):
     """How one processor instance runs.
 
     ``instance_id`` must be stable across restarts of the same instance: it
@@ -66,6 +67,7 @@ class RunnerConfig:
     clock: Callable[[], int] = wall_clock_ms
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
     producer_overrides: dict[str, Any] = field(default_factory=dict)
+    connection: Connection | None = None  # credentials and TLS; None: plaintext to bootstrap_servers
 
     def commit_due(self, since_last_ms: int, caught_up: bool, uncommitted: bool) -> bool:
         """Whether this loop turn commits.

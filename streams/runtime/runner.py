@@ -27,9 +27,10 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.admin import NewTopic
 
+from schemas import clients
+from schemas.clients.kafka import classify, topic_error
 from schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
 from streams.runtime.config import RunnerConfig
 from streams.runtime.deadletter import dead_letter_headers
@@ -50,6 +51,14 @@ class FatalRuntimeError(Exception):
 
     user_error = True
     exit_code = 5
+
+
+def _hidden(conn: clients.Connection) -> str:
+    """Metadata leaves out topics an ACL does not let a principal describe: say so next to "does not exist"."""
+    advice = " (run `passerelle topics create`)"
+    if conn.principal:
+        return f" or is not visible to '{conn.principal}'{advice[:-1]}, or grant it DESCRIBE)"
+    return advice
 
 
 class Runner:
@@ -148,7 +157,10 @@ class Runner:
         self.processor.register_metrics(self.metrics.registry)
         if cfg.metrics_port is not None:
             self.metrics.serve(cfg.metrics_port)
-        registry = SchemaRegistryClient({"url": cfg.schema_registry_url})
+        conn = cfg.conn
+        self._watch = clients.ErrorWatch(conn)
+        meta = clients.ensure_reachable(conn)
+        registry = clients.registry_client(conn)
         cache = SchemaCache(registry_fetcher(registry))
         self._decode_value = AvroDecoder(cache).decode
         self._decode_key = self._key_decoder(AvroDecoder(cache))
@@ -164,15 +176,8 @@ class Runner:
             self._key_encoders[topic] = AvroEncoder.for_subject(
                 registry, f"{topic}-key", cfg.key_schema, cfg.auto_register_schemas
             )
-        self._ensure_changelogs()
-        producer_conf: dict[str, Any] = {
-            "bootstrap.servers": cfg.bootstrap_servers,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "partitioner": "murmur2_random",  # same partitioning as Java producers and Kafka Connect
-            "queue.buffering.max.messages": 500_000,
-        }
+        self._ensure_changelogs(meta)
+        producer_conf: dict[str, Any] = {"linger.ms": 5, "queue.buffering.max.messages": 500_000}
         if cfg.exactly_once:
             producer_conf["transactional.id"] = cfg.transactional_id
             producer_conf["transaction.timeout.ms"] = cfg.transaction_timeout_ms
@@ -182,18 +187,19 @@ class Runner:
             # (measured: p50 90 ms -> 9 ms with 10 ms). Java clients use a short backoff here too.
             producer_conf["retry.backoff.ms"] = 10
         producer_conf.update(cfg.producer_overrides)
-        self._producer = Producer(producer_conf)
+        self._producer = clients.producer(conn, producer_conf, watch=self._watch)
         if cfg.exactly_once:
             try:
                 self._producer.init_transactions(60)
             except KafkaException as exc:
-                raise FatalRuntimeError(f"cannot initialise transactions: {exc}") from exc
+                known = classify(exc.args[0], conn, f"'{cfg.transactional_id}'") if exc.args else None
+                raise known or FatalRuntimeError(f"cannot initialise transactions: {exc}") from None
             self._begin()
         for spec in self.processor.tables:
             table = LookupTable(
                 spec.name,
                 spec.topic,
-                cfg.bootstrap_servers,
+                conn,
                 self._decode_key,
                 self._decode_value,
                 on_error=self._table_dead_letter,
@@ -206,20 +212,17 @@ class Runner:
         self._table_deleted = {name: t.deleted for name, t in self._tables.items()}
         for name, table in self._tables.items():
             table.on_change = self._table_changed(name)
-        self._restore_consumer = Consumer(
+        self._restore_consumer = clients.consumer(
+            conn,
+            f"{cfg.app_id}-restore",
             {
-                "bootstrap.servers": cfg.bootstrap_servers,
-                "group.id": f"{cfg.app_id}-restore",
-                "enable.auto.commit": False,
                 "enable.partition.eof": True,
                 "isolation.level": "read_committed",
                 "fetch.wait.max.ms": 10,  # restore reads to the end: do not let the broker hold empty fetches
-            }
+            },
+            watch=self._watch,
         )
         consumer_conf: dict[str, Any] = {
-            "bootstrap.servers": cfg.bootstrap_servers,
-            "group.id": cfg.app_id,
-            "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
@@ -231,7 +234,7 @@ class Runner:
         if cfg.static_membership:
             consumer_conf["group.instance.id"] = cfg.transactional_id
         consumer_conf.update(cfg.consumer_overrides)
-        self._consumer = Consumer(consumer_conf)
+        self._consumer = clients.consumer(conn, cfg.app_id, consumer_conf, watch=self._watch)
         self._consumer.subscribe(
             list(self.processor.inputs), on_assign=self._on_assign, on_revoke=self._on_revoke,
             on_lost=self._on_lost,
@@ -251,20 +254,26 @@ class Runner:
 
         return decode_key
 
-    def _ensure_changelogs(self) -> None:
+    def _ensure_changelogs(self, meta: Any) -> None:
         """Changelogs are compacted and co-partitioned with the input: partition p holds p's state."""
         cfg = self.config
-        admin = AdminClient({"bootstrap.servers": cfg.bootstrap_servers})
-        meta = admin.list_topics(timeout=30)
+        conn = cfg.conn
+        admin = clients.admin_client(conn, watch=self._watch)
         partitions = 0
         for topic in self.processor.inputs:
+            denied = topic_error(meta, topic, conn, admin)
+            if denied is not None:
+                raise denied
             tmeta = meta.topics.get(topic)
             if tmeta is None or tmeta.error is not None:
-                raise FatalRuntimeError(f"input topic '{topic}' does not exist (run `passerelle topics create`)")
+                raise FatalRuntimeError(f"input topic '{topic}' does not exist{_hidden(conn)}")
             partitions = max(partitions, len(tmeta.partitions))
         for topic in (*self.processor.outputs, cfg.dead_letter_topic):
+            denied = topic_error(meta, topic, conn, admin)
+            if denied is not None:
+                raise denied
             if topic not in meta.topics:
-                raise FatalRuntimeError(f"output topic '{topic}' does not exist (run `passerelle topics create`)")
+                raise FatalRuntimeError(f"output topic '{topic}' does not exist{_hidden(conn)}")
         missing = [
             NewTopic(
                 spec.changelog_topic(cfg.app_id),
@@ -281,7 +290,8 @@ class Runner:
                     fut.result(30)
                 except KafkaException as exc:
                     if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                        raise FatalRuntimeError(f"cannot create changelog {topic}: {exc}") from exc
+                        known = classify(exc.args[0], conn, f"'{topic}'")
+                        raise known or FatalRuntimeError(f"cannot create changelog {topic}: {exc}") from None
 
     # --- rebalance ------------------------------------------------------------
 
@@ -388,6 +398,9 @@ class Runner:
         for msg in msgs:
             err = msg.error()
             if err is not None:
+                known = classify(err, self.config.conn)
+                if known is not None:
+                    raise known
                 if err.fatal():
                     raise FatalRuntimeError(f"consumer error: {err}")
                 log.warning("consumer: %s", err)
@@ -462,7 +475,7 @@ class Runner:
                 else:
                     produce(topic, value, key, **self._produce_kwargs(out))
             except BufferError:
-                self._produce(produce, topic, value, key, self._produce_kwargs(out))
+                clients.produce(self._producer, topic, value, key, **self._produce_kwargs(out))  # type: ignore[arg-type]
             per_topic[topic] = per_topic.get(topic, 0) + 1
         for topic, count in per_topic.items():
             self._m_out[topic].inc(count)
@@ -478,16 +491,6 @@ class Runner:
         if out.headers:
             kwargs["headers"] = out.headers
         return kwargs
-
-    def _produce(
-        self, produce: Any, topic: str, value: bytes | None, key: bytes | None, kwargs: dict[str, Any]
-    ) -> None:
-        while True:
-            try:
-                produce(topic, value, key, **kwargs)
-                return
-            except BufferError:
-                self._producer.poll(0.05)  # type: ignore[union-attr]
 
     def _fire_wall_timers(self, now: int) -> None:
         for ctx in list(self._contexts.values()):
@@ -537,7 +540,7 @@ class Runner:
             topic=topic, partition=partition, offset=offset, stage=stage, error=error,
             processor=self._name, original=list(headers or []),
         )  # fmt: skip
-        self._produce(self._producer.produce, self.config.dead_letter_topic, value, key, {"headers": hdrs})  # type: ignore[union-attr]
+        clients.produce(self._producer, self.config.dead_letter_topic, value, key, headers=hdrs)  # type: ignore[arg-type]
         self.metrics.dead_letters.labels(self._name, stage).inc()
         log.debug("dead letter %s[%d]@%d (%s): %s", topic, partition, offset, stage, error)
 
@@ -562,7 +565,8 @@ class Runner:
             self._in_transaction = True
 
     def _write_changelogs(self) -> bool:
-        produce = self._producer.produce  # type: ignore[union-attr]
+        producer = self._producer
+        assert producer is not None
         wrote = False
         app = self.config.app_id
         for partition, ctx in self._contexts.items():
@@ -573,7 +577,7 @@ class Runner:
                 wrote = True
                 topic = spec.changelog_topic(app)
                 for key, value in changes:
-                    self._produce(produce, topic, value, key, {"partition": partition})
+                    clients.produce(producer, topic, value, key, partition=partition)
         return wrote
 
     def _commit(self, sync: bool = False) -> None:

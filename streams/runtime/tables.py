@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+from schemas import clients
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ class LookupTable:
         self,
         name: str,
         topic: str,
-        bootstrap: str,
+        conn: clients.Connection,
         decode_key: KeyDecoder,
         decode_value: ValueDecoder,
         on_error: Callable[[str, bytes | None, bytes | None, BaseException], None] | None = None,
@@ -43,15 +45,10 @@ class LookupTable:
         self._decode_key = decode_key
         self._decode_value = decode_value
         self._on_error = on_error
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"passerelle-table-{topic}",  # required by librdkafka, never committed
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "isolation.level": "read_committed",
-                "log_level": 3,
-            }
+        self._consumer = clients.consumer(
+            conn,
+            f"passerelle-table-{topic}",  # required by librdkafka, never committed
+            {"enable.partition.eof": True, "isolation.level": "read_committed", "log_level": 3},
         )
         meta = self._consumer.list_topics(topic, timeout=30)
         tmeta = meta.topics.get(topic)

@@ -7,17 +7,16 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.admin import NewTopic
 
+from schemas.clients import Connection, admin_client, consumer, produce, producer, registry_client
 from schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
 
 STRING_KEY = '"string"'
 
 
 def create_topics(bootstrap: str, topics: dict[str, int], config: dict[str, str] | None = None) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = admin_client(Connection.plain(bootstrap))
     futures = admin.create_topics([NewTopic(t, n, 1, config=config or {}) for t, n in topics.items()])
     for fut in futures.values():
         fut.result(30)
@@ -37,27 +36,21 @@ def produce_avro(
     records: Iterable[tuple[str | None, dict[str, Any] | None]],
     raw: Iterable[tuple[bytes | None, bytes | None]] = (),
 ) -> int:
-    client = SchemaRegistryClient({"url": registry_url})
+    conn = Connection.plain(bootstrap, registry_url)
+    client = registry_client(conn)
     value_enc = AvroEncoder.for_subject(client, f"{topic}-value", schema)
     key_enc = AvroEncoder.for_subject(client, f"{topic}-key", STRING_KEY)
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20, "partitioner": "murmur2_random"}
-    )
+    target = producer(conn, {"linger.ms": 20})  # idempotent, acks=all, murmur2_random: the factory's defaults
     count = 0
     for key, value in records:
         k = None if key is None else key_enc.encode(key)
         v = None if value is None else value_enc.encode(value)
-        while True:
-            try:
-                producer.produce(topic, v, k)
-                break
-            except BufferError:
-                producer.poll(0.1)
+        produce(target, topic, v, k, poll_s=0.1)
         count += 1
     for k2, v2 in raw:
-        producer.produce(topic, v2, k2)
+        target.produce(topic, v2, k2)
         count += 1
-    assert producer.flush(60) == 0
+    assert target.flush(60) == 0
     return count
 
 
@@ -74,17 +67,14 @@ class TopicReader:
     """Reads a topic from the beginning (read_committed) and decodes it."""
 
     def __init__(self, bootstrap: str, registry_url: str, topic: str, decode: bool = True) -> None:
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"reader-{topic}-{time.monotonic_ns()}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            }
+        conn = Connection.plain(bootstrap, registry_url)
+        self.consumer = consumer(
+            conn,
+            f"reader-{topic}-{time.monotonic_ns()}",
+            {"auto.offset.reset": "earliest", "isolation.level": "read_committed"},
         )
         self.consumer.subscribe([topic])
-        self.decoder = AvroDecoder(SchemaCache(registry_fetcher(SchemaRegistryClient({"url": registry_url}))))
+        self.decoder = AvroDecoder(SchemaCache(registry_fetcher(registry_client(conn))))
         self.decode = decode
         self.records: list[Any] = []
 

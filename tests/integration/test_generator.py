@@ -16,6 +16,7 @@ import pytest
 
 from connectors.generator.send import EventSender, SendOptions, publish_campaigns, publish_profiles
 from connectors.generator.shop import HOUR, Shop
+from schemas.clients import Connection
 from tests.integration.kafka_helpers import TopicReader, create_topics
 
 pytestmark = pytest.mark.integration
@@ -95,8 +96,9 @@ def test_every_accepted_event_and_the_reference_data_land_on_their_topics(stack:
     span = 22 * HOUR
     shop = Shop(2026, int(time.time() * 1000) - span, span_ms=span, customers=25)
     events = shop.events(30)
-    assert publish_campaigns(shop.campaigns(), stack.bootstrap, stack.registry, topic=stack.campaigns) == 5
-    assert publish_profiles(shop.crm_profiles(), stack.bootstrap, stack.registry, topic=stack.crm) == 25
+    conn = Connection.plain(stack.bootstrap, stack.registry)
+    assert publish_campaigns(shop.campaigns(), conn, topic=stack.campaigns) == 5
+    assert publish_profiles(shop.crm_profiles(), conn, topic=stack.crm) == 25
     with EventSender(stack.url, KEY, SendOptions(batch_size=40), progress=None) as sender:
         sender.probe()
         report = sender.send(events)

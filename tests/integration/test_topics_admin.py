@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from schemas.catalog import Catalog, load_catalog
+from schemas.clients import Connection
 from schemas.topics_admin import AdminError, KafkaAdmin, ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -29,7 +30,7 @@ def prefix() -> str:
 
 @pytest.fixture
 def admin(kafka_bootstrap: str, prefix: str) -> Iterator[KafkaAdmin]:
-    admin = KafkaAdmin(kafka_bootstrap)
+    admin = KafkaAdmin(Connection.plain(kafka_bootstrap))
     yield admin
     # The broker may be shared: remove what this test created.
     mine = [t for t in admin.client.list_topics(timeout=10).topics if t.startswith(prefix)]
@@ -88,7 +89,7 @@ def test_unknown_topic_fails_before_creating_anything(admin: KafkaAdmin, prefix:
 def test_unreachable_broker_fails_fast_naming_the_servers() -> None:
     started = time.monotonic()
     with pytest.raises(AdminError, match=r"127\.0\.0\.1:1") as info:
-        ensure_topics(KafkaAdmin("127.0.0.1:1", timeout_s=3), load_catalog())
+        ensure_topics(KafkaAdmin(Connection.plain("127.0.0.1:1"), timeout_s=3), load_catalog())
     assert time.monotonic() - started < 10
     assert "\n" not in str(info.value)
     assert info.value.user_error
