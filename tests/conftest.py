@@ -8,6 +8,7 @@ free ports, stopped and purged when the session ends.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -109,11 +110,68 @@ def schema_registry_url(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathF
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
+@dataclasses.dataclass
+class SecureStack:
+    """A private secured stack (``up --secure``): its config, and each component's credentials."""
+
+    config: stack.StackConfig
+
+    @property
+    def bootstrap(self) -> str:
+        return self.config.bootstrap
+
+    def env(self, component: str) -> dict[str, str]:
+        """The ``PASSERELLE_*`` variables of ``component`` (its ``<component>.env`` file)."""
+        return self.config.component_env(component)
+
+    def kafka_config(self, component: str) -> dict[str, str]:
+        """librdkafka properties logging in as ``component`` (bootstrap.servers included)."""
+        return self.config.component_kafka_config(component)
+
+
+def secure_stack_config(state_dir: Path) -> stack.StackConfig:
+    """A secure stack on free ports in ``state_dir``, with the real registry as the CLI starts it."""
+    kafka_port, registry_port = stack.free_port(), stack.free_port()
+    return stack.StackConfig(
+        state_dir=state_dir,
+        cache_dir=Path(os.environ.get("PASSERELLE_CACHE_DIR", Path.home() / ".cache" / "passerelle")),
+        kafka_port=kafka_port,
+        controller_port=stack.free_port(),
+        registry_port=registry_port,
+        registry_command=[sys.executable, "-m", "passerelle", "registry"],
+        registry_env={
+            "PASSERELLE_BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka_port}",
+            "PASSERELLE_REGISTRY_PORT": str(registry_port),
+            "PASSERELLE_REGISTRY_HOST": "127.0.0.1",
+            "PASSERELLE_SCHEMAS_TOPIC": "_schemas",
+        },
+        broker_heap="512m",
+        secure=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def secure_stack() -> Iterator[SecureStack]:
+    """A secured local stack (SASL_SSL + SCRAM + ACLs, HTTPS registry) for this session, purged at the end."""
+    cfg = secure_stack_config(ROOT / f".passerelle-secure-test-{os.getpid()}")
+    try:
+        stack.up(cfg, progress=False)
+        yield SecureStack(cfg)
+    finally:
+        stack.down(cfg, purge=True)
 
 
 @pytest.fixture

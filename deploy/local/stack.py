@@ -7,6 +7,10 @@ single ``rmtree``; the jars live in a cache folder that survives purges.
 
 This module imports nothing else of ours (design rule for ``deploy/``): the
 registry is started through the command line the caller hands in.
+
+``StackConfig(secure=True)`` (``passerelle up --secure``) runs the same stack
+with TLS, SCRAM users and ACLs: see ``deploy/local/secure.py`` and
+``deploy/local/acls.py``. A state folder keeps the mode it was made with.
 """
 
 from __future__ import annotations
@@ -24,12 +28,22 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from deploy.local import acls
+from deploy.local import secure as security
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
 LOG4J2 = HERE / "log4j2.yaml"
 BROKER_MARKER = "kafka.Kafka"
 REGISTRY_MARKER = "registry"
+SECURE_COMPONENTS = acls.COMPONENTS
+
+
+def is_secure(state_dir: Path) -> bool:
+    """Whether the stack in ``state_dir`` was made with ``up --secure``."""
+    return security.is_secure(state_dir)
 
 
 class StackError(Exception):
@@ -53,6 +67,7 @@ class StackConfig:
     registry_env: dict[str, str] = field(default_factory=dict)
     broker_heap: str = "768m"
     start_timeout: float = 90.0
+    secure: bool = False  # SASL_SSL + SCRAM-SHA-512 + ACLs, registry over HTTPS (deploy/local/secure.py)
 
     @property
     def bootstrap(self) -> str:
@@ -60,7 +75,34 @@ class StackConfig:
 
     @property
     def registry_url(self) -> str:
-        return f"http://{self.host}:{self.registry_port}"
+        return f"{'https' if self.secure else 'http'}://{self.host}:{self.registry_port}"
+
+    @property
+    def secure_dir(self) -> Path:
+        return security.secure_dir(self.state_dir)
+
+    @property
+    def material(self) -> security.Material:
+        return security.material(self.state_dir)
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA of a secure stack's certificates (None: plaintext)."""
+        return self.material.ca if self.secure else None
+
+    def admin_config(self) -> dict[str, str]:
+        """librdkafka config of an admin client: plain bootstrap, or the ``admin`` principal when secure."""
+        if not self.secure:
+            return {"bootstrap.servers": self.bootstrap}
+        return security.client_config(self.material, acls.ADMIN, self.bootstrap)
+
+    def component_env(self, component: str) -> dict[str, str]:
+        """A secure stack's ``PASSERELLE_*`` variables for a process of ``component`` (see secure.py)."""
+        return security.component_env(self.state_dir, component)
+
+    def component_kafka_config(self, component: str) -> dict[str, str]:
+        """A secure stack's librdkafka config logging in as ``component``."""
+        return security.component_kafka_config(self.state_dir, component)
 
     @property
     def kafka_dir(self) -> Path:
@@ -228,16 +270,22 @@ def ensure_jars(cache_dir: Path, log: Path | None = None) -> Path:
 
 def server_properties(cfg: StackConfig) -> str:
     """A single-node KRaft config; replication 1 for internal topics or groups and transactions hang."""
-    return "\n".join(
-        [
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers={cfg.host}:{cfg.controller_port}",
+    if cfg.secure:
+        listeners = security.broker_properties(cfg.material, cfg.host, cfg.kafka_port, cfg.controller_port)
+    else:
+        listeners = [
             f"listeners=PLAINTEXT://{cfg.host}:{cfg.kafka_port},CONTROLLER://{cfg.host}:{cfg.controller_port}",
             f"advertised.listeners=PLAINTEXT://{cfg.host}:{cfg.kafka_port}",
             "controller.listener.names=CONTROLLER",
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "inter.broker.listener.name=PLAINTEXT",
+        ]
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers={cfg.host}:{cfg.controller_port}",
+            *listeners,
             f"log.dirs={cfg.kafka_dir / 'data'}",
             "num.partitions=1",
             "default.replication.factor=1",
@@ -256,12 +304,18 @@ def server_properties(cfg: StackConfig) -> str:
     )
 
 
-def broker_answers(bootstrap: str, timeout: float = 3.0) -> bool:
-    """True when the broker answers a metadata request (the only proof it is usable)."""
+def broker_answers(bootstrap: str, timeout: float = 3.0, config: dict[str, str] | None = None) -> bool:
+    """True when the broker answers a metadata request (the only proof it is usable).
+
+    ``config``: the client's librdkafka properties (a secure broker answers
+    only a client that authenticates: the stack passes the admin's).
+    """
     from confluent_kafka.admin import AdminClient  # imported late: status works without a broker
 
     # log_level 0: a probe of a broker that is not up yet must not spam "Connection refused".
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000), "log_level": 0})
+    conf: dict[str, Any] = {**(config or {}), "bootstrap.servers": bootstrap}
+    conf.update({"socket.timeout.ms": int(timeout * 1000), "log_level": 0})
+    admin = AdminClient(conf)
     try:
         meta = admin.list_topics(timeout=timeout)
     except Exception:
@@ -286,10 +340,14 @@ def _format_storage(cfg: StackConfig, classpath: str, java: str) -> None:
         "-t", cluster_id_file.read_text().strip(),
         "-c", str(cfg.kafka_dir / "server.properties"),
         "--standalone",
+        *(security.format_arguments(cfg.material) if cfg.secure else []),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise StackError(f"formatting Kafka storage failed: {(proc.stdout + proc.stderr).strip()[-300:]}")
+        out = (proc.stdout + proc.stderr).strip()[-300:]
+        if cfg.secure:  # never echo the admin's password, should the tool quote its arguments
+            out = out.replace(cfg.material.passwords()[acls.ADMIN], "***")
+        raise StackError(f"formatting Kafka storage failed: {out}")
 
 
 def _check_ports(cfg: StackConfig, ports: Sequence[tuple[str, int]]) -> None:
@@ -306,7 +364,7 @@ def start_broker(cfg: StackConfig, progress: bool = True) -> tuple[int, bool]:
     pid_file = cfg.kafka_dir / "broker.pid"
     pid = _read_pid(pid_file, BROKER_MARKER)
     if pid is not None:
-        if broker_answers(cfg.bootstrap):
+        if broker_answers(cfg.bootstrap, config=cfg.admin_config()):
             return pid, False
         _wait_broker(cfg, pid)
         return pid, False
@@ -317,7 +375,12 @@ def start_broker(cfg: StackConfig, progress: bool = True) -> tuple[int, bool]:
         print(f"fetching Kafka jars (cached in {cfg.cache_dir}) ...", flush=True)
     jars = ensure_jars(cfg.cache_dir, cfg.kafka_dir / "maven.log")
     classpath = f"{jars}/*"
-    (cfg.kafka_dir / "server.properties").write_text(server_properties(cfg))
+    if cfg.secure:
+        security.ensure_material(cfg.state_dir, cfg.host)
+        # It holds the admin's and the controller's passwords: owner only.
+        security.write_private(cfg.kafka_dir / "server.properties", server_properties(cfg))
+    else:
+        (cfg.kafka_dir / "server.properties").write_text(server_properties(cfg))
     _format_storage(cfg, classpath, java)
     log = cfg.kafka_dir / "broker.log"
     cmd = [
@@ -342,7 +405,7 @@ def _wait_broker(cfg: StackConfig, pid: int) -> None:
     while time.monotonic() < deadline:
         if not _pid_alive(pid):
             raise StackError(f"the Kafka broker exited during start-up; last log lines:\n{_tail(log)}")
-        if broker_answers(cfg.bootstrap, timeout=2.0):
+        if broker_answers(cfg.bootstrap, timeout=2.0, config=cfg.admin_config()):
             return
         time.sleep(0.5)
     raise StackError(f"the Kafka broker did not answer on {cfg.bootstrap} within {cfg.start_timeout:.0f}s; see {log}")
@@ -351,12 +414,14 @@ def _wait_broker(cfg: StackConfig, pid: int) -> None:
 # --- registry ----------------------------------------------------------------
 
 
-def registry_answers(url: str, timeout: float = 2.0) -> bool:
-    """True when the registry answers ``GET /``."""
+def registry_answers(url: str, timeout: float = 2.0, ca_file: Path | None = None) -> bool:
+    """True when the registry answers ``GET /`` (anonymous); over HTTPS, verified with ``ca_file``."""
+    import ssl
     import urllib.request
 
+    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else None
     try:
-        with urllib.request.urlopen(url + "/", timeout=timeout) as resp:
+        with urllib.request.urlopen(url + "/", timeout=timeout, context=context) as resp:
             return bool(resp.status == 200)
     except Exception:
         return False
@@ -367,14 +432,19 @@ def start_registry(cfg: StackConfig, progress: bool = True) -> tuple[int, bool] 
     if cfg.registry_command is None:
         return None
     pid_file = cfg.registry_dir / "registry.pid"
+    ca = cfg.ca_file
     pid = _read_pid(pid_file, REGISTRY_MARKER)
-    if pid is not None and registry_answers(cfg.registry_url):
+    if pid is not None and registry_answers(cfg.registry_url, ca_file=ca):
         return pid, False
     if pid is None:
         _check_ports(cfg, [("registry", cfg.registry_port)])
         cfg.registry_dir.mkdir(parents=True, exist_ok=True)
         log = cfg.registry_dir / "registry.log"
         env = {**os.environ, **cfg.registry_env}
+        if cfg.secure:  # its users, its HTTPS certificate, and Kafka as the `registry` principal
+            for key in [k for k in env if k.upper().startswith("PASSERELLE_KAFKA_") and k not in cfg.registry_env]:
+                del env[key]  # a shell that sourced another component's .env must not change who the registry is
+            env.update(security.registry_env(cfg.material))
         if progress:
             print(f"starting schema registry on {cfg.registry_url} ...", flush=True)
         with open(log, "ab") as out:
@@ -393,7 +463,7 @@ def start_registry(cfg: StackConfig, progress: bool = True) -> tuple[int, bool] 
     while time.monotonic() < deadline:
         if not _pid_alive(pid):
             raise StackError(f"the schema registry exited during start-up; last log lines:\n{_tail(log)}")
-        if registry_answers(cfg.registry_url):
+        if registry_answers(cfg.registry_url, ca_file=ca):
             return pid, True
         time.sleep(0.3)
     raise StackError(f"the schema registry did not answer on {cfg.registry_url} within 60s; see {log}")
@@ -402,11 +472,35 @@ def start_registry(cfg: StackConfig, progress: bool = True) -> tuple[int, bool] 
 # --- the stack as a whole -------------------------------------------------------
 
 
+def check_mode(cfg: StackConfig) -> None:
+    """A state folder keeps the mode it was made with: refuse to mix plaintext and secure."""
+    made_secure = security.is_secure(cfg.state_dir)
+    formatted = (cfg.kafka_dir / "data" / "meta.properties").exists()
+    if cfg.secure and not made_secure and formatted:
+        raise StackError(
+            f"the stack in {cfg.state_dir} was made without --secure; "
+            "run `passerelle down --purge` first (it deletes its data) to make a secure one"
+        )
+    if not cfg.secure and made_secure:
+        raise StackError(
+            f"the stack in {cfg.state_dir} was made with --secure; run `passerelle up --secure`, "
+            "or `passerelle down --purge` first (it deletes its data) to make a plaintext one"
+        )
+
+
 def up(cfg: StackConfig, progress: bool = True) -> list[str]:
     """Start what is not running; a second ``up`` is a no-op. Returns one line per component."""
+    check_mode(cfg)
     lines = []
     pid, started = start_broker(cfg, progress)
     lines.append(f"kafka     {'started' if started else 'already running'} (pid {pid}) on {cfg.bootstrap}")
+    if cfg.secure:
+        try:
+            changes = security.provision(cfg.material, cfg.admin_config())
+        except Exception as exc:
+            raise StackError(f"could not create the components' users and ACLs: {exc}") from exc
+        security.write_client_files(cfg.material, cfg.bootstrap, cfg.registry_url)
+        lines.append(f"security  {'; '.join(changes) if changes else 'users and ACLs up to date'}")
     reg = start_registry(cfg, progress)
     if reg is not None:
         rpid, rstarted = reg
@@ -435,7 +529,7 @@ def down(cfg: StackConfig, purge: bool = False) -> list[str]:
 
 
 def status(cfg: StackConfig) -> list[ComponentStatus]:
-    """Report each component: process alive and actually answering."""
+    """Report each component: process alive and actually answering (as admin, on a secure stack)."""
     out = []
     bpid = _read_pid(cfg.kafka_dir / "broker.pid", BROKER_MARKER)
     out.append(
@@ -443,7 +537,7 @@ def status(cfg: StackConfig) -> list[ComponentStatus]:
             "kafka",
             bpid,
             bpid is not None,
-            bpid is not None and broker_answers(cfg.bootstrap),
+            bpid is not None and broker_answers(cfg.bootstrap, config=cfg.admin_config()),
             cfg.bootstrap,
             cfg.kafka_dir / "broker.log",
         )
@@ -455,7 +549,7 @@ def status(cfg: StackConfig) -> list[ComponentStatus]:
                 "registry",
                 rpid,
                 rpid is not None,
-                rpid is not None and registry_answers(cfg.registry_url),
+                rpid is not None and registry_answers(cfg.registry_url, ca_file=cfg.ca_file),
                 cfg.registry_url,
                 cfg.registry_dir / "registry.log",
             )

@@ -6,13 +6,21 @@ import argparse
 import sys
 
 from deploy.local import stack
+from deploy.local.acls import SCHEMAS_TOPIC
+from passerelle.errors import PasserelleError
 from passerelle.settings import PasserelleSettings, load
 
 
-def stack_config(settings: PasserelleSettings) -> stack.StackConfig:
-    """Map process settings onto the launcher's plain config (``deploy`` imports nothing of ours)."""
+def stack_config(settings: PasserelleSettings, secure: bool | None = None) -> stack.StackConfig:
+    """Map process settings onto the launcher's plain config (``deploy`` imports nothing of ours).
+
+    ``secure`` None: the mode the state folder was made with (``down``, ``status``).
+    """
+    state_dir = settings.state_dir.resolve()
+    if secure is None:
+        secure = stack.is_secure(state_dir)
     return stack.StackConfig(
-        state_dir=settings.state_dir.resolve(),
+        state_dir=state_dir,
         cache_dir=settings.cache_dir.expanduser().resolve(),
         kafka_port=settings.kafka_port,
         controller_port=settings.controller_port,
@@ -24,13 +32,27 @@ def stack_config(settings: PasserelleSettings) -> stack.StackConfig:
             "PASSERELLE_REGISTRY_HOST": "127.0.0.1",
             "PASSERELLE_SCHEMAS_TOPIC": settings.schemas_topic,
         },
+        secure=secure,
     )
 
 
 def _up(args: argparse.Namespace) -> int:
-    cfg = stack_config(load())
+    settings = load()
+    if args.secure and settings.schemas_topic != SCHEMAS_TOPIC:
+        raise PasserelleError(
+            f"the secure stack's ACLs let the registry use the topic {SCHEMAS_TOPIC} only; "
+            f"unset PASSERELLE_SCHEMAS_TOPIC (it is {settings.schemas_topic})"
+        )
+    cfg = stack_config(settings, secure=args.secure)
     for line in stack.up(cfg):
         print(line)
+    if cfg.secure:
+        m = cfg.material
+        print(f"credentials in {m.root} (owner-only files; passwords are never printed):")
+        print(f"  <component>.env         PASSERELLE_* variables of a process: set -a; . {m.env_file('enrich')}")
+        print(f"  <component>.properties  librdkafka / kcat -F config, e.g. kcat -F {m.properties('admin')} -L")
+        print("  ca.pem                  the CA that signed the broker's and the registry's certificates")
+        print(f"  components: {', '.join(stack.SECURE_COMPONENTS)} (admin is the super user)")
     return 0
 
 
@@ -58,19 +80,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "single-node KRaft broker and the embedded schema registry as background processes on 127.0.0.1, "
         "and wait until both answer. Running it again while the stack runs does nothing.",
         epilog="State (data, logs, pid files) goes to PASSERELLE_STATE_DIR (default ./.passerelle); "
-        "ports: PASSERELLE_KAFKA_PORT, PASSERELLE_CONTROLLER_PORT, PASSERELLE_REGISTRY_PORT.",
+        "ports: PASSERELLE_KAFKA_PORT, PASSERELLE_CONTROLLER_PORT, PASSERELLE_REGISTRY_PORT. "
+        "With --secure: clients log in on the Kafka port over SASL_SSL (SCRAM-SHA-512, a throwaway CA), "
+        "one user per component (admin, deploy, registry, collector, enrich, carts, remarketing, emailing, "
+        "generator) allowed only its own topics, groups and transactional ids (deploy/local/acls.py); the "
+        "registry serves HTTPS with basic auth (deploy and admin may write, the others read). Passwords are "
+        "random, made once, and written with each component's settings to $PASSERELLE_STATE_DIR/secure/"
+        "<component>.env and .properties. A state folder keeps its mode: switching needs `down --purge`.",
+    )
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="TLS, SCRAM users and ACLs per component, HTTPS registry with users (credentials in STATE_DIR/secure)",
     )
     p.set_defaults(func=_up)
     p = sub.add_parser(
         "down",
         help="stop the local stack",
-        description="Stop the schema registry and the Kafka broker (SIGTERM, then SIGKILL after 30 s).",
+        description="Stop the schema registry and the Kafka broker (SIGTERM, then SIGKILL after 30 s); "
+        "a secure stack as well (its mode comes from the state folder).",
     )
     p.add_argument("--purge", action="store_true", help="also delete the state folder (all topics, logs)")
     p.set_defaults(func=_down)
     p = sub.add_parser(
         "status",
         help="show whether the local stack runs and answers",
-        description="Print each component's pid, endpoint and whether it answers; exit 3 if any is down.",
+        description="Print each component's pid, endpoint and whether it answers; exit 3 if any is down. "
+        "On a secure stack (made with `up --secure`) the broker is probed as the admin user and the "
+        "registry over HTTPS.",
     )
     p.set_defaults(func=_status)

@@ -1,0 +1,250 @@
+"""Who may do what on the secured local stack: one principal per component, as plain data.
+
+``passerelle up --secure`` creates a SCRAM-SHA-512 user per component and
+exactly the ACLs below (``deploy.local.secure.provision``); the broker runs
+``StandardAuthorizer`` with ``allow.everyone.if.no.acl.found=false``, so
+anything not granted here is refused. ``admin`` is a super user (bootstrapped
+at storage format time, used by the broker between its own listeners, by
+operators and by tests) and has no ACLs; neither has the controller's
+principal, also a super user.
+
+Reading the table:
+
+- ``READ`` and ``WRITE`` imply ``DESCRIBE`` in Kafka's authorizer, so a
+  component that reads or writes a topic (or a group, or a transactional id)
+  may also see its metadata; ``DESCRIBE`` is spelled out only where nothing
+  else grants it.
+- Consumers need ``READ`` on their consumer group (join, fetch and commit
+  offsets, and ``send_offsets_to_transaction`` for exactly-once). Readers
+  that only ``assign()`` (lookup tables, the registry) still name a group, and
+  librdkafka looks up its coordinator: they get ``READ`` on that group too.
+- Idempotent producers need nothing on the cluster: since Kafka 3.0 (KIP-679)
+  ``WRITE`` on any topic is enough, and ``IDEMPOTENT_WRITE`` is deprecated.
+  Transactional producers need ``WRITE`` on their ``TransactionalId``
+  (``<app id>-<instance id>``: granted by the app-id prefix).
+- The stream processors on the runtime create their changelogs
+  (``<app id>-<store>-changelog``) themselves, and faust creates its tables'
+  changelogs and its command topic (``<app id>-...``): they get ``CREATE``,
+  ``READ`` and ``WRITE`` on topics prefixed by their app id.
+- Every component that dead-letters writes ``errors.deadletters``.
+- The names are the defaults of the commands (``--app-id``, ``--group-id``,
+  ``PASSERELLE_SCHEMAS_TOPIC``, ``PASSERELLE_DEAD_LETTER_TOPIC``): a deployment
+  that changes one changes this table with it.
+
+This module imports nothing (design rule for ``deploy/``): the catalog's topic
+names are repeated here, and a test checks the two agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TOPIC = "topic"
+GROUP = "group"
+TRANSACTIONAL_ID = "transactional_id"
+CLUSTER = "cluster"
+CLUSTER_NAME = "kafka-cluster"
+
+DEAD_LETTERS = "errors.deadletters"
+SCHEMAS_TOPIC = "_schemas"  # the registry's storage topic (PASSERELLE_SCHEMAS_TOPIC's default)
+
+# The catalog's topics (schemas/catalog.toml), which the deployment pipeline creates.
+CATALOG_TOPICS = (
+    "hits.raw",
+    "hits.enriched",
+    "crm.profiles",
+    "identity.links",
+    "campaigns",
+    "campaigns.undeclared",
+    "ads.impressions",
+    "partners.metrics",
+    "carts.abandoned",
+    "remarketing.messages",
+    "remarketing.deliveries",
+    "conversions.paths",
+    "privacy.requests",
+    DEAD_LETTERS,
+)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """ALLOW ``operations`` on ``names`` (of one resource type) to one principal, from any host."""
+
+    resource: str  # topic | group | transactional_id | cluster
+    names: tuple[str, ...]
+    operations: tuple[str, ...]
+    why: str
+    prefixed: bool = False  # the names are prefixes (Kafka's PREFIXED pattern), else literal
+
+
+ADMIN = "admin"
+"""The super user: bootstrapped at format time, inter-broker traffic, operators, tests."""
+
+CONTROLLER = "controller"
+"""The controller listener's principal (SASL/PLAIN, static): a super user, never a client."""
+
+GRANTS: dict[str, tuple[Grant, ...]] = {
+    "deploy": (
+        Grant(
+            TOPIC,
+            CATALOG_TOPICS,
+            ("CREATE", "DESCRIBE", "DESCRIBE_CONFIGS", "ALTER_CONFIGS"),
+            "`passerelle topics create [--fail-on-drift]`: create the catalog's topics, read their partitions "
+            "and configs to report drift; ALTER_CONFIGS for the operator who fixes a reported drift",
+        ),
+        Grant(CLUSTER, (CLUSTER_NAME,), ("DESCRIBE",), "count the brokers (replication factor min(3, brokers))"),
+    ),
+    "registry": (
+        Grant(
+            TOPIC,
+            (SCHEMAS_TOPIC,),
+            ("CREATE", "READ", "WRITE"),
+            "the embedded registry creates its compacted `_schemas` topic on first start, replays it, "
+            "and writes every schema and config change to it",
+        ),
+        Grant(
+            GROUP,
+            ("passerelle-registry-",),
+            ("READ",),
+            "its reader names a random `passerelle-registry-<uuid>` group (assign only, never committed)",
+            prefixed=True,
+        ),
+    ),
+    "collector": (
+        Grant(
+            TOPIC,
+            ("hits.raw",),
+            ("WRITE",),
+            "the HTTP collector produces every hit to hits.raw (idempotent producer: nothing on the cluster)",
+        ),
+    ),
+    "enrich": (
+        Grant(TOPIC, ("hits.raw",), ("READ",), "its input"),
+        Grant(
+            TOPIC,
+            ("campaigns", "crm.profiles", "campaigns.undeclared"),
+            ("READ",),
+            "lookup tables: declared campaigns, CRM profiles, the undeclared-campaign inbox",
+        ),
+        Grant(
+            TOPIC,
+            ("hits.enriched", "identity.links", "campaigns.undeclared", DEAD_LETTERS),
+            ("WRITE",),
+            "its outputs, and dead letters",
+        ),
+        Grant(
+            TOPIC,
+            ("passerelle-enrichment-",),
+            ("CREATE", "READ", "WRITE"),
+            "its state changelogs `passerelle-enrichment-<store>-changelog`: created, restored, written",
+            prefixed=True,
+        ),
+        Grant(
+            GROUP,
+            ("passerelle-enrichment", "passerelle-enrichment-restore"),
+            ("READ",),
+            "its consumer group (offsets committed in its transactions) and the restore reader's group",
+        ),
+        Grant(
+            GROUP,
+            ("passerelle-table-campaigns", "passerelle-table-crm.profiles", "passerelle-table-campaigns.undeclared"),
+            ("READ",),
+            "the lookup tables' readers name a `passerelle-table-<topic>` group (assign only)",
+        ),
+        Grant(
+            TRANSACTIONAL_ID,
+            ("passerelle-enrichment-",),
+            ("WRITE",),
+            "exactly-once: transactional id `passerelle-enrichment-<instance id>`",
+            prefixed=True,
+        ),
+    ),
+    "carts": (
+        Grant(TOPIC, ("hits.enriched",), ("READ",), "its input"),
+        Grant(TOPIC, ("crm.profiles",), ("READ",), "lookup table: CRM profiles"),
+        Grant(TOPIC, ("carts.abandoned", DEAD_LETTERS), ("WRITE",), "its output, and dead letters"),
+        Grant(
+            TOPIC,
+            ("passerelle-carts-",),
+            ("CREATE", "READ", "WRITE"),
+            "its state changelogs `passerelle-carts-<store>-changelog`",
+            prefixed=True,
+        ),
+        Grant(
+            GROUP,
+            ("passerelle-carts", "passerelle-carts-restore", "passerelle-table-crm.profiles"),
+            ("READ",),
+            "its consumer group, the restore reader's and the CRM table reader's groups",
+        ),
+        Grant(
+            TRANSACTIONAL_ID,
+            ("passerelle-carts-",),
+            ("WRITE",),
+            "exactly-once: transactional id `passerelle-carts-<instance id>`",
+            prefixed=True,
+        ),
+    ),
+    "remarketing": (
+        Grant(
+            TOPIC,
+            ("carts.abandoned", "hits.enriched", "privacy.requests", "crm.profiles"),
+            ("READ",),
+            "its inputs: abandoned carts, orders (in enriched hits), consent and erasure requests, profiles",
+        ),
+        Grant(TOPIC, ("remarketing.messages", DEAD_LETTERS), ("WRITE",), "its output, and dead letters"),
+        Grant(
+            TOPIC,
+            ("passerelle-remarketing-",),
+            ("CREATE", "READ", "WRITE"),
+            "faust's internal topics: `passerelle-remarketing-commands` and its tables' changelogs",
+            prefixed=True,
+        ),
+        Grant(GROUP, ("passerelle-remarketing",), ("READ",), "the faust app's consumer group"),
+    ),
+    "emailing": (
+        Grant(TOPIC, ("remarketing.messages",), ("READ",), "the bridge's and the batch export's input"),
+        Grant(
+            TOPIC,
+            ("remarketing.deliveries", DEAD_LETTERS),
+            ("WRITE",),
+            "the bridge's delivery outcomes, and dead letters (bridge and export)",
+        ),
+        Grant(
+            GROUP,
+            ("passerelle-emailing", "passerelle-emailing-export"),
+            ("READ",),
+            "the bridge's consumer group; the export's group remembers the last exported offsets",
+        ),
+    ),
+    "generator": (
+        Grant(
+            TOPIC,
+            ("campaigns", "crm.profiles"),
+            ("WRITE",),
+            "`passerelle generate` declares campaigns and publishes CRM profiles straight to their tables "
+            "(hits go through the collector over HTTP)",
+        ),
+    ),
+}
+
+COMPONENTS: tuple[str, ...] = (ADMIN, *GRANTS)
+"""Every principal a client can log in as (the controller's is not one)."""
+
+REGISTRY_WRITERS = frozenset({ADMIN, "deploy"})
+"""Registry roles: these may register schemas and set compatibility; every other component only reads."""
+
+
+def registry_role(component: str) -> str:
+    """``write`` for the deployment pipeline and the admin, ``read`` for the rest."""
+    return "write" if component in REGISTRY_WRITERS else "read"
+
+
+def bindings(component: str) -> list[tuple[str, str, bool, str]]:
+    """The component's grants flattened to (resource, name, prefixed, operation), one per Kafka ACL."""
+    out = []
+    for grant in GRANTS.get(component, ()):
+        for name in grant.names:
+            for op in grant.operations:
+                out.append((grant.resource, name, grant.prefixed, op))
+    return out
