@@ -9,14 +9,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from deploy.local.stack import free_port
+from schemas import clients
+from schemas.clients import Connection, read_properties_file
 from schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,12 +42,45 @@ def cli(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.Com
                           text=True, timeout=timeout, check=False)  # fmt: skip
 
 
-def start_stack(env: dict[str, str]) -> tuple[str, str]:
-    """``up``, ``topics create``, ``schemas register`` through the CLI; the bootstrap servers and registry URL."""
-    for args in (("up",), ("topics", "create"), ("schemas", "register")):
-        done = cli(env, *args)
+@dataclass(frozen=True)
+class FlowStack:
+    """A private stack started through the CLI; on a secured one each component has its own credentials."""
+
+    env: dict[str, str]
+    secure: bool = False
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.env['PASSERELLE_KAFKA_PORT']}"
+
+    def env_for(self, component: str) -> dict[str, str]:
+        """The environment a component's process runs with: on a secured stack, its credentials file's lines."""
+        if not self.secure:
+            return dict(self.env)
+        lines = (Path(self.env["PASSERELLE_STATE_DIR"]) / "secure" / f"{component}.env").read_text().splitlines()
+        return {**self.env, **dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))}
+
+    def conn(self, component: str = "admin") -> Connection:
+        """The component's connection, as its settings would build it."""
+        env = self.env_for(component)
+        registry_url = env.get("PASSERELLE_SCHEMA_REGISTRY_URL", f"http://127.0.0.1:{env['PASSERELLE_REGISTRY_PORT']}")
+        if not self.secure:
+            return Connection.plain(self.bootstrap, registry_url)
+        kafka = read_properties_file(Path(env["PASSERELLE_KAFKA_CONFIG_FILE"]))
+        kafka.pop("bootstrap.servers", None)
+        registry = {"basic.auth.user.info": env["PASSERELLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO"],
+                    "ssl.ca.location": env["PASSERELLE_SCHEMA_REGISTRY_SSL_CA_LOCATION"]}  # fmt: skip
+        return Connection(self.bootstrap, registry_url, kafka, registry)
+
+
+def start_stack(env: dict[str, str], secure: bool = False) -> FlowStack:
+    """``up`` (``--secure``), ``topics create``, ``schemas register`` through the CLI, as the deployment would."""
+    stack = FlowStack(env, secure)
+    for component, args in ((None, ("up", "--secure") if secure else ("up",)), ("deploy", ("topics", "create")),
+                            ("deploy", ("schemas", "register"))):  # fmt: skip
+        done = cli(stack.env_for(component) if component else env, *args)  # credentials exist once `up` ran
         assert done.returncode == 0, f"passerelle {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-    return f"127.0.0.1:{env['PASSERELLE_KAFKA_PORT']}", f"http://127.0.0.1:{env['PASSERELLE_REGISTRY_PORT']}"
+    return stack
 
 
 def may_be_emailed(profile: dict[str, Any] | None) -> bool:
@@ -131,16 +166,15 @@ def metric_total(text: str, name: str, **labels: str) -> float:
 class TopicTail:
     """Reads a whole topic from its beginning (``read_committed``, no consumer group) and keeps reading."""
 
-    def __init__(self, bootstrap: str, registry_url: str, topic: str) -> None:
+    def __init__(self, conn: Connection, topic: str) -> None:
         self.topic = topic
-        self.consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": f"e2e-tail-{topic}-{time.monotonic_ns()}",
-             "enable.auto.commit": False, "isolation.level": "read_committed"}
-        )  # fmt: skip
+        self.consumer = clients.consumer(
+            conn, f"e2e-tail-{topic}-{time.monotonic_ns()}", {"isolation.level": "read_committed"}
+        )
         partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         assert partitions, f"topic {topic} has no partitions"
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(partitions)])
-        self.decoder = AvroDecoder(SchemaCache(registry_fetcher(SchemaRegistryClient({"url": registry_url}))))
+        self.decoder = AvroDecoder(SchemaCache(registry_fetcher(clients.registry_client(conn))))
         self.records: list[tuple[Any, Any]] = []  # (decoded key, decoded value)
 
     def poll(self, seconds: float = 0.3) -> list[Any]:

@@ -46,12 +46,19 @@ PROMO_CODE = "COMEBACK10"  # the default of PASSERELLE_REMARKETING_PROMO_CODE
 FLOW_TIMEOUT_S = 90
 
 
+COMPONENT = {"collector": "collector", "enrich": "enrich", "carts": "carts", "remarketing": "remarketing",
+             "bridge": "emailing"}  # fmt: skip
+"""Which credentials each process runs with on the secured stack (the stand-in does not touch Kafka)."""
+
+
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("secure", [False, True], ids=["plaintext", "secured"])
 def test_abandoned_carts_become_remarketing_emails_delivered_once_each(
-    stack_env: dict[str, str], tmp_path: Path
+    stack_env: dict[str, str], tmp_path: Path, secure: bool
 ) -> None:
+    """On the secured stack (SASL_SSL, ACLs, registry with basic auth over HTTPS) every process has its own user."""
     env = stack_env
-    bootstrap, registry = start_stack(env)
+    stack = start_stack(env, secure=secure)
 
     # The generator's own account of who abandons a cart, and the CRM it publishes.
     shop = Shop(SEED, int(time.time() * 1000) - 8 * HOUR, site=SITE, span_ms=8 * HOUR, customers=CUSTOMERS)
@@ -65,8 +72,8 @@ def test_abandoned_carts_become_remarketing_emails_delivered_once_each(
         for event in journey.events:
             if event["type"] == "order" and event.get("customer_id"):
                 orders.setdefault(event["customer_id"], []).append(int(event["event_time"]))
-    publish_campaigns(shop.campaigns(), bootstrap, registry)
-    publish_profiles(list(profiles.values()), bootstrap, registry)
+    publish_campaigns(shop.campaigns(), stack.conn("generator"))
+    publish_profiles(list(profiles.values()), stack.conn("generator"))
 
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -89,7 +96,8 @@ def test_abandoned_carts_become_remarketing_emails_delivered_once_each(
     started = time.monotonic()
     try:
         for name, args, extra in specs:
-            procs.append(Proc(name, args, {**env, **extra}, logs))
+            base = stack.env_for(COMPONENT[name]) if name in COMPONENT else env
+            procs.append(Proc(name, args, {**base, **extra}, logs))
         wait_until(lambda: http_ok(f"{partner_url}/_control"), 30, "the partner stand-in", procs)
         wait_until(lambda: http_ok(f"http://127.0.0.1:{collector_port}/healthz"), 30, "the collector", procs)
         partner.control(fail_ratio=0.2, status=500)
@@ -111,7 +119,7 @@ def test_abandoned_carts_become_remarketing_emails_delivered_once_each(
         print(f"posted {sent.events} events of {VISITORS} visitors in {sent.elapsed_s:.1f}s")
 
         for topic in ("carts.abandoned", "remarketing.messages", "remarketing.deliveries"):
-            tails_[topic] = TopicTail(bootstrap, registry, topic)
+            tails_[topic] = TopicTail(stack.conn(), topic)
 
         def expected() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
             """From carts.abandoned: the carts that must start a sequence (by event id), and who may be emailed."""

@@ -76,7 +76,7 @@ POST_CHUNK = 2000  # events posted between two time stamps (when an order reache
 def test_remarketing_survives_sigkills_and_partner_failures(stack_env: dict[str, str], tmp_path: Path) -> None:
     env = stack_env
     started = time.monotonic()
-    bootstrap, registry = start_stack(env)
+    stack = start_stack(env)
 
     shop = Shop(SHOP_SEED, int(time.time() * 1000) - 8 * HOUR, site=SITE, span_ms=8 * HOUR, customers=CUSTOMERS)
     journeys = list(shop.journeys(VISITORS))
@@ -90,8 +90,8 @@ def test_remarketing_survives_sigkills_and_partner_failures(stack_env: dict[str,
             if event["type"] == "order" and event.get("customer_id"):
                 orders.setdefault(event["customer_id"], []).append((int(event["event_time"]), event["event_id"]))
     events = shop.events(VISITORS)
-    publish_campaigns(shop.campaigns(), bootstrap, registry)
-    publish_profiles(list(profiles.values()), bootstrap, registry)
+    publish_campaigns(shop.campaigns(), stack.conn("generator"))
+    publish_profiles(list(profiles.values()), stack.conn("generator"))
 
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -164,7 +164,7 @@ def test_remarketing_survives_sigkills_and_partner_failures(stack_env: dict[str,
         print(f"posted {sent.events} events in {post_s:.1f}s ({sent.events / post_s:.0f}/s)")
 
         for topic in ("carts.abandoned", "remarketing.messages", "remarketing.deliveries"):
-            tails_[topic] = TopicTail(bootstrap, registry, topic)
+            tails_[topic] = TopicTail(stack.conn(), topic)
 
         def eligible_carts() -> dict[str, dict[str, Any]]:
             carts = {c["event_id"]: c for c in tails_["carts.abandoned"].values()}
