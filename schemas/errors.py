@@ -19,3 +19,11 @@ class SerializationError(Exception):
     def __init__(self, message: str, stage: str = "deserialize") -> None:
         super().__init__(message)
         self.stage = stage
+
+
+class RegistryUnavailableError(Exception):
+    """The registry did not answer (connection refused, timeout, 5xx): retry later, the record is not poison.
+
+    Only a definite "not found" makes a record undecodable; an outage must
+    never send valid records to the dead-letter topic.
+    """

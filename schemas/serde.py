@@ -14,13 +14,14 @@ import io
 import json
 import struct
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import fastavro
 from fastavro.types import Schema as FastavroSchema
 
-from schemas.errors import ContractError, SerializationError
+from schemas.errors import ContractError, RegistryUnavailableError, SerializationError
 
 MAGIC_BYTE = 0
 HEADER = struct.Struct(">bI")
@@ -121,11 +122,14 @@ class SchemaCache:
     callback thread as well as from the processing loop.
     """
 
-    def __init__(self, fetch: SchemaFetcher) -> None:
+    def __init__(self, fetch: SchemaFetcher, retry_after_s: float = 1.0) -> None:
         self._fetch = fetch
         self._parsed: dict[int, FastavroSchema] = {}
         self._texts: dict[int, str] = {}
         self._lock = threading.Lock()
+        self._retry_after_s = retry_after_s
+        self._down_until = 0.0
+        self._down_reason = ""
 
     def get(self, schema_id: int) -> FastavroSchema:
         parsed = self._parsed.get(schema_id)
@@ -133,10 +137,19 @@ class SchemaCache:
             return parsed
         with self._lock:
             if schema_id not in self._parsed:
+                if time.monotonic() < self._down_until:
+                    # The registry just failed: do not wait on it again for every partition of the batch.
+                    raise RegistryUnavailableError(f"schema id {schema_id} not fetched yet: {self._down_reason}")
                 try:
                     text = self._fetch(schema_id)
                 except Exception as exc:
-                    raise SerializationError(f"unknown schema id {schema_id}: {exc}") from exc
+                    if _definitely_missing(exc):
+                        raise SerializationError(f"unknown schema id {schema_id}: {exc}") from exc
+                    self._down_until = time.monotonic() + self._retry_after_s
+                    self._down_reason = f"registry unavailable ({exc})"
+                    raise RegistryUnavailableError(
+                        f"schema id {schema_id} could not be fetched (registry unavailable?): {exc}"
+                    ) from exc
                 self._texts[schema_id] = text
                 self._parsed[schema_id] = parse(text)
             return self._parsed[schema_id]
@@ -150,6 +163,12 @@ class SchemaCache:
     def text(self, schema_id: int) -> str:
         self.get(schema_id)
         return self._texts[schema_id]
+
+
+def _definitely_missing(exc: BaseException) -> bool:
+    """A registry's own "no such schema" (HTTP 404, Confluent 40403), not an outage or a timeout."""
+    status = getattr(exc, "http_status_code", None)
+    return status == 404 or getattr(exc, "error_code", None) in (40403, 40401)
 
 
 def registry_fetcher(client: RegistryLike) -> SchemaFetcher:

@@ -23,7 +23,8 @@ def _carts(args: argparse.Namespace) -> int:
     processor = CartTrackerProcessor(
         CartTopics(), CartConfig(abandon_after_ms=int(settings.cart_abandon_minutes * 60_000))
     )
-    runner = Runner(processor, runner_config(settings, args.app_id, output_schemas(catalog, list(processor.outputs))))
+    runner = Runner(processor, runner_config(settings, args.app_id, output_schemas(catalog, list(processor.outputs)),
+                                             output_schemas(catalog, list(processor.inputs))))  # fmt: skip
     runner.install_signal_handlers()
     log.info("cart tracker running as %s/%s (%s)", args.app_id, settings.instance_id, settings.processing_guarantee)
     runner.run()

@@ -16,11 +16,14 @@ log = logging.getLogger(__name__)
 
 
 def output_schemas(catalog: Catalog, topics: list[str]) -> dict[str, str]:
-    """Value schema text per output topic, from the catalog (the single source of contracts)."""
+    """Value schema text per topic, from the catalog (the single source of contracts)."""
     return {t: catalog.schema_text(catalog.topic(t).value_schema) for t in topics}
 
 
-def runner_config(settings: ProcessorSettings, app_id: str, outputs: dict[str, str]) -> RunnerConfig:
+def runner_config(
+    settings: ProcessorSettings, app_id: str, outputs: dict[str, str], inputs: dict[str, str] | None = None
+) -> RunnerConfig:
+    """``inputs``: the reader schema of each input topic (a record of another shape is poison, not misread)."""
     from streams.runtime import ErrorBudget, RunnerConfig
 
     return RunnerConfig(
@@ -28,6 +31,7 @@ def runner_config(settings: ProcessorSettings, app_id: str, outputs: dict[str, s
         bootstrap_servers=settings.bootstrap_servers,
         schema_registry_url=settings.schema_registry_url,
         output_schemas=outputs,
+        input_schemas=inputs or {},
         instance_id=settings.instance_id,
         exactly_once=settings.processing_guarantee == "exactly_once",
         commit_interval_ms=settings.commit_interval_ms,
@@ -56,7 +60,8 @@ def _enrich(args: argparse.Namespace) -> int:
         attribution=AttributionConfig(tuple(f.strip() for f in settings.attribution_precedence.split(",") if f)),
     )
     processor = EnrichmentProcessor(config=config)
-    runner = Runner(processor, runner_config(settings, args.app_id, output_schemas(catalog, list(processor.outputs))))
+    runner = Runner(processor, runner_config(settings, args.app_id, output_schemas(catalog, list(processor.outputs)),
+                                             output_schemas(catalog, list(processor.inputs))))  # fmt: skip
     runner.install_signal_handlers()
     log.info("enrichment running as %s/%s (%s)", args.app_id, settings.instance_id, settings.processing_guarantee)
     runner.run()

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from schemas.clients.connection import Connection
 from schemas.clients.errors import KafkaConfigError
 from schemas.clients.redact import redact
 
+REQUEST_TIMEOUT_S = 10.0
+"""Per HTTP request: a registry that hangs is an outage to report and retry, not a loop stuck forever."""
 
-def registry_config(conn: Connection) -> dict[str, str]:
+
+def registry_config(conn: Connection) -> dict[str, Any]:
     """``SchemaRegistryClient`` configuration: URL, then basic auth / bearer token / TLS properties.
 
     A bare ``bearer.auth.token`` means a static token (Karapace, Apicurio, a
     gateway): the credentials source and the logical cluster header the client
     requires are filled in.
     """
-    conf: dict[str, str] = {"url": conn.registry_url, **conn.registry}
+    conf: dict[str, Any] = {"url": conn.registry_url, "timeout": REQUEST_TIMEOUT_S, **conn.registry}
     if "bearer.auth.token" in conf:
         conf.setdefault("bearer.auth.credentials.source", "STATIC_TOKEN")
         conf.setdefault("bearer.auth.logical.cluster", "")

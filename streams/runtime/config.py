@@ -44,6 +44,7 @@ class RunnerConfig(Connects):
     bootstrap_servers: str
     schema_registry_url: str
     output_schemas: Mapping[str, str]
+    input_schemas: Mapping[str, str] = field(default_factory=dict)  # reader schema per input topic
     instance_id: str = "0"
     exactly_once: bool = True
     commit_interval_ms: int = 100
@@ -68,6 +69,8 @@ class RunnerConfig(Connects):
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
     producer_overrides: dict[str, Any] = field(default_factory=dict)
     connection: Connection | None = None  # credentials and TLS; None: plaintext to bootstrap_servers
+    max_record_bytes: int = 999_000  # key + value + headers; librdkafka refuses more than message.max.bytes (1e6)
+    registry_retry_max_s: float = 5.0  # longest back-off while the schema registry does not answer
 
     def commit_due(self, since_last_ms: int, caught_up: bool, uncommitted: bool) -> bool:
         """Whether this loop turn commits.

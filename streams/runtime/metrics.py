@@ -24,6 +24,11 @@ class RuntimeMetrics:
         self.dead_letters = Counter(
             "passerelle_dead_letters_total", "Records sent to the dead-letter topic", [*p, "stage"], registry=r
         )
+        self.registry_retries = Counter(
+            "passerelle_schema_registry_retries_total",
+            "Records that waited because the schema registry did not answer (retried, never dead-lettered)",
+            p, registry=r,
+        )  # fmt: skip
         self.batch_size = Histogram(
             "passerelle_batch_size_records", "Records per consumed batch", p, buckets=BATCH_BUCKETS, registry=r
         )

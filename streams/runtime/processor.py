@@ -7,7 +7,7 @@ Kafka work. Logic never imports Kafka, so it is tested with plain lists, a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,8 @@ class Context:
     now_ms: int = 0
     stream_time: int = -1
     failures: list[tuple[InRecord, BaseException, str]] = field(default_factory=list)
+    seal: Callable[[Sequence[OutRecord]], None] | None = None
+    """Set by the runner: encodes one record's outputs now and raises if one cannot be written."""
 
     def store(self, name: str) -> KeyValueStore:
         return self.stores[name]
@@ -57,6 +59,37 @@ class Context:
         """Hand a record to the dead-letter topic; processing of the others goes on."""
         self.failures.append((record, error, stage))
 
+    def apply(
+        self, record: InRecord, handle: Callable[[InRecord, Context], Iterable[OutRecord] | None]
+    ) -> Sequence[OutRecord]:
+        """Run ``handle`` on one record as a unit: its outputs and state changes, or a dead letter and nothing.
+
+        A record whose processing raises, or one of whose outputs cannot be
+        encoded or is too large to write, leaves no trace but its dead letter:
+        the state it changed is rolled back, the records before and after it
+        are untouched.
+        """
+        stores = self.stores.values()
+        for store in stores:
+            store.begin()
+        stage = "process"
+        try:
+            produced = handle(record, self)
+            outputs: Sequence[OutRecord] = produced if isinstance(produced, list) else list(produced or ())
+            if outputs and self.seal is not None:
+                stage = "serialize"
+                self.seal(outputs)
+        except Exception as exc:
+            for store in stores:
+                store.rollback()
+            if getattr(exc, "fatal", False):
+                raise
+            self.fail(record, exc, getattr(exc, "stage", stage) if stage == "serialize" else stage)
+            return ()
+        for store in stores:
+            store.release()
+        return outputs
+
 
 class Processor:
     """Base class: override ``process_one`` (or ``process`` for batch logic) and ``on_timer``."""
@@ -67,18 +100,14 @@ class Processor:
     outputs: Sequence[str] = ()
     stores: Sequence[StoreSpec] = ()
     tables: Sequence[TableSpec] = ()
+    tombstone_inputs: Sequence[str] = ()
+    """Inputs where a null value means something (a compacted table read as a stream); elsewhere it is poison."""
 
     def process(self, records: Sequence[InRecord], ctx: Context) -> Iterable[OutRecord]:
         """Default batch handling: one record at a time, a failing record becomes a dead letter."""
         out: list[OutRecord] = []
         for record in records:
-            try:
-                produced = self.process_one(record, ctx)
-            except Exception as exc:
-                ctx.fail(record, exc)
-                continue
-            if produced:
-                out.extend(produced)
+            out.extend(ctx.apply(record, self.process_one))
         return out
 
     def process_one(self, record: InRecord, ctx: Context) -> Iterable[OutRecord] | None:

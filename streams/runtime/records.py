@@ -50,7 +50,7 @@ class OutRecord:
     time so event time flows through; ``partition`` is left to the partitioner.
     """
 
-    __slots__ = ("headers", "key", "partition", "timestamp", "topic", "value")
+    __slots__ = ("encoded", "headers", "key", "partition", "timestamp", "topic", "value")
 
     def __init__(
         self,
@@ -67,6 +67,7 @@ class OutRecord:
         self.timestamp = timestamp
         self.headers = headers
         self.partition = partition
+        self.encoded: tuple[bytes | None, bytes | None] | None = None  # (key, value) once the runner sealed it
 
     def __repr__(self) -> str:
         return f"OutRecord({self.topic} key={self.key!r} value={self.value!r})"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import logging
 import signal
 import time
@@ -31,9 +32,10 @@ from confluent_kafka.admin import NewTopic
 
 from schemas import clients
 from schemas.clients.kafka import classify, topic_error
+from schemas.errors import RegistryUnavailableError, SerializationError
 from schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
 from streams.runtime.config import RunnerConfig
-from streams.runtime.deadletter import dead_letter_headers
+from streams.runtime.deadletter import DEAD_LETTER_PREFIX, dead_letter_headers
 from streams.runtime.metrics import RuntimeMetrics
 from streams.runtime.processor import Context, Processor, make_context
 from streams.runtime.records import InRecord, OutRecord
@@ -44,6 +46,7 @@ from streams.runtime.timers import TIMER_STORE
 log = logging.getLogger(__name__)
 
 LATENCY_SAMPLE = 16  # records per batch whose event-to-emit latency is observed
+KEPT_BYTES = 64 * 1024  # of a record too large for the dead-letter topic: this much is kept, with size and digest
 
 
 class FatalRuntimeError(Exception):
@@ -51,6 +54,18 @@ class FatalRuntimeError(Exception):
 
     user_error = True
     exit_code = 5
+    fatal = True  # never turned into a dead letter by the per-record handling
+
+
+class RecordTooLargeError(SerializationError):
+    """An output or a state value larger than a Kafka record may be: dead-lettered, never produced."""
+
+    def __init__(self, message: str, stage: str = "produce") -> None:
+        super().__init__(message, stage)
+
+
+class NullValueError(SerializationError):
+    """A null value (tombstone) on an input where records must carry a value."""
 
 
 def _hidden(conn: clients.Connection) -> str:
@@ -128,7 +143,8 @@ class Runner:
         if msgs:
             self._handle(msgs, now)
         self._fire_wall_timers(now)
-        if self.config.commit_due(now - self._last_commit, self._caught_up, self._uncommitted):
+        # The clock again: a slow turn (a registry outage, a huge batch) must not postpone the commit it made due.
+        if self.config.commit_due(self.config.clock() - self._last_commit, self._caught_up, self._uncommitted):
             self._commit()
 
     def _next_batch(self) -> list[Any]:
@@ -162,8 +178,15 @@ class Runner:
         meta = clients.ensure_reachable(conn)
         registry = clients.registry_client(conn)
         cache = SchemaCache(registry_fetcher(registry))
-        self._decode_value = AvroDecoder(cache).decode
+        self._decoders = {
+            topic: AvroDecoder(cache, reader_schema=cfg.input_schemas.get(topic)).decode
+            for topic in self.processor.inputs
+        }
+        self._decode_value = AvroDecoder(cache).decode  # lookup tables: whatever their writers registered
         self._decode_key = self._key_decoder(AvroDecoder(cache))
+        self._tombstone_inputs = frozenset(self.processor.tombstone_inputs)
+        self._registry_backoff = 0.0
+        self._registry_warned = 0.0
         self._encoders: dict[str, AvroEncoder] = {}
         self._key_encoders: dict[str, AvroEncoder] = {}
         for topic in self.processor.outputs:
@@ -348,6 +371,8 @@ class Runner:
         started = time.monotonic()
         rc = self._restore_consumer
         contexts = {p: make_context(self.processor, p, self._table_data, self._table_deleted) for p in partitions}
+        for ctx in contexts.values():
+            ctx.seal = self._seal
         targets: dict[tuple[str, int], Any] = {}
         for p, ctx in contexts.items():
             for spec in self._stores:
@@ -393,7 +418,9 @@ class Runner:
         started = time.perf_counter()
         groups: dict[tuple[str, int], list[InRecord]] = {}
         positions = self._positions
-        decode_key, decode_value = self._decode_key, self._decode_value
+        decode_key, decoders = self._decode_key, self._decoders
+        tombstones = self._tombstone_inputs
+        waiting: dict[tuple[str, int], int] = {}  # partitions stopped at a record whose schema cannot be fetched
         failures = 0
         for msg in msgs:
             err = msg.error()
@@ -406,15 +433,28 @@ class Runner:
                 log.warning("consumer: %s", err)
                 continue
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            positions[(topic, partition)] = offset + 1
+            where = (topic, partition)
+            if where in waiting:
+                continue  # the partition goes on from the record that waits, in order
             raw_key, raw_value = msg.key(), msg.value()
             try:
                 key = decode_key(raw_key)
-                value = None if raw_value is None else decode_value(raw_value)
+                if raw_value is not None:
+                    value = decoders[topic](raw_value)
+                elif topic in tombstones:
+                    value = None
+                else:
+                    raise NullValueError("null value (a tombstone) on a topic whose records must carry one")
+            except RegistryUnavailableError as exc:
+                waiting[where] = offset
+                self._registry_unavailable(exc)
+                continue
             except Exception as exc:
+                positions[where] = offset + 1
                 self._dead_letter_raw(topic, partition, offset, raw_key, raw_value, msg.headers(), exc, "deserialize")
                 failures += 1
                 continue
+            positions[where] = offset + 1
             record = InRecord(
                 topic, partition, offset, msg.timestamp()[1], key, value, msg.headers(), raw_key, raw_value
             )
@@ -451,6 +491,10 @@ class Runner:
             emit_ms = self.config.clock()
             for record in sample:
                 self._m_e2e.observe(max(0, emit_ms - record.timestamp) / 1000)
+        if waiting:
+            self._wait_for_registry(waiting)
+        else:
+            self._registry_backoff = 0.0
         self.records_in += len(msgs)
         self._m_batch.observe(len(msgs))
         self._m_proc.observe(time.perf_counter() - started)
@@ -458,17 +502,66 @@ class Runner:
         assert self._producer is not None
         self._producer.poll(0)
 
+    def _wait_for_registry(self, waiting: dict[tuple[str, int], int]) -> None:
+        """Rewind the partitions stopped at a record the registry could not describe, then back off.
+
+        The partition goes on from that very record once the registry answers:
+        nothing is dead-lettered, nothing is skipped, its order is kept.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        for (topic, partition), offset in waiting.items():
+            try:
+                consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:  # revoked meanwhile: its next owner starts from the committed offset
+                log.debug("seek %s[%d]@%d: %s", topic, partition, offset, exc)
+        self._registry_backoff = min(self.config.registry_retry_max_s, max(0.1, self._registry_backoff * 2))
+        time.sleep(self._registry_backoff)
+
+    def _registry_unavailable(self, exc: RegistryUnavailableError) -> None:
+        self.metrics.registry_retries.labels(self._name).inc()
+        now = time.monotonic()
+        if now - self._registry_warned >= 10:
+            self._registry_warned = now
+            log.warning("%s: %s; retrying (records wait, none is dead-lettered)", self._name, exc)
+
+    def _encode(self, out: OutRecord) -> tuple[bytes | None, bytes | None]:
+        """Key and value bytes of an output, or an error saying why it cannot be written."""
+        topic = out.topic
+        encoder = self._encoders.get(topic)
+        if encoder is None:
+            raise FatalRuntimeError(f"processor {self._name} emitted to undeclared topic '{topic}'")
+        value = None if out.value is None else encoder.encode(out.value)
+        key = None if out.key is None else self._key_encoders[topic].encode(out.key)
+        size = (len(value) if value else 0) + (len(key) if key else 0)
+        if out.headers:
+            size += sum(len(name) + len(data or b"") for name, data in out.headers)
+        if size > self.config.max_record_bytes:
+            raise RecordTooLargeError(
+                f"output to {topic} of {size} bytes exceeds the {self.config.max_record_bytes}-byte record limit"
+            )
+        return key, value
+
+    def _seal(self, outputs: Sequence[OutRecord]) -> None:
+        """Encode one input record's outputs now, so one that cannot be written fails that record alone."""
+        for out in outputs:
+            out.encoded = self._encode(out)
+
     def _emit(self, outputs: Iterable[OutRecord]) -> None:
         produce = self._producer.produce  # type: ignore[union-attr]
-        encoders, key_encoders = self._encoders, self._key_encoders
         per_topic: dict[str, int] = {}
         for out in outputs:
             topic = out.topic
-            encoder = encoders.get(topic)
-            if encoder is None:
-                raise FatalRuntimeError(f"processor {self._name} emitted to undeclared topic '{topic}'")
-            value = None if out.value is None else encoder.encode(out.value)
-            key = None if out.key is None else key_encoders[topic].encode(out.key)
+            if out.encoded is not None:
+                key, value = out.encoded
+            else:  # timers, table changes, restores: no input record to fail, the output alone is dead-lettered
+                try:
+                    key, value = self._encode(out)
+                except FatalRuntimeError:
+                    raise
+                except Exception as exc:
+                    self._dead_letter_output(out, exc)
+                    continue
             try:
                 if out.partition is None and out.timestamp is None and not out.headers:
                     produce(topic, value, key)
@@ -476,6 +569,9 @@ class Runner:
                     produce(topic, value, key, **self._produce_kwargs(out))
             except BufferError:
                 clients.produce(self._producer, topic, value, key, **self._produce_kwargs(out))  # type: ignore[arg-type]
+            except KafkaException as exc:  # refused by the client (size, unknown partition): never the whole batch
+                self._dead_letter_output(out, exc, key, value)
+                continue
             per_topic[topic] = per_topic.get(topic, 0) + 1
         for topic, count in per_topic.items():
             self._m_out[topic].inc(count)
@@ -536,13 +632,42 @@ class Runner:
         error: BaseException,
         stage: str,
     ) -> None:
-        hdrs = dead_letter_headers(
-            topic=topic, partition=partition, offset=offset, stage=stage, error=error,
-            processor=self._name, original=list(headers or []),
-        )  # fmt: skip
-        clients.produce(self._producer, self.config.dead_letter_topic, value, key, headers=hdrs)  # type: ignore[arg-type]
+        context = {"topic": topic, "partition": partition, "offset": offset, "stage": stage, "error": error,
+                   "processor": self._name}  # fmt: skip
+        hdrs = dead_letter_headers(**context, original=list(headers or []))  # type: ignore[arg-type]
+        size = len(key or b"") + len(value or b"") + sum(len(k) + len(v or b"") for k, v in hdrs)
+        if size > self.config.max_record_bytes:
+            # Too large for any topic: keep the start, the size and a digest, so it can be found and judged.
+            hdrs += [
+                (DEAD_LETTER_PREFIX + "original.size", str(len(value or b"")).encode()),
+                (DEAD_LETTER_PREFIX + "original.sha256", hashlib.sha256(value or b"").hexdigest().encode()),
+                (DEAD_LETTER_PREFIX + "truncated", b"true"),
+            ]
+            key, value = (key[:KEPT_BYTES] if key else key), (value[:KEPT_BYTES] if value else value)
+        producer, dlq = self._producer, self.config.dead_letter_topic
+        assert producer is not None
+        try:
+            clients.produce(producer, dlq, value, key, headers=hdrs)
+        except KafkaException as exc:  # even that refused: the error alone, without the record's own bytes
+            log.warning("dead letter of %s[%d]@%d refused (%s): headers only", topic, partition, offset, exc)
+            try:
+                clients.produce(producer, dlq, None, None, headers=dead_letter_headers(**context))  # type: ignore[arg-type]
+            except KafkaException as again:
+                raise FatalRuntimeError(f"cannot write to the dead-letter topic {dlq}: {again}") from None
         self.metrics.dead_letters.labels(self._name, stage).inc()
         log.debug("dead letter %s[%d]@%d (%s): %s", topic, partition, offset, stage, error)
+
+    def _dead_letter_output(
+        self, out: OutRecord, error: BaseException, key: bytes | None = None, value: bytes | None = None
+    ) -> None:
+        """An output that cannot be written (no input record to blame): its bytes, or its text, as a dead letter."""
+        if value is None and out.value is not None:
+            value = repr(out.value).encode(errors="replace")
+        if key is None and out.key is not None:
+            key = str(out.key).encode(errors="replace")
+        stage = getattr(error, "stage", "produce") if isinstance(error, SerializationError) else "produce"
+        log.error("%s: output to %s not written (%s): %s", self._name, out.topic, stage, error)
+        self._dead_letter_raw(out.topic, -1, -1, key, value, out.headers, error, stage)
 
     def _table_changed(self, name: str) -> Callable[[Any, Any, Any], None]:
         def changed(key: Any, old: Any, new: Any) -> None:
@@ -576,9 +701,24 @@ class Runner:
                     continue
                 wrote = True
                 topic = spec.changelog_topic(app)
+                store = ctx.stores[spec.name]
                 for key, value in changes:
+                    if value is not None and len(key) + len(value) > self.config.max_record_bytes:
+                        self._state_too_large(store, topic, partition, key, value)
+                        value = None  # the key's tombstone: a restore finds what memory holds
                     clients.produce(producer, topic, value, key, partition=partition)
         return wrote
+
+    def _state_too_large(self, store: Any, topic: str, partition: int, key: bytes, value: bytes) -> None:
+        """A state value no changelog record can hold: dead-letter it and forget the key (memory = changelog)."""
+        size = len(key) + len(value)
+        error = RecordTooLargeError(
+            f"state {store.name}[{key.decode(errors='replace')}] of {size} bytes exceeds the "
+            f"{self.config.max_record_bytes}-byte record limit: forgotten", stage="state"
+        )  # fmt: skip
+        log.error("%s: %s", self._name, error)
+        self._dead_letter_raw(topic, partition, -1, key, value, None, error, "state")
+        store.forget(key.decode())
 
     def _commit(self, sync: bool = False) -> None:
         """Flush state, outputs and offsets together; per interval, never per record.

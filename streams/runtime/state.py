@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _DELETED = object()
+_ABSENT = object()
 
 
 def json_dumps(value: Any) -> bytes:
@@ -38,9 +39,17 @@ class StoreSpec:
 
 
 class KeyValueStore:
-    """In-memory store for one partition; string keys, JSON-able values by default."""
+    """In-memory store for one partition; string keys, JSON-able values by default.
 
-    __slots__ = ("_data", "_dirty", "name", "partition", "spec")
+    ``begin``/``rollback``/``release`` bracket one input record: when the record
+    turns out to be a dead letter (its processing raised, or an output cannot
+    be written), what it did to the state is undone. The journal keeps the
+    values ``put``/``delete`` replaced, so a processor that mutates a stored
+    object in place before failing is not undone: build new values, as the
+    processors here do.
+    """
+
+    __slots__ = ("_data", "_dirty", "_undo", "name", "partition", "spec")
 
     def __init__(self, spec: StoreSpec, partition: int) -> None:
         self.spec = spec
@@ -48,6 +57,7 @@ class KeyValueStore:
         self.partition = partition
         self._data: dict[str, Any] = {}
         self._dirty: dict[str, Any] = {}
+        self._undo: list[tuple[str, Any, Any]] | None = None
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._data.get(key, default)
@@ -69,15 +79,42 @@ class KeyValueStore:
 
     def put(self, key: str, value: Any) -> None:
         """Set a value; the store keeps the object, so mutate then ``put`` again to mark it changed."""
+        if self._undo is not None:
+            self._undo.append((key, self._data.get(key, _ABSENT), self._dirty.get(key, _ABSENT)))
         self._data[key] = value
         self._dirty[key] = value
 
     __setitem__ = put
 
     def delete(self, key: str) -> None:
+        if self._undo is not None:
+            self._undo.append((key, self._data.get(key, _ABSENT), self._dirty.get(key, _ABSENT)))
         if key in self._data:
             del self._data[key]
         self._dirty[key] = _DELETED
+
+    # --- one record at a time ----------------------------------------------------
+
+    def begin(self) -> None:
+        """Start journaling: what follows can be undone by ``rollback``."""
+        self._undo = []
+
+    def rollback(self) -> None:
+        """Undo every ``put``/``delete`` since ``begin`` (newest first), then stop journaling."""
+        undo, self._undo = self._undo, None
+        for key, value, dirty in reversed(undo or ()):
+            if value is _ABSENT:
+                self._data.pop(key, None)
+            else:
+                self._data[key] = value
+            if dirty is _ABSENT:
+                self._dirty.pop(key, None)
+            else:
+                self._dirty[key] = dirty
+
+    def release(self) -> None:
+        """Keep what happened since ``begin``; stop journaling."""
+        self._undo = None
 
     def __delitem__(self, key: str) -> None:
         self.delete(key)
@@ -104,5 +141,6 @@ class KeyValueStore:
         else:
             self._data[k] = self.spec.decode(value)
 
-    def discard_changes(self) -> None:
-        self._dirty.clear()
+    def forget(self, key: str) -> None:
+        """Drop a key whose value cannot be written to the changelog (the caller writes its tombstone)."""
+        self._data.pop(key, None)

@@ -16,6 +16,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from schemas import clients
+from schemas.errors import RegistryUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class LookupTable:
         self._partitions = sorted(tmeta.partitions)
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in self._partitions])
         self._eof: set[int] = set()
+        self._warned = 0.0
 
     def restore(self, timeout: float = 120.0) -> int:
         """Read to the end of every partition before processing starts; returns records applied."""
@@ -73,7 +75,10 @@ class LookupTable:
         """Apply whatever arrived since the last call; cheap when nothing did."""
         msgs: list[Any] = self._consumer.consume(max_records, timeout=timeout)
         applied = 0
+        waiting: set[int] = set()
         for msg in msgs:
+            if msg.partition() in waiting:
+                continue
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -94,6 +99,14 @@ class LookupTable:
                     self.deleted.discard(key)
                 if self._restored and self.on_change is not None:
                     self.on_change(key, old, new)
+            except RegistryUnavailableError as exc:
+                # Not poison: read this partition again from this record once the registry answers.
+                waiting.add(msg.partition())
+                self._consumer.seek(TopicPartition(self.topic, msg.partition(), msg.offset()))
+                if time.monotonic() - self._warned >= 10:
+                    self._warned = time.monotonic()
+                    log.warning("lookup table %s: %s; retrying", self.name, exc)
+                continue
             except Exception as exc:
                 if self._on_error is not None:
                     self._on_error(self.topic, raw_key, raw_value, exc)

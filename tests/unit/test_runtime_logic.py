@@ -158,3 +158,66 @@ def test_a_batch_that_did_not_fill_up_means_caught_up() -> None:
     # A steady flow keeps a few records queued at every turn: still caught up.
     assert RunnerConfig.caught_up(queued_batch=37, batch_size=2000)
     assert not RunnerConfig.caught_up(queued_batch=2000, batch_size=2000)  # a full batch: a backlog
+
+
+class _Counting(Processor):
+    """Counts per key and arms a timer; a value of "boom" fails after changing the state."""
+
+    name = "counting"
+    stores = (StoreSpec("counts"),)
+    outputs = ("out",)
+
+    def process_one(self, record: InRecord, ctx: Context) -> Iterable[OutRecord]:
+        counts = ctx.store("counts")
+        counts.put(record.key, counts.get(record.key, 0) + 1)
+        ctx.timers.schedule(record.key, 1_000 + record.offset, kind="wall")
+        if record.value == "boom":
+            raise ValueError("boom")
+        return [OutRecord("out", record.key, record.value)]
+
+
+def test_a_failing_record_leaves_no_state_behind_and_the_others_go_on() -> None:
+    processor = _Counting()
+    ctx = make_context(processor, 0)
+    records = [InRecord("in", 0, n, 0, "k", v) for n, v in enumerate(["a", "boom", "b"])]
+    out = processor.process(records, ctx)
+    assert [o.value for o in out] == ["a", "b"]
+    assert ctx.store("counts").get("k") == 2  # the failed record's increment is undone
+    assert ctx.timers.get("k", kind="wall") == 1_002
+    assert [(r.offset, str(e), stage) for r, e, stage in ctx.failures] == [(1, "boom", "process")]
+    assert dict(ctx.store("counts").take_changes()) == {b"k": b"2"}
+
+
+def test_an_output_that_cannot_be_written_fails_its_record_alone() -> None:
+    processor = _Counting()
+    ctx = make_context(processor, 0)
+
+    class TooLarge(Exception):
+        stage = "produce"
+
+    def seal(outputs: Sequence[OutRecord]) -> None:
+        if any(o.value == "huge" for o in outputs):
+            raise TooLarge("output too large")
+
+    ctx.seal = seal
+    ctx.store("counts").put("k", 5)
+    ctx.store("counts").take_changes()
+    records = [InRecord("in", 0, n, 0, "k", v) for n, v in enumerate(["a", "huge", "b"])]
+    out = processor.process(records, ctx)
+    assert [o.value for o in out] == ["a", "b"]
+    assert ctx.store("counts").get("k") == 7
+    assert [(r.offset, stage) for r, _, stage in ctx.failures] == [(1, "produce")]
+
+
+def test_rollback_restores_deleted_and_new_keys() -> None:
+    store = KeyValueStore(StoreSpec("s"), 0)
+    store.put("kept", 1)
+    store.put("gone", 2)
+    store.take_changes()
+    store.begin()
+    store.delete("gone")
+    store.put("new", 3)
+    store.put("kept", 10)
+    store.rollback()
+    assert (store.get("kept"), store.get("gone"), "new" in store) == (1, 2, False)
+    assert store.take_changes() == []

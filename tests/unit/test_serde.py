@@ -6,8 +6,9 @@ import json
 import struct
 
 import pytest
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from schemas.errors import SerializationError
+from schemas.errors import RegistryUnavailableError, SerializationError
 from schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, frame, split
 
 pytestmark = pytest.mark.unit
@@ -40,7 +41,7 @@ def cache_of(schemas: dict[int, str]) -> tuple[SchemaCache, list[int]]:
     def fetch(schema_id: int) -> str:
         calls.append(schema_id)
         if schema_id not in schemas:
-            raise KeyError(f"no schema {schema_id}")
+            raise SchemaRegistryError(404, 40403, f"Schema {schema_id} not found")
         return schemas[schema_id]
 
     return SchemaCache(fetch), calls
@@ -84,6 +85,26 @@ def test_poison_records_raise_a_serialization_error_naming_the_cause(data: bytes
     with pytest.raises(SerializationError, match=reason) as info:
         AvroDecoder(cache).decode(data)
     assert info.value.stage == "deserialize"
+
+
+def test_a_registry_outage_is_not_poison() -> None:
+    """Connection refused or a 5xx: retry later; only the registry's own "not found" is poison."""
+    for failure in (ConnectionRefusedError("Connection refused"), SchemaRegistryError(503, 50003, "busy")):
+
+        def fetch(schema_id: int, failure: Exception = failure) -> str:
+            raise failure
+
+        with pytest.raises(RegistryUnavailableError, match="schema id 1 could not be fetched"):
+            AvroDecoder(SchemaCache(fetch)).decode(AvroEncoder(1, V1).encode({"id": "a", "n": 1}))
+
+
+def test_a_writer_schema_of_another_record_is_poison_for_a_reader() -> None:
+    """A record written with another record type (another name) is not resolved into the topic's shape."""
+    other = json.dumps({"type": "record", "name": "NotAHit", "fields": [{"name": "id", "type": "string"},
+                                                                       {"name": "n", "type": "long"}]})  # fmt: skip
+    cache, _ = cache_of({1: V1, 3: other})
+    with pytest.raises(SerializationError, match="invalid Avro body"):
+        AvroDecoder(cache, reader_schema=V1).decode(AvroEncoder(3, other).encode({"id": "a", "n": 1}))
 
 
 def test_unencodable_record_is_a_serialize_stage_error() -> None:
