@@ -178,9 +178,30 @@ class CollectorSettings(PasserelleSettings):
     )
     collector_max_events: int = Field(default=500, ge=1, description="Most events in one POST /v1/events")
     collector_max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest POST body, in bytes")
+    collector_max_record_bytes: int = Field(
+        default=65_536,
+        ge=1024,
+        le=1_000_000,
+        description="Largest event once encoded as an Avro Hit; a larger one is rejected (400, or per event in a 207)",
+    )
     collector_trust_forwarded: bool = Field(
         default=False, description="Take the client IP from X-Forwarded-For (only behind a proxy that sets it)"
     )
+    collector_trusted_proxies: str = Field(
+        default="127.0.0.1,::1",
+        description="Comma-separated addresses or networks (10.0.0.0/8) of the proxies whose X-Forwarded-For is "
+        "believed, when PASSERELLE_COLLECTOR_TRUST_FORWARDED is on",
+    )
+    collector_headers_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Time a client has to send a request's headers; the connection closes after"
+    )
+    collector_body_timeout_seconds: float = Field(
+        default=20.0, gt=0, description="Time a client has to send a batch's body; answered 408 after"
+    )
+    collector_max_concurrency: int = Field(
+        default=1000, ge=1, description="Open connections and requests served at once; beyond, 503"
+    )
+    collector_openapi: bool = Field(default=False, description="Serve the API description at /openapi.json")
 
     def collector_config(self, topic: str = "hits.raw") -> CollectorConfig:
         """The plain configuration the collector core takes (it cannot import ``passerelle``)."""
@@ -194,7 +215,13 @@ class CollectorSettings(PasserelleSettings):
             catalog_path=self.catalog,
             max_batch_events=self.collector_max_events,
             max_body_bytes=self.collector_max_body_bytes,
+            max_record_bytes=self.collector_max_record_bytes,
             trust_forwarded=self.collector_trust_forwarded,
+            trusted_proxies=tuple(p.strip() for p in self.collector_trusted_proxies.split(",") if p.strip()),
+            headers_timeout_s=self.collector_headers_timeout_seconds,
+            body_timeout_s=self.collector_body_timeout_seconds,
+            max_concurrency=self.collector_max_concurrency,
+            serve_openapi=self.collector_openapi,
             connection=self.connection(),
         )
 

@@ -4,7 +4,13 @@ Answers are promises: 2xx only once the broker acknowledged every accepted
 event of the request, 503 with ``Retry-After`` when it did not, so that a tag
 or a server-side sender retries instead of losing hits. Invalid events are
 answered 4xx (pixel) or reported per index (batch) and never reach Kafka;
-valid events of a partly invalid batch are delivered anyway.
+valid events of a partly invalid batch are delivered anyway. "Invalid"
+includes what only encoding finds out (too large once encoded, text that is
+not valid Unicode): sending those again can never succeed, so they are never
+answered 503.
+
+A client gets ``body_timeout_s`` to send a body (408 after it) and may
+disconnect at any point: that is one log line, not an application error.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from connectors.collector.config import CollectorConfig
 from connectors.collector.metrics import CollectorMetrics
@@ -39,6 +46,9 @@ log = logging.getLogger(__name__)
 
 PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 """A 1x1 transparent GIF (43 bytes)."""
+
+CLOSE = {"Connection": "close"}
+"""On an answer sent before the request's body was read: the rest of it is not worth reading."""
 
 NO_CACHE = {
     "Cache-Control": "no-cache, no-store, must-revalidate, private, max-age=0",
@@ -80,6 +90,7 @@ class Collector:
         self.metrics = metrics
         self.rules = hit_rules(config)
         self._keys = [(site, key.encode()) for site, key in config.sites.items()]
+        self._proxies = config.forwarding_proxies
 
     # --- shared steps ---------------------------------------------------------------------------
 
@@ -87,7 +98,7 @@ class Collector:
         peer = request.client.host if request.client else None
         return RequestContext(
             received_at_ms=time.time_ns() // 1_000_000,
-            client_ip=client_ip(peer, request.headers.get("x-forwarded-for"), self.config.trust_forwarded),
+            client_ip=client_ip(peer, request.headers.get("x-forwarded-for"), self._proxies),
             user_agent=request.headers.get("user-agent"),
             referer=request.headers.get("referer"),
         )
@@ -97,12 +108,20 @@ class Collector:
         records = [OutRecord(h.visitor_id, h.to_avro(), h.event_time) for h in hits]
         results = await self.producer.send(records)
         self.metrics.produce_seconds.labels(endpoint).observe(time.perf_counter() - started)
-        failed = sum(not r.ok for r in results)
+        failed = rejected = 0
+        for result in results:
+            if not result.ok:
+                if result.rejected:
+                    rejected += 1
+                else:
+                    failed += 1
         if failed:
             self.metrics.events.labels(endpoint, "failed").inc(failed)
             log.warning("%d of %d event(s) not acknowledged: %s", failed, len(results), _first_error(results))
-        if failed < len(results):
-            self.metrics.events.labels(endpoint, "accepted").inc(len(results) - failed)
+        if rejected:
+            self.metrics.events.labels(endpoint, "rejected").inc(rejected)
+        if failed + rejected < len(results):
+            self.metrics.events.labels(endpoint, "accepted").inc(len(results) - failed - rejected)
         return results
 
     def unavailable(self, body: dict[str, Any]) -> JSONResponse:
@@ -118,6 +137,8 @@ class Collector:
             self.metrics.events.labels("pixel", "rejected").inc()
             return JSONResponse({"error": "invalid hit", "errors": exc.errors}, status_code=400, headers=NO_CACHE)
         (result,) = await self.deliver("pixel", [hit])
+        if result.rejected:
+            return JSONResponse({"error": "invalid hit", "errors": [result.error]}, status_code=400, headers=NO_CACHE)
         if not result.ok:
             return self.unavailable({"error": "the hit could not be stored, retry later", "event_id": hit.event_id})
         return Response(PIXEL_GIF, media_type="image/gif", headers=NO_CACHE)
@@ -155,10 +176,19 @@ class Collector:
             if size > limit:
                 raise _Refused(413, f"body of {size} bytes exceeds the limit of {limit} bytes")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise _Refused(413, f"body exceeds the limit of {limit} bytes")
+        timeout = self.config.body_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limit:
+                        raise _Refused(413, f"body exceeds the limit of {limit} bytes")
+        except TimeoutError:
+            log.info("request body not complete after %gs (%d bytes received): answered 408", timeout, len(body))
+            raise _Refused(408, f"request body not received within {timeout:g}s", CLOSE) from None
+        except ClientDisconnect:
+            log.info("client disconnected before sending its whole body (%d bytes received)", len(body))
+            raise _Refused(499, "client disconnected") from None  # nobody reads it; counted in the metrics
         return bytes(body)
 
     def events_of(self, body: bytes) -> list[Any]:
@@ -166,6 +196,8 @@ class Collector:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise _Refused(400, f"body is not valid JSON: {exc}") from None
+        except RecursionError:  # [[[[... within the size limit: the parser recurses once per level
+            raise _Refused(400, "body is not valid JSON: nested too deeply") from None
         events = payload.get("events") if isinstance(payload, dict) else payload
         if not isinstance(events, list):
             raise _Refused(400, 'body must be {"events": [...]} or a JSON array of events')
@@ -200,22 +232,26 @@ class Collector:
             results.append({"index": index, "status": "accepted", "event_id": hit.event_id})
         rejected = len(events) - len(hits)
         if rejected:
-            self.metrics.events.labels("batch", "rejected").inc(rejected)
+            self.metrics.events.labels("batch", "rejected").inc(rejected)  # later ones are counted by deliver()
 
         deliveries = iter(await self.deliver("batch", hits) if hits else [])
         failed = 0
         for entry in results:
             if entry["status"] == "accepted":
                 outcome = next(deliveries)
-                if not outcome.ok:
+                if outcome.rejected:  # final: too large once encoded, not encodable
+                    entry["status"], entry["errors"] = "rejected", [outcome.error]
+                    rejected += 1
+                elif not outcome.ok:
                     entry["status"], entry["errors"] = "failed", [outcome.error]
                     failed += 1
-        body = {"accepted": len(hits) - failed, "rejected": rejected, "failed": failed, "results": results}
+        accepted = len(events) - rejected - failed
+        body = {"accepted": accepted, "rejected": rejected, "failed": failed, "results": results}
         if failed:
             body["error"] = f"{failed} event(s) could not be stored, retry them later"
             return self.unavailable(body)
         del body["failed"]
-        status = 200 if not rejected else 400 if not hits else 207
+        status = 200 if not rejected else 400 if not accepted else 207
         return JSONResponse(body, status_code=status)
 
     # --- operations -----------------------------------------------------------------------------
@@ -242,7 +278,12 @@ def create_app(config: CollectorConfig, producer: HitProducer | None = None) -> 
         finally:
             await asyncio.to_thread(producer.close)
 
-    app = FastAPI(title="passerelle collector", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # The API description is for integrators, not for the public port: published only when asked. No /docs or
+    # /redoc pages either way, which would load their scripts from a CDN.
+    openapi_url = "/openapi.json" if config.serve_openapi else None
+    app = FastAPI(
+        title="passerelle collector", lifespan=lifespan, openapi_url=openapi_url, docs_url=None, redoc_url=None
+    )
     app.state.collector = collector
 
     def timed(endpoint: str, response: Response, started: float) -> Response:

@@ -28,6 +28,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from connectors.collector import refusals
 from connectors.collector.config import CATALOG_TOPIC, CollectorConfig, CollectorStartupError
 from schemas import clients
 from schemas.catalog import load_catalog
@@ -42,11 +43,17 @@ _FIXED = {"enable.idempotence": True, "acks": "all"}
 
 @dataclass(frozen=True)
 class DeliveryResult:
-    """What the broker said about one record: an error, or where it was written."""
+    """What became of one record: where it was written, or an error.
+
+    ``rejected`` errors are final for the event (too large once encoded, not
+    encodable): the client must not send it again. Any other error is
+    transient (no acknowledgement): the client retries.
+    """
 
     error: str | None = None
     partition: int = -1
     offset: int = -1
+    rejected: bool = False
 
     @property
     def ok(self) -> bool:
@@ -207,7 +214,12 @@ class HitProducer:
             producer.poll(0.05)
 
     async def send(self, records: Sequence[OutRecord]) -> list[DeliveryResult]:
-        """Produce ``records``; return once each one is acknowledged, failed, or timed out (in order)."""
+        """Produce ``records``; return once each one is acknowledged, failed, or timed out (in order).
+
+        A record over ``max_record_bytes`` once encoded (key and value, the
+        bytes already made for Kafka: no second serialization to measure it),
+        or one that cannot be encoded, is rejected without being produced.
+        """
         if self._producer is None or self._key_encoder is None or self._value_encoder is None:
             raise RuntimeError("HitProducer.send() before start()")
         loop = asyncio.get_running_loop()
@@ -215,14 +227,18 @@ class HitProducer:
         if self._fatal is not None:
             return [DeliveryResult(f"producer unusable: {self._fatal}")] * len(records)
         deadline = loop.time() + self.config.produce_timeout_s
-        producer, topic = self._producer, self.topic
+        producer, topic, limit = self._producer, self.topic, self.config.max_record_bytes
         key_enc, value_enc = self._key_encoder, self._value_encoder
         for index, record in enumerate(records):
             try:
                 key = key_enc.encode(record.key)
                 value = value_enc.encode(record.value)
             except SerializationError as exc:
-                pending.settle(index, DeliveryResult(str(exc)))
+                pending.settle(index, DeliveryResult(refusals.unencodable(record.value, exc), rejected=True))
+                continue
+            size = len(key) + len(value)
+            if size > limit:
+                pending.settle(index, DeliveryResult(refusals.too_large(size, limit), rejected=True))
                 continue
             callback = functools.partial(pending.delivered, index)
             while True:
@@ -235,7 +251,8 @@ class HitProducer:
                         break
                     await asyncio.sleep(0.005)
                 except KafkaException as exc:
-                    pending.settle(index, DeliveryResult(str(exc)))
+                    refused = refusals.refused_by_producer(exc, size)
+                    pending.settle(index, DeliveryResult(refused or str(exc), rejected=refused is not None))
                     break
         remaining = max(0.0, deadline - loop.time())
         with contextlib.suppress(TimeoutError):

@@ -50,7 +50,17 @@ Amount = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Quantity = Annotated[int, Field(ge=1, le=100_000)]
 
 MAX_CAMPAIGN_PARAMS = 64
+MAX_CAMPAIGN_KEY = 128
+MAX_CAMPAIGN_VALUE = 1024
+"""Bounds of an explicit ``campaign_params`` entry (tag names are short, campaign labels under 1 KiB).
+
+Parameters read from a URL are bounded by the URL's own limit (8 KiB).
+"""
+CampaignKey = Annotated[str, StringConstraints(max_length=MAX_CAMPAIGN_KEY)]
+CampaignValue = Annotated[str, StringConstraints(max_length=MAX_CAMPAIGN_VALUE)]
 MAX_ORDER_LINES = 500
+MAX_LOCATION_PART = 64
+"""Longest part of a field path in an error message: a 900 KB dict key must not come back in the answer."""
 
 
 # --- errors and context ----------------------------------------------------------------------------
@@ -133,17 +143,31 @@ def truncate_ip(value: str | None, ipv4_prefix: int = 24, ipv6_prefix: int = 48)
     return str(ipaddress.ip_network((addr, prefix), strict=False).network_address)
 
 
-def client_ip(peer: str | None, forwarded_for: str | None, trust_forwarded: bool) -> str | None:
-    """The visitor's address: the first ``X-Forwarded-For`` hop behind a trusted proxy, else the peer.
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-    Only trust the header behind a proxy that overwrites it: otherwise any
-    client can claim any address.
+
+def _trusted(value: str | None, proxies: tuple[Network, ...]) -> bool:
+    addr = parse_ip(value)
+    return addr is not None and any(addr in network for network in proxies)
+
+
+def client_ip(peer: str | None, forwarded_for: str | None, proxies: tuple[Network, ...]) -> str | None:
+    """The visitor's address: the peer, unless the peer is a trusted proxy that says who it forwards.
+
+    ``X-Forwarded-For`` is read from the right: each proxy appends the address
+    it received from, so the hops left of the last untrusted one were written
+    by the client itself and prove nothing. The first hop that is not one of
+    ``proxies`` is the client; a hop that is not an address gives None (the
+    proxy's own address would be a wrong answer). No ``proxies``: the header
+    is never read, whoever sends it.
     """
-    if trust_forwarded and forwarded_for:
-        first = forwarded_for.split(",")[0].strip()
-        if first:
-            return first
-    return peer
+    if not proxies or not forwarded_for or not _trusted(peer, proxies):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",")]
+    for hop in reversed(hops):
+        if not _trusted(hop, proxies):
+            return hop if parse_ip(hop) is not None else None
+    return hops[0]  # every hop is one of our proxies: the farthest one is the best we know
 
 
 # --- event time ------------------------------------------------------------------------------------
@@ -263,7 +287,7 @@ class EventIn(BaseModel):
     url: Url
     referrer: Url | None = None
     page: Text | None = None
-    campaign_params: dict[str, str] | None = Field(default=None, max_length=MAX_CAMPAIGN_PARAMS)
+    campaign_params: dict[CampaignKey, CampaignValue] | None = Field(default=None, max_length=MAX_CAMPAIGN_PARAMS)
     product: ProductIn | None = None
     order: OrderIn | None = None
     consent: ConsentIn = Field(default_factory=ConsentIn)
@@ -360,10 +384,15 @@ def format_errors(exc: ValidationError) -> list[str]:
     """pydantic's errors as ``field: message`` lines, without echoing the input values back."""
     lines = []
     for err in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(part) for part in err["loc"])
+        where = ".".join(_location_part(part) for part in err["loc"])
         message = err["msg"].removeprefix("Value error, ")
         lines.append(f"{where}: {message}" if where else message)
     return lines
+
+
+def _location_part(part: str | int) -> str:
+    text = str(part)  # dict keys are part of the location: a client chooses them, and their length
+    return text if len(text) <= MAX_LOCATION_PART else f"{text[:MAX_LOCATION_PART]}...({len(text)} chars)"
 
 
 def _check_site(site: str | None, rules: HitRules) -> str:

@@ -58,10 +58,9 @@ def _server(config: uvicorn.Config, host: str, port: int, topic: str) -> uvicorn
 
 
 def _run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from connectors.collector.app import create_app
     from connectors.collector.producer import HitProducer
+    from connectors.collector.server import uvicorn_config
 
     settings = load(CollectorSettings)
     assert isinstance(settings, CollectorSettings)
@@ -77,9 +76,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         producer.start()  # schemas and Kafka client before serving: start-up errors are one line
         app = create_app(config, producer=producer)
-        server = _server(
-            uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"), host, port, config.topic
-        )
+        options = {"log_level": "warning", "access_log": False, "lifespan": "on"}
+        server = _server(uvicorn_config(app, config, **options), host, port, config.topic)
         server.run(sockets=[sock])
         if not server.started:
             raise PasserelleError("the collector did not start (see the log above)")
@@ -100,7 +98,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "/48) before they reach Kafka. Also GET /healthz and GET /metrics. Stops on Ctrl-C or SIGTERM.",
         epilog="Settings: PASSERELLE_COLLECTOR_SITES (JSON site -> API key, required), PASSERELLE_COLLECTOR_HOST, "
         "PASSERELLE_COLLECTOR_PORT, PASSERELLE_COLLECTOR_MAX_EVENTS, PASSERELLE_COLLECTOR_MAX_BODY_BYTES, "
-        "PASSERELLE_COLLECTOR_TRUST_FORWARDED, PASSERELLE_BOOTSTRAP_SERVERS, PASSERELLE_SCHEMA_REGISTRY_URL.",
+        "PASSERELLE_COLLECTOR_MAX_RECORD_BYTES, PASSERELLE_COLLECTOR_TRUST_FORWARDED, "
+        "PASSERELLE_COLLECTOR_TRUSTED_PROXIES, PASSERELLE_COLLECTOR_HEADERS_TIMEOUT_SECONDS, "
+        "PASSERELLE_COLLECTOR_BODY_TIMEOUT_SECONDS, PASSERELLE_COLLECTOR_MAX_CONCURRENCY, "
+        "PASSERELLE_COLLECTOR_OPENAPI, PASSERELLE_BOOTSTRAP_SERVERS, PASSERELLE_SCHEMA_REGISTRY_URL.",
     )
     p.add_argument("--host", help="address to bind (default: PASSERELLE_COLLECTOR_HOST, 127.0.0.1)")
     p.add_argument("--port", type=int, help="HTTP port (default: PASSERELLE_COLLECTOR_PORT, 8088)")

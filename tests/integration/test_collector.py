@@ -258,7 +258,9 @@ def test_refused_requests_produce_nothing(kafka_bootstrap: str, schema_registry_
 
 
 def test_ip_is_truncated_before_kafka(kafka_bootstrap: str, schema_registry_url: str, topic: str) -> None:
-    trusting = config_for(kafka_bootstrap, schema_registry_url, topic, trust_forwarded=True)
+    trusting = config_for(
+        kafka_bootstrap, schema_registry_url, topic, trust_forwarded=True, trusted_proxies=("10.0.0.1",)
+    )
     not_trusting = config_for(kafka_bootstrap, schema_registry_url, topic)
     forwarded = {"X-Forwarded-For": "2001:db8:1234:5678:9abc::1, 10.0.0.1"}
 

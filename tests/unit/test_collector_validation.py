@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from connectors.collector.config import CollectorConfig, CollectorStartupError
+from connectors.collector.config import CollectorConfig, CollectorStartupError, trusted_networks
 from connectors.collector.validation import (
+    MAX_CAMPAIGN_VALUE,
     HitRules,
     InvalidEvent,
     RequestContext,
@@ -266,6 +267,21 @@ def test_errors_do_not_echo_the_input() -> None:
     assert not any("secret" in e for e in errors)
 
 
+def test_campaign_params_keys_and_values_are_bounded() -> None:
+    """Issue 17 item 1: a 900,000-character utm_source was accepted, and then killed the enrichment."""
+    errors = errors_of(event_to_hit, event(campaign_params={"utm_source": "x" * 900_000}), CTX, RULES)
+    assert [e.split(":")[0] for e in errors] == ["campaign_params.utm_source"], errors
+    assert sum(map(len, errors)) < 300  # the message names the field, it does not echo the value
+    long_key = "utm_" + "k" * 900_000
+    errors = errors_of(event_to_hit, event(campaign_params={long_key: "v"}), CTX, RULES)
+    assert errors and all(e.startswith("campaign_params.") for e in errors), errors
+    assert sum(map(len, errors)) < 300  # nor the key
+    limit = event(campaign_params={"utm_source": "s" * MAX_CAMPAIGN_VALUE, "utm_" + "k" * 124: "v"})
+    assert event_to_hit(limit, CTX, RULES).campaign_params["utm_source"] == "s" * MAX_CAMPAIGN_VALUE
+    errors = errors_of(event_to_hit, event(campaign_params={"utm_source": "s" * (MAX_CAMPAIGN_VALUE + 1)}), CTX, RULES)
+    assert errors[0].startswith("campaign_params.utm_source:")
+
+
 # --- event time ------------------------------------------------------------------------------------
 
 
@@ -334,11 +350,27 @@ def test_truncate_ip_never_keeps_more_than_24_or_48_bits() -> None:
     assert truncate_ip("203.0.113.77", ipv4_prefix=16) == "203.0.0.0"
 
 
-def test_client_ip_trusts_forwarded_for_only_when_told() -> None:
-    assert client_ip("10.0.0.1", "198.51.100.7, 10.0.0.1", trust_forwarded=True) == "198.51.100.7"
-    assert client_ip("10.0.0.1", "198.51.100.7, 10.0.0.1", trust_forwarded=False) == "10.0.0.1"
-    assert client_ip("10.0.0.1", None, trust_forwarded=True) == "10.0.0.1"
-    assert client_ip("10.0.0.1", " , x", trust_forwarded=True) == "10.0.0.1"
+def test_client_ip_trusts_forwarded_for_only_from_trusted_proxies() -> None:
+    proxies = trusted_networks(["10.0.0.1", "192.168.0.0/16"])
+    assert client_ip("10.0.0.1", "198.51.100.7", proxies) == "198.51.100.7"
+    assert client_ip("10.0.0.1", "198.51.100.7", ()) == "10.0.0.1"  # trust off: no proxy is trusted
+    assert client_ip("203.0.113.9", "198.51.100.7", proxies) == "203.0.113.9"  # a peer that is no proxy of ours
+    assert client_ip("10.0.0.1", None, proxies) == "10.0.0.1"
+    # Walk from the right: hops a client wrote itself (left of what our proxies appended) are not believed.
+    assert client_ip("10.0.0.1", "6.6.6.6, 198.51.100.7, 192.168.4.4", proxies) == "198.51.100.7"
+    assert client_ip("10.0.0.1", "192.168.1.1, 192.168.4.4", proxies) == "192.168.1.1"  # all ours: the first
+    assert client_ip("10.0.0.1", " , x", proxies) is None  # what the proxy claims is no address: none
+    assert client_ip("[::1]:1234", "2001:db8::7", trusted_networks(["::1"])) == "2001:db8::7"
+
+
+def test_trusted_networks_refuse_what_is_not_an_address() -> None:
+    assert [str(n) for n in trusted_networks([" 127.0.0.1 ", "::1", "10.0.0.0/8", ""])] == [
+        "127.0.0.1/32",
+        "::1/128",
+        "10.0.0.0/8",
+    ]
+    with pytest.raises(ValueError, match=r"proxy\.example"):
+        trusted_networks(["proxy.example"])
 
 
 def test_ip_can_be_dropped_altogether() -> None:
@@ -357,6 +389,22 @@ def test_full_ip_never_reaches_the_avro_record() -> None:
 def test_config_refuses_prefixes_that_would_keep_the_full_ip() -> None:
     with pytest.raises(CollectorStartupError, match="ipv4_prefix"):
         CollectorConfig(bootstrap_servers="b:9092", schema_registry_url="http://r", sites={"s": "k"}, ipv4_prefix=32)
+
+
+def test_config_checks_limits_and_proxies() -> None:
+    base: dict[str, Any] = {"bootstrap_servers": "b:9092", "schema_registry_url": "http://r", "sites": {"s": "k"}}
+    bad_values: list[tuple[dict[str, Any], str]] = [
+        ({"trusted_proxies": ("lb.internal",)}, "lb.internal"),
+        ({"max_record_bytes": 2_000_000}, "max_record_bytes"),
+        ({"body_timeout_s": 0}, "body_timeout_s"),
+        ({"max_concurrency": 0}, "max_concurrency"),
+    ]
+    for bad, field in bad_values:
+        with pytest.raises(CollectorStartupError, match=field):
+            CollectorConfig(**base, **bad)
+    assert CollectorConfig(**base).forwarding_proxies == ()
+    trusting = CollectorConfig(**base, trust_forwarded=True, trusted_proxies=("10.0.0.0/8",))
+    assert [str(n) for n in trusting.forwarding_proxies] == ["10.0.0.0/8"]
 
 
 def test_config_repr_hides_api_keys() -> None:

@@ -1,0 +1,58 @@
+"""The collector's HTTP answers that need no broker: hostile bodies and what the public port serves.
+
+The producer is never started here: every request below is answered before
+an event would be produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from connectors.collector.app import create_app
+from connectors.collector.config import CollectorConfig
+
+pytestmark = pytest.mark.unit
+
+SITE, KEY = "shop.example", "key-shop-0123456789"
+
+
+def config(**overrides: Any) -> CollectorConfig:
+    return CollectorConfig(bootstrap_servers="127.0.0.1:1", schema_registry_url="http://127.0.0.1:1",
+                           sites={SITE: KEY}, **overrides)  # fmt: skip
+
+
+def call(cfg: CollectorConfig, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def scenario() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(cfg), client=("203.0.113.77", 51234))
+        async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(scenario())
+
+
+def test_deep_json_is_400_not_500() -> None:
+    """Issue 17 item 8: ``[`` x 100,000 then ``]`` x 100,000 made the JSON parser recurse out: a 500."""
+    body = b"[" * 100_000 + b"]" * 100_000
+    resp = call(config(), "POST", "/v1/events", content=body, headers={"X-Api-Key": KEY})
+    assert resp.status_code == 400, resp.text
+    assert "nested too deeply" in resp.json()["error"]
+    deep_object = b'{"events": ' + b'{"a":' * 50_000 + b"1" + b"}" * 50_001
+    resp = call(config(), "POST", "/v1/events", content=deep_object, headers={"X-Api-Key": KEY})
+    assert resp.status_code == 400, resp.text
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"])
+def test_api_description_is_not_served_by_default(path: str) -> None:
+    """Issue 17 item 11: the public port served ``/openapi.json`` to anyone."""
+    assert call(config(), "GET", path).status_code == 404
+
+
+def test_api_description_is_served_when_asked() -> None:
+    resp = call(config(serve_openapi=True), "GET", "/openapi.json")
+    assert resp.status_code == 200, resp.text
+    assert set(resp.json()["paths"]) >= {"/hit", "/v1/events"}
+    assert call(config(serve_openapi=True), "GET", "/docs").status_code == 404  # a UI would load scripts from a CDN
