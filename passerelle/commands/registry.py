@@ -25,6 +25,14 @@ role "write" (403 otherwise). Clients: PASSERELLE_SCHEMA_REGISTRY_BASIC_AUTH_USE
 
 HTTPS: set both PASSERELLE_REGISTRY_SSL_CERTFILE and PASSERELLE_REGISTRY_SSL_KEYFILE (PEM);
 clients verify it with PASSERELLE_SCHEMA_REGISTRY_SSL_CA_LOCATION.
+
+Limits: a schema may take at most 900 KiB (921,600 bytes) as stored in its _schemas record:
+its compact JSON text (no whitespace), UTF-8, escaped as a JSON string (each " and \\ counts
+twice, so a typical schema fits up to 720-820 KiB of compact text). That keeps its record under
+the 1,000,000 bytes a Kafka producer sends by default. A larger schema is refused with 413
+(error_code 41302) and nothing is written. A request body may take at most 4 MiB: over that,
+413 (error_code 41301) before the body is read (Content-Length), or as soon as a chunked body
+passes it. JSON nested too deeply to parse is a 400.
 """
 
 

@@ -7,6 +7,18 @@ because clients read the Confluent code, not the HTTP status alone.
 With an :class:`~schemas.registry.auth.Authenticator`, every request but
 ``GET /`` needs HTTP basic credentials and the routes that write need role
 ``write`` (see :mod:`schemas.registry.auth` for the rules and the file format).
+
+Limits, so that no request can exhaust the process:
+
+- a request body may take at most ``MAX_BODY_BYTES`` (4 MiB): over that it is a
+  413 (``error_code`` 41301) answered before a byte of it is read when
+  Content-Length says so, or as soon as a chunked body passes the limit; the
+  connection is then closed, never drained;
+- a schema may take at most 900 KiB in its ``_schemas`` record, so that it fits
+  in one Kafka record (413, ``error_code`` 41302; see :mod:`schemas.registry.service`);
+  the body limit leaves room for that schema indented and escaped in JSON;
+- JSON nested too deeply for the parser is a 400 (``error_code`` 400), like any
+  body that is not JSON.
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.registry import errors
 from schemas.registry.auth import REALM, SCOPE_KEY, Authenticator, User, forbidden, is_anonymous
@@ -26,6 +38,7 @@ from schemas.registry.service import SchemaRegistry
 from schemas.registry.state import SchemaVersion
 
 MEDIA_TYPE = "application/vnd.schemaregistry.v1+json"
+MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 class RegistryResponse(JSONResponse):
@@ -44,7 +57,9 @@ async def json_body(request: Request) -> Any:
     try:
         return json.loads(raw)
     except ValueError as exc:
-        raise errors.RegistryError(400, 400, f"Unrecognized request body, not JSON: {exc}") from exc
+        raise errors.body_not_json(str(exc)) from exc
+    except RecursionError:  # e.g. "[" x 100,000: Python's parser gives up past ~1,000 levels
+        raise errors.body_too_deep() from None
 
 
 JsonBody = Annotated[Any, Depends(json_body)]
@@ -79,6 +94,57 @@ def _body_dict(body: Any) -> dict[str, Any]:
     return body
 
 
+def _too_large(exc: errors.RegistryError) -> RegistryResponse:
+    response = _error(exc.http_status, exc.error_code, exc.message)
+    response.headers["Connection"] = "close"  # the rest of the body stays unread: this connection is done
+    return response
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``max_bytes`` with 413 without reading them whole.
+
+    A Content-Length over the limit is answered before a byte is read; a
+    chunked body (or one longer than it said) stops being read as soon as the
+    bytes received pass the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.max_bytes:
+            await _too_large(errors.body_too_large(self.max_bytes))(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise errors.body_too_large(self.max_bytes)  # the route's error handler answers it
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, watched_send)
+        except errors.RequestTooLargeError as exc:  # read outside a route: answer it here
+            if started:
+                raise
+            await _too_large(exc)(scope, receive, send)
+
+
 class BasicAuthMiddleware:
     """Authenticates every request but the health probe; the user goes into the scope for the role check."""
 
@@ -111,17 +177,23 @@ def require_write(request: Request) -> None:
 WRITES = [Depends(require_write)]
 
 
-def create_app(registry: SchemaRegistry, authenticator: Authenticator | None = None) -> FastAPI:
+def create_app(
+    registry: SchemaRegistry, authenticator: Authenticator | None = None, max_body_bytes: int = MAX_BODY_BYTES
+) -> FastAPI:
     """An app answering for ``registry``; the server binds it, tests can drive it in process.
 
     With ``authenticator``, requests need HTTP basic credentials and writes need role ``write``.
+    Bodies over ``max_body_bytes`` are refused with 413 (see the module docstring).
     """
     app = FastAPI(title="passerelle schema registry", default_response_class=RegistryResponse, openapi_url=None)
     if authenticator is not None:
         app.add_middleware(BasicAuthMiddleware, authenticator=authenticator)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)  # outermost: before anything reads
 
     @app.exception_handler(errors.RegistryError)
     async def _registry_error(request: Request, exc: errors.RegistryError) -> Response:
+        if isinstance(exc, errors.RequestTooLargeError):
+            return _too_large(exc)
         return _error(exc.http_status, exc.error_code, exc.message)
 
     @app.exception_handler(StarletteHTTPException)

@@ -35,6 +35,8 @@ def parse(text: str) -> avro.schema.Schema:
         raise InvalidSchemaError("empty schema")
     try:
         return avro.schema.parse(text)
+    except RecursionError:
+        raise InvalidSchemaError("the schema is nested too deeply") from None
     except Exception as exc:  # SchemaParseException, JSON errors, AvroException...
         raise InvalidSchemaError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
 

@@ -20,6 +20,10 @@ class RegistryError(Exception):
         self.message = message
 
 
+class RequestTooLargeError(RegistryError):
+    """A body over the limit: answered 413 with ``Connection: close``, since the rest of it is never read."""
+
+
 class RegistryStartupError(ContractError):
     """The registry cannot start for a reason the user can fix (port, broker, topic)."""
 
@@ -69,6 +73,43 @@ def incompatible(subject: str, details: list[str]) -> RegistryError:
         f'Schema being registered is incompatible with an earlier schema for subject "{subject}", '
         f"details: [{'; '.join(details)}]",
     )
+
+
+def body_not_json(detail: str) -> RegistryError:
+    return RegistryError(400, 400, f"Unrecognized request body, not JSON: {detail}")
+
+
+def body_too_deep() -> RegistryError:
+    return RegistryError(400, 400, "Unrecognized request body: JSON nested too deeply")
+
+
+def body_too_large(limit: int) -> RequestTooLargeError:
+    return RequestTooLargeError(
+        413, 41301, f"Request body too large: the registry reads at most {limit} bytes ({_size(limit)}) of a request"
+    )
+
+
+def schema_too_large(size: int, limit: int) -> RegistryError:
+    return RegistryError(
+        413,
+        41302,
+        f"Schema too large: it takes {size} bytes in its _schemas record (compact JSON, escaped), "
+        f"over the maximum of {limit} bytes ({_size(limit)}) one Kafka record of the _schemas topic holds",
+    )
+
+
+def record_too_large(subject: str, size: int, limit: int) -> RegistryError:
+    shown = subject if len(subject) <= 60 else subject[:57] + "..."
+    return RegistryError(
+        413,
+        41302,
+        f"Schema too large for subject '{shown}': its _schemas record (schema, subject name twice, version, id) "
+        f"would take {size} bytes, over the {limit} bytes of one Kafka record; use a shorter subject name",
+    )
+
+
+def _size(limit: int) -> str:
+    return f"{limit / 1024 / 1024:g} MiB" if limit >= 1024 * 1024 else f"{limit / 1024:g} KiB"
 
 
 def invalid_schema(detail: str) -> RegistryError:

@@ -23,10 +23,10 @@ from pathlib import Path
 import uvicorn
 
 from schemas.clients import Connection
-from schemas.registry.app import create_app
+from schemas.registry.app import MAX_BODY_BYTES, create_app
 from schemas.registry.auth import Authenticator
 from schemas.registry.errors import RegistryStartupError
-from schemas.registry.service import SchemaRegistry
+from schemas.registry.service import MAX_SCHEMA_BYTES, SchemaRegistry
 from schemas.registry.state import RegistryState
 from schemas.registry.store import KafkaStore
 
@@ -114,11 +114,15 @@ def run(
     auth_file: Path | None = None,
     ssl_certfile: Path | None = None,
     ssl_keyfile: Path | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_schema_bytes: int = MAX_SCHEMA_BYTES,
 ) -> None:
     """Serve the registry until interrupted; start-up problems raise ``RegistryStartupError`` (one line).
 
     ``auth_file``: users and roles (see :mod:`schemas.registry.auth`), else no
     authentication; ``ssl_certfile`` and ``ssl_keyfile`` together: HTTPS.
+    ``max_body_bytes`` and ``max_schema_bytes``: the limits (413 over them) the
+    app and service modules document.
     """
     authenticator = Authenticator.from_file(auth_file) if auth_file is not None else None
     tls = check_tls(ssl_certfile, ssl_keyfile)
@@ -127,7 +131,7 @@ def run(
     store = KafkaStore(conn, topic, state)
     try:
         store.start()
-        app = create_app(SchemaRegistry(state, store), authenticator)
+        app = create_app(SchemaRegistry(state, store, max_schema_bytes), authenticator, max_body_bytes)
         config = uvicorn.Config(
             app,
             log_level="warning",

@@ -2,16 +2,33 @@
 
 Operations decide which ``_schemas`` records to write, hand them to the writer,
 and answer from the state once the writer says they were applied (the Kafka
-store waits until it has read its own records back). Decisions that allocate
-ids or versions happen under one lock with the write, so two concurrent
-registrations can never receive the same id.
+store waits until it has read its own records back).
+
+Locking. Operations on one subject (register, delete, its config) run one at
+a time under that subject's lock, so two registrations on a subject never
+check against the same versions. Allocating an id or a version and writing
+the record happen under one global lock, held only for that, so two
+concurrent registrations can never receive the same id. The compatibility
+check, which takes seconds for a schema of thousands of fields, runs under the
+subject's lock only: other subjects go on meanwhile. If the global level
+changed while it ran, the check runs again before anything is written.
+
+Size. A schema may take at most ``MAX_SCHEMA_BYTES`` (900 KiB, 921,600
+bytes) as stored in its ``_schemas`` record: its compact JSON text (no
+whitespace), UTF-8, escaped as a JSON string (each ``"`` and ``\\`` counts
+twice; a typical schema takes 10-25% more than its compact text). That keeps
+the whole record (schema, subject name twice, version, id) under
+``MAX_RECORD_BYTES``, below the 1,000,000 bytes a Kafka producer sends by
+default (librdkafka ``message.max.bytes``; the broker's default limit is 1 MiB).
+Over either limit, registering answers 413 (``error_code`` 41302) and writes nothing.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Protocol
 
@@ -21,6 +38,8 @@ from schemas.registry import compatibility, errors, records
 from schemas.registry.state import RegistryState, SchemaVersion
 
 MAX_VERSION = 2**31 - 1
+MAX_SCHEMA_BYTES = 900 * 1024
+MAX_RECORD_BYTES = 999_000  # key + value of one _schemas record; librdkafka refuses over 1,000,000
 
 
 class RecordWriter(Protocol):
@@ -67,27 +86,80 @@ def parse_version(text: str | int) -> int | None:
     return number
 
 
-def _parse_new(text: object, schema_type: str | None) -> tuple[avro.schema.Schema, str]:
-    """Parse a schema from a request; returns the parsed schema and the text to store."""
+def _compact(text: str) -> str | None:
+    """The text to store (compact JSON), or None when it is not JSON (the Avro parser then says why)."""
+    try:
+        return json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return None
+
+
+def stored_size(text: str) -> int:
+    """Bytes ``text`` takes in a ``_schemas`` record value: UTF-8, escaped as a JSON string (without its quotes)."""
+    return len(json.dumps(text, ensure_ascii=False).encode("utf-8")) - 2
+
+
+def _parse_new(text: object, schema_type: str | None, max_bytes: int | None = None) -> tuple[avro.schema.Schema, str]:
+    """Parse a schema from a request; returns the parsed schema and the text to store.
+
+    With ``max_bytes``, a schema taking more than that as stored is refused
+    before the (slow) Avro parse.
+    """
     kind = (schema_type or "AVRO").upper()
     if kind != "AVRO":
         raise errors.invalid_schema(f"schema type {kind} is not supported by the embedded registry (AVRO only)")
     if not isinstance(text, str):
         raise errors.invalid_schema("the request has no 'schema' string")
+    compact = _compact(text)
+    if compact is not None and max_bytes is not None and stored_size(compact) > max_bytes:
+        raise errors.schema_too_large(stored_size(compact), max_bytes)
     try:
         parsed = compatibility.parse(text)
     except compatibility.InvalidSchemaError as exc:
         raise errors.invalid_schema(str(exc)) from exc
-    return parsed, json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
+    if compact is None:  # the Avro parser read what json could not: should not happen, refuse it all the same
+        raise errors.invalid_schema("the schema is not JSON")
+    return parsed, compact
+
+
+def _record_size(subject: str, text: str) -> int:
+    """The largest the schema's record can take under ``subject`` (version and id at their widest)."""
+    key = records.encode_key(records.schema_key(subject, MAX_VERSION))
+    value = records.encode_value(records.schema_value(subject, MAX_VERSION, MAX_VERSION, text))
+    return len(key) + len(value or b"")
+
+
+class _SubjectLocks:
+    """One lock per subject, existing only while someone holds or waits for it (subjects are unbounded)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}
+
+    @contextmanager
+    def hold(self, subject: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.setdefault(subject, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                users[0] -= 1
+                if users[0] == 0:
+                    del self._locks[subject]
 
 
 class SchemaRegistry:
     """The Confluent registry semantics the REST layer exposes."""
 
-    def __init__(self, state: RegistryState, writer: RecordWriter) -> None:
+    def __init__(self, state: RegistryState, writer: RecordWriter, max_schema_bytes: int = MAX_SCHEMA_BYTES) -> None:
         self.state = state
+        self.max_schema_bytes = max_schema_bytes
         self._writer = writer
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # ids, versions and writes: held briefly, never across a compatibility check
+        self._subjects = _SubjectLocks()  # everything that changes one subject, one at a time
 
     # --- subjects and versions ---------------------------------------------------
 
@@ -121,32 +193,61 @@ class SchemaRegistry:
         raise errors.version_not_found(subject, number)
 
     def register(self, subject: str, schema: object, schema_type: str | None = None, references: object = None) -> int:
-        """The id of ``schema`` under ``subject``, registering a new version if it is not there yet."""
+        """The id of ``schema`` under ``subject``, registering a new version if it is not there yet.
+
+        The compatibility check runs under the subject's lock only (see the
+        module docstring); if the subject's versions or level changed while it
+        ran (the global level, or another registry writing the topic), it runs again.
+        """
         if references:
             raise errors.invalid_schema("schema references are not supported by the embedded registry")
-        parsed, text = _parse_new(schema, schema_type)
-        norm = compatibility.normalized(parsed)
-        with self._lock:
-            live = self.state.versions(subject)
-            for entry in reversed(live):
-                if self.state.normalized_of(entry.id) == norm:
-                    return entry.id
-            problems = compatibility.check(
-                parsed, [(e.version, _parse_stored(e.schema)) for e in live], self.state.level_for(subject)
-            )
-            if problems:
-                raise errors.incompatible(subject, problems)
-            schema_id = self.state.id_for(norm)
-            if schema_id is None:
-                schema_id = self.state.max_id + 1
-            else:
-                text = self.state.schema_by_id(schema_id) or text
-            every = self.state.versions(subject, include_deleted=True)
-            version = (every[-1].version if every else 0) + 1
+        parsed, text = _parse_new(schema, schema_type, self.max_schema_bytes)
+        size = _record_size(subject, text)
+        if size > MAX_RECORD_BYTES:
+            raise errors.record_too_large(subject, size, MAX_RECORD_BYTES)
+        try:
+            norm = compatibility.normalized(parsed)
+        except RecursionError:
+            raise errors.invalid_schema("the schema is nested too deeply") from None
+        known = self._registered_id(norm, self.state.versions(subject))
+        if known is not None:  # already there: no need to wait for a check running on this subject
+            return known
+        with self._subjects.hold(subject):
+            while True:
+                with self.state.lock:
+                    live, level = self.state.versions(subject), self.state.level_for(subject)
+                known = self._registered_id(norm, live)
+                if known is not None:
+                    return known
+                problems = _check(parsed, live, level)
+                if problems:
+                    raise errors.incompatible(subject, problems)
+                with self._lock:
+                    with self.state.lock:
+                        unchanged = self.state.versions(subject) == live and self.state.level_for(subject) == level
+                    if unchanged:
+                        return self._write_version(subject, norm, text)
+
+    def _registered_id(self, norm: str, live: list[SchemaVersion]) -> int | None:
+        for entry in reversed(live):
+            if self.state.normalized_of(entry.id) == norm:
+                return entry.id
+        return None
+
+    def _write_version(self, subject: str, norm: str, text: str) -> int:
+        """Under the global lock: the schema's id (its existing one, else the next), the next version, the record."""
+        schema_id = self.state.id_for(norm)
+        if schema_id is None:
+            schema_id = self.state.max_id + 1
+        else:
+            text = self.state.schema_by_id(schema_id) or text
+        every = self.state.versions(subject, include_deleted=True)
+        version = (every[-1].version if every else 0) + 1
+        with self.state.expecting(text, norm):  # spares the store from parsing the schema again
             self._writer.write(
                 [(records.schema_key(subject, version), records.schema_value(subject, version, schema_id, text))]
             )
-            return schema_id
+        return schema_id
 
     def lookup(
         self, subject: str, schema: object, schema_type: str | None = None, deleted: bool = False
@@ -161,7 +262,7 @@ class SchemaRegistry:
 
     def delete_subject(self, subject: str, permanent: bool = False) -> list[int]:
         """Soft delete hides the versions; permanent delete (only after a soft one) erases them."""
-        with self._lock:
+        with self._subjects.hold(subject), self._lock:
             every = self._entries(subject, True)
             live = [e for e in every if not e.deleted]
             batch: list[records.Record] = []
@@ -185,7 +286,7 @@ class SchemaRegistry:
 
     def delete_version(self, subject: str, version: str | int, permanent: bool = False) -> int:
         number = parse_version(version)
-        with self._lock:
+        with self._subjects.hold(subject), self._lock:
             every = self._entries(subject, True)
             if number is None:
                 live = [e for e in every if not e.deleted]
@@ -246,13 +347,13 @@ class SchemaRegistry:
 
     def set_subject_level(self, subject: str, level: object) -> str:
         level = _level(level)
-        with self._lock:
+        with self._subjects.hold(subject), self._lock:
             self._writer.write([(records.config_key(subject), records.config_value(level))])
         return level
 
     def delete_subject_level(self, subject: str) -> str:
         """The level the subject had; when it had none of its own, the global one and nothing is written."""
-        with self._lock:
+        with self._subjects.hold(subject), self._lock:
             old = self.state.subject_levels.get(subject)
             if old is None:
                 return self.state.global_level
@@ -273,7 +374,14 @@ class SchemaRegistry:
         parsed, _ = _parse_new(schema, schema_type)
         level = self.state.level_for(subject)
         live = self.state.versions(subject) if version is None else [self.version(subject, version)]
+        return _check(parsed, live, level)
+
+
+def _check(parsed: avro.schema.Schema, live: Sequence[SchemaVersion], level: str) -> list[str]:
+    try:
         return compatibility.check(parsed, [(e.version, _parse_stored(e.schema)) for e in live], level)
+    except RecursionError:
+        raise errors.invalid_schema("the schema is nested too deeply to be checked") from None
 
 
 def _soft_deleted(entry: SchemaVersion) -> records.Record:
