@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                         "jsonl": str(result.jsonl_path),
                         "committed": result.committed,
                         "dead_letters": result.dead_letters,
+                        "unsafe_urls": result.unsafe_urls,
                     }
                 )
             )

@@ -38,7 +38,7 @@ from connectors.emailing.config import (
     EmailingStartupError,
 )
 from connectors.emailing.deadletters import produce_dead_letter
-from connectors.emailing.mapping import build_payload
+from connectors.emailing.mapping import build_payload, report_unsafe_urls
 from connectors.emailing.metrics import EmailingMetrics
 from schemas import clients
 from schemas.catalog import load_catalog
@@ -313,6 +313,8 @@ class EmailingBridge:
             log.warning("message at %s[%s]@%s cannot be read: %s", msg.topic(), msg.partition(), msg.offset(), exc)
             self._dead_letter(msg, exc, STAGE_DESERIALIZE)
             return
+        # Null in the body (see mapping); said once per message, not once per attempt.
+        self.metrics.unsafe_urls.inc(report_unsafe_urls(message, log))
         result = self._client.deliver(payload, message["message_id"])
         partner = self.config.partner_name
         if not result.delivered:

@@ -11,7 +11,10 @@ writes the same window again (same messages, possibly more), never a file
 cut in the middle. Files are created ``0600``: they hold email addresses.
 
 The JSON lines are the very bodies the HTTP bridge sends (same mapping), so a
-partner can switch between push and pull without a new format.
+partner can switch between push and pull without a new format. Both files
+carry only absolute http/https URLs (see :mod:`connectors.emailing.mapping`);
+the CSV's text cells are also neutralised against spreadsheet formulas (see
+:func:`csv_cell`), the JSON lines keep the data as it is.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import csv
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -39,7 +43,13 @@ from connectors.emailing.config import (
     EmailingStartupError,
 )
 from connectors.emailing.deadletters import produce_dead_letter
-from connectors.emailing.mapping import PayloadMapping, build_payload, iso_millis, message_view
+from connectors.emailing.mapping import (
+    PayloadMapping,
+    build_payload,
+    iso_millis,
+    message_view,
+    report_unsafe_urls,
+)
 from schemas import clients
 from schemas.catalog import load_catalog
 from schemas.clients import Connection, Connects
@@ -68,6 +78,10 @@ CSV_COLUMNS = (
     "source_offset",
 )
 """CSV header; nested lists are JSON in their cell so that one message stays one row."""
+CSV_NUMERIC_COLUMNS = frozenset({"step", "promotion_discount_percent", "source_partition", "source_offset"})
+"""Columns written as numbers (or empty): Avro ints and doubles, never text from a site or a person."""
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\0", "'")
+"""A text cell starting with one of these gets a leading ``'`` (see :func:`csv_cell`)."""
 
 
 class ExportError(Exception):
@@ -115,6 +129,8 @@ class ExportResult:
     jsonl_path: Path | None
     committed: bool
     dead_letters: int = 0
+    unsafe_urls: int = 0
+    """URLs left out of both files because they were not absolute http/https URLs."""
 
 
 @dataclass(frozen=True)
@@ -189,13 +205,47 @@ def window_name(prefix: str, start_ms: int, end_ms: int) -> str:
     return f"{prefix}-{stamp(start_ms)}--{stamp(end_ms)}"
 
 
-def csv_row(item: Exported) -> list[Any]:
-    """One CSV row of ``CSV_COLUMNS``."""
+def csv_cell(value: Any, *, numeric: bool = False) -> str | int | float:
+    """A value as a CSV cell that no spreadsheet runs as a formula (CSV/formula injection).
+
+    Text starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return
+    (OWASP's list) or a NUL (OWASP ASVS 1.2.10) gets a single quote in front,
+    OWASP's recommendation: the spreadsheet shows it as text, the value
+    follows unchanged. Text already starting with ``'`` gets one more, so the
+    rule is exact both ways: a program reading the file gets every original
+    value back by removing one leading ``'`` from any cell starting with one.
+
+    Numbers stay numbers in the typed numeric columns (``numeric``, the
+    ``CSV_NUMERIC_COLUMNS``: step, discount, partition, offset, Avro ints and
+    doubles): an ``int`` or finite ``float`` there is written as is, and a
+    negative one such as ``-5.0`` is a number for a spreadsheet, not a
+    formula. The decision is by column type, never by look: text that happens
+    to look like a negative number (a customer id ``-42``, a promotion code
+    ``-10``) comes from outside and is neutralised like any text (``'-42``,
+    which a spreadsheet keeps as text, as an id should be), and so is a
+    number in a text column. ``None`` is an empty cell; anything else
+    (``bool``, ``inf``, ``nan``) is written as its text, neutralised. Only the
+    CSV is neutralised: the JSON-lines file keeps the data as is.
+
+    Separators: cells are quoted per RFC 4180 with ``,`` as the delimiter; a
+    spreadsheet told to split on another character (``;`` in some locales)
+    may start a cell after it, which no per-cell prefix can prevent.
+    """
+    if value is None:
+        return ""
+    if numeric and isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def csv_row(item: Exported) -> list[str | int | float]:
+    """One CSV row of ``CSV_COLUMNS``, each cell through :func:`csv_cell`; unsafe URLs left out."""
     m = message_view(item.message)
     promotion = m.get("promotion") or {}
     products = m.get("products") or []
     lines = m.get("lines") or []
-    return [
+    row = [
         m["message_id"],
         m["sequence_id"],
         m["step"],
@@ -208,9 +258,12 @@ def csv_row(item: Exported) -> list[Any]:
         json.dumps(lines, separators=(",", ":"), ensure_ascii=False),
         promotion.get("code", ""),
         promotion.get("description", ""),
-        "" if promotion.get("discount_percent") is None else promotion["discount_percent"],
+        promotion.get("discount_percent"),
         item.partition,
         item.offset,
+    ]
+    return [
+        csv_cell(value, numeric=column in CSV_NUMERIC_COLUMNS) for column, value in zip(CSV_COLUMNS, row, strict=True)
     ]
 
 
@@ -420,6 +473,7 @@ def export_window(
             assert start_ms is not None
             items = [i for i in items if start_ms <= i.timestamp_ms < end]
         items.sort(key=lambda i: (i.timestamp_ms, i.partition, i.offset))
+        unsafe = sum(report_unsafe_urls(i.message, log) for i in items)
         reader.flush_dead_letters()
         window_start = start_ms if by_time else (items[0].timestamp_ms if items else now)
         assert window_start is not None
@@ -438,7 +492,9 @@ def export_window(
             config.topic,
             window_name(config.prefix, window_start, end),
         )
-        return ExportResult(len(items), window_start, end, csv_path, jsonl_path, committed_now, reader.dead_letters)
+        return ExportResult(
+            len(items), window_start, end, csv_path, jsonl_path, committed_now, reader.dead_letters, unsafe
+        )
     finally:
         reader.close()
 

