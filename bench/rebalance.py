@@ -1,7 +1,7 @@
 """Rebalance benchmark: what scaling out and in costs with each partition assignment strategy.
 
     python -m bench.rebalance --bootstrap B --registry R [--strategy range|cooperative-sticky|both]
-                              [--rate 2000] [--partitions 6]
+                              [--rate 2000] [--partitions 6] [--state] [--no-keep]
 
 Per strategy, on fresh ``rebal.<tag>.*`` topics (deleted at the end):
 
@@ -150,6 +150,10 @@ def spawn(
     ]  # fmt: skip
     if args.heartbeat_ms is not None:
         cmd += ["--heartbeat-ms", str(args.heartbeat_ms)]
+    if args.state:
+        cmd.append("--state")
+    if args.no_keep:
+        cmd.append("--no-keep")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, text=True)
     return Instance(name, proc, out_path, err_path, [out, err], now_ms())
 
@@ -398,7 +402,8 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     names = list(results)
     lines = [
         f"rebalance bench: {args.partitions} partitions, {args.rate:.0f} hits/s, exactly-once, commit "
-        f"{args.commit_ms} ms, heartbeat {args.heartbeat_ms or 'default'} ms;"
+        f"{args.commit_ms} ms, heartbeat {args.heartbeat_ms or 'default'} ms, "
+        f"{'per-visitor state' if args.state else 'stateless'}{', state not kept' if args.no_keep else ''};"
         f" B joins at +{args.join_at:.0f} s, leaves (SIGTERM) {args.leave_at:.0f} s later, "
         f"feed ends {args.after_leave:.0f} s after that",
         f"{'':<36}" + "".join(f"{n:>20}" for n in names),
@@ -436,6 +441,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="consumer heartbeat.interval.ms override (default: the runtime's, librdkafka's 3000)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the rebal.<tag>.* topics")
+    parser.add_argument("--state", action="store_true", help="a stateful job: per-visitor state with a changelog")
+    parser.add_argument(
+        "--no-keep", action="store_true", help="eager rebalances restore every partition (no state kept in memory)"
+    )
     args = parser.parse_args(argv)
     conn = Connection.plain(args.bootstrap, args.registry)  # the local stack: no security properties
     tag = uuid.uuid4().hex[:6]

@@ -10,6 +10,12 @@ It prints one JSON line per membership event on stdout (``subscribed``,
 how long the runtime's callback took) and a last ``exit`` line with its
 counts. It stops on SIGTERM (finish the batch, commit, leave the group) or
 after ``--max-seconds``.
+
+``--state`` makes the job stateful: per visitor, a hit count and the last six
+URLs (~200 bytes, like the cart tracker's viewed products) in a store with a
+changelog, so a partition that moves must be restored. ``--no-keep`` turns
+off the runner's keeping of state across an eager rebalance (every partition
+is then read back from its changelog after each rebalance), to measure it.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.job import ENRICHED_SCHEMA, crm_table, join
-from streams.runtime import Context, InRecord, OutRecord, Processor, Runner, RunnerConfig
+from streams.runtime import Context, InRecord, OutRecord, Processor, Runner, RunnerConfig, StoreSpec
 
 
 def _now_ms() -> int:
@@ -75,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--commit-ms", type=int, default=100)
     parser.add_argument("--heartbeat-ms", type=int, default=None, help="heartbeat.interval.ms (librdkafka's default)")
     parser.add_argument("--max-seconds", type=float, default=300, help="stop by itself after this long")
+    parser.add_argument("--state", action="store_true", help="keep per-visitor state (a store with a changelog)")
+    parser.add_argument("--no-keep", action="store_true", help="restore every partition after an eager rebalance")
     args = parser.parse_args(argv)
     log_format = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=log_format, datefmt="%H:%M:%S")
@@ -90,8 +98,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         def process(self, records: Sequence[InRecord], ctx: Context) -> Iterable[OutRecord]:
             return [OutRecord(output, r.key, join(r.value, crm)) for r in records]
 
-    runner = ObservedRunner(
-        Enrich(),
+    class StatefulEnrich(Enrich):
+        stores = (StoreSpec("visits"),)
+
+        def process(self, records: Sequence[InRecord], ctx: Context) -> Iterable[OutRecord]:
+            visits = ctx.store("visits")
+            for r in records:
+                visitor = r.value["visitor_id"]
+                seen = visits.get(visitor) or {"hits": 0, "urls": []}
+                visits.put(visitor, {"hits": seen["hits"] + 1, "urls": [*seen["urls"][-5:], r.value["url"]]})
+            return super().process(records, ctx)
+
+    runner_class = ObservedRunner
+    if args.no_keep:
+
+        class NoKeepRunner(ObservedRunner):
+            def _park(self, contexts: dict[int, Context]) -> None:
+                return None
+
+        runner_class = NoKeepRunner
+    runner = runner_class(
+        StatefulEnrich() if args.state else Enrich(),
         RunnerConfig(
             app_id=args.app_id,
             bootstrap_servers=args.bootstrap,

@@ -202,26 +202,17 @@ class Hit(AvroModel):
     ip_truncated: str | None = None
 
 
-class EnrichedHit(AvroModel):
-    """A hit with its visit, traffic source, campaign and CRM attributes (``EnrichedHit.avsc``)."""
+class EnrichedHit(Hit):
+    """A hit with its visit, traffic source, campaign and CRM attributes (``EnrichedHit.avsc``).
+
+    Every field of ``Hit``, in its order, then the enrichment's: the enricher
+    passes the hit through whole, so a field added to ``Hit`` (and to both
+    ``.avsc`` files, which the contract tests check) reaches enriched hits.
+    ``customer_id`` may come from the visitor's identity link rather than the hit.
+    """
 
     schema_name: ClassVar[str] = "EnrichedHit"
 
-    event_id: str
-    site: str
-    visitor_id: str
-    customer_id: str | None = None
-    event_time: EpochMillis
-    type: HitType
-    url: str
-    referrer: str | None = None
-    page: str | None = None
-    campaign_params: dict[str, str] = Field(default_factory=dict)
-    product: Product | None = None
-    order: Order | None = None
-    consent: Consent
-    user_agent: str | None = None
-    ip_truncated: str | None = None
     visit_id: str
     visit_number: int
     traffic_source: TrafficSource
@@ -229,6 +220,21 @@ class EnrichedHit(AvroModel):
     campaign_undeclared: bool = False
     crm: CrmAttributes | None = None
     enriched_at: EpochMillis
+
+
+AGE_BANDS: tuple[tuple[int, str], ...] = ((17, "<18"), (24, "18-24"), (34, "25-34"), (49, "35-49"), (64, "50-64"))
+"""Upper age (inclusive) of each band of ``CrmProfile.age_band`` / ``CrmAttributes.age_band``; older is ``65+``."""
+
+
+def age_band(birth_year: int, year: int) -> str:
+    """The age band, in ``year``, of someone born in ``birth_year``.
+
+    One definition for whoever derives it (the enrichment when a profile has
+    no band, the shop generator writing profiles): the CRM and the hits must
+    put a customer in the same segment.
+    """
+    age = year - birth_year
+    return next((band for limit, band in AGE_BANDS if age <= limit), "65+")
 
 
 class CrmProfile(AvroModel):

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote
 
-from schemas.models import Campaign, CrmProfile
+from schemas.models import Campaign, CrmProfile, age_band
 
 SECOND: Final = 1000
 MINUTE: Final = 60 * SECOND
@@ -332,17 +332,6 @@ _CSP: Final = (
 )
 _LOYALTY: Final = (("none", 0.45), ("silver", 0.30), ("gold", 0.18), ("platinum", 0.07))
 _GENDERS: Final = (("F", 0.49), ("M", 0.47), ("X", 0.04))
-
-
-def age_band(birth_year: int, year: int) -> str:
-    """Same bands as the enrichment derives, so the CRM and the hits agree on a customer's segment."""
-    age = year - birth_year
-    if age < 18:
-        return "<18"
-    for limit, band in ((24, "18-24"), (34, "25-34"), (49, "35-49"), (64, "50-64")):
-        if age <= limit:
-            return band
-    return "65+"
 
 
 def _weighted(rng: random.Random, choices: Iterable[tuple[str, float]]) -> str:

@@ -323,6 +323,21 @@ def broker_answers(bootstrap: str, timeout: float = 3.0, config: dict[str, str] 
     return bool(meta.brokers)
 
 
+def new_cluster_id() -> str:
+    """16 random bytes, base64url without padding, never starting with "-".
+
+    One id in 64 would start with "-" and StorageTool would read it as an
+    option ("-t" then has no value: the format fails). Kafka's own
+    ``Uuid.randomUuid`` draws again in that case; so do we.
+    """
+    import base64
+
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _format_storage(cfg: StackConfig, classpath: str, java: str) -> None:
     data = cfg.kafka_dir / "data"
     if (data / "meta.properties").exists():
@@ -330,10 +345,7 @@ def _format_storage(cfg: StackConfig, classpath: str, java: str) -> None:
     data.mkdir(parents=True, exist_ok=True)
     cluster_id_file = cfg.kafka_dir / "cluster.id"
     if not cluster_id_file.exists():
-        # A Kafka cluster id is 16 random bytes, base64url without padding.
-        import base64
-
-        cluster_id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        cluster_id_file.write_text(new_cluster_id())
     cmd = [
         java, "-cp", classpath, f"-Dlog4j2.configurationFile={LOG4J2}",
         "kafka.tools.StorageTool", "format",

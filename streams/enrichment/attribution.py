@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Any, Final
 from urllib.parse import quote, urlencode
 
+from schemas.models import TrafficSource
 from streams.enrichment import media
 from streams.enrichment.params import FAMILIES, family_of, normalize_params, parse_campaign_params
 from streams.enrichment.referrer import classify_referrer
@@ -57,6 +58,14 @@ class Attribution:
     network: str | None = None
     family: str | None = None
     raw_tag: str | None = None
+
+    def traffic_source(self) -> dict[str, Any]:
+        """The ``TrafficSource`` of an enriched hit, field for field from the model: the one conversion."""
+        return {name: getattr(self, name) for name in TRAFFIC_SOURCE_FIELDS}
+
+
+TRAFFIC_SOURCE_FIELDS: Final = tuple(TrafficSource.model_fields)
+"""What an ``Attribution`` hands on to an enriched hit; ``family`` and ``raw_tag`` stay in the enrichment."""
 
 
 @dataclass(frozen=True)

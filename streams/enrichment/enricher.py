@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.models import age_band
 from schemas.timeconv import to_millis
 from streams.enrichment.attribution import DEFAULT, Attribution, AttributionConfig, attribute_params
 
@@ -43,34 +44,16 @@ class Enriched:
     undeclared: dict[str, Any] | None = None
 
 
-def traffic_source(attr: Attribution) -> dict[str, Any]:
-    return {
-        "medium": attr.medium,
-        "source": attr.source,
-        "campaign": attr.campaign,
-        "term": attr.term,
-        "content": attr.content,
-        "click_id": attr.click_id,
-        "network": attr.network,
-    }
-
-
 def crm_attributes(profile: Mapping[str, Any] | None, now_ms: int) -> dict[str, Any] | None:
     """The segmentation attributes of a CRM profile; age band derived from birth year when missing."""
     if profile is None:
         return None
-    age_band = profile.get("age_band")
-    if age_band is None and profile.get("birth_year"):
-        age = dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC).year - int(profile["birth_year"])
-        age_band = next(
-            (band for limit, band in ((24, "18-24"), (34, "25-34"), (49, "35-49"), (64, "50-64")) if age <= limit),
-            "65+",
-        )
-        if age < 18:
-            age_band = "<18"
+    band = profile.get("age_band")
+    if band is None and profile.get("birth_year"):
+        band = age_band(int(profile["birth_year"]), dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC).year)
     return {
         "gender": profile.get("gender"),
-        "age_band": age_band,
+        "age_band": band,
         "csp": profile.get("csp"),
         "loyalty_tier": profile.get("loyalty_tier"),
         "marketing_consent": profile.get("marketing_consent"),
@@ -121,7 +104,7 @@ class Enricher:
         )
         if new_visit:
             attr = attribute_params(params, hit.get("referrer"), cfg.attribution, cfg.hosts(hit["site"]))
-            source = traffic_source(attr)
+            source = attr.traffic_source()
             decl, undeclared = None, False
             if attr.family is not None:  # the visit came from a campaign tag
                 key = attr.campaign
@@ -153,6 +136,8 @@ class Enricher:
             }
         customer = state.get("customer_id")
 
+        # The hit itself becomes the enriched hit: every field it carries passes through (an ``EnrichedHit``
+        # is a ``Hit`` plus what follows), none copied by name, and no copy made on the hot path.
         hit["visit_id"] = state["visit_id"]
         hit["visit_number"] = state["visit_number"]
         hit["traffic_source"] = state["visit_source"]

@@ -2,7 +2,7 @@
 
 from streams.runtime.config import RunnerConfig
 from streams.runtime.deadletter import DEAD_LETTER_PREFIX, ErrorBudget, ErrorBudgetExceeded, header_dict
-from streams.runtime.processor import Context, DeadLetter, Processor, TableSpec, make_context
+from streams.runtime.processor import Context, Processor, TableSpec, make_context
 from streams.runtime.records import InRecord, OutRecord
 from streams.runtime.runner import FatalRuntimeError, Runner
 from streams.runtime.state import KeyValueStore, StoreSpec
@@ -11,7 +11,6 @@ from streams.runtime.timers import Timer, TimerService
 __all__ = [
     "DEAD_LETTER_PREFIX",
     "Context",
-    "DeadLetter",
     "ErrorBudget",
     "ErrorBudgetExceeded",
     "FatalRuntimeError",

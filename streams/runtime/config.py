@@ -9,6 +9,7 @@ from typing import Any
 
 from schemas.clients import DEAD_LETTER_TOPIC, Connection, Connects
 from streams.runtime.deadletter import ErrorBudget
+from streams.runtime.timers import TimerRetry
 
 DEFAULT_DEAD_LETTER_TOPIC = DEAD_LETTER_TOPIC
 
@@ -38,6 +39,18 @@ class RunnerConfig(Connects):
     visitors: 19 pauses of up to 93 ms per 200,000 hits without, one of 14 ms
     with, and +38% throughput). Cyclic garbage among frozen objects waits for
     the full collection every ``full_gc_interval_s``.
+
+    ``assignment_strategy``: ``range`` keeps partition N of every input on one
+    instance, which per-partition state needs with several inputs (the runner
+    refuses anything else for them). Measured against ``cooperative-sticky``
+    (docs/runtime.md, "Partition assignment"), it pauses the partitions that
+    move less and never aborted a transaction during a rebalance, so it is the
+    default for every processor; a single-input one may still choose
+    ``cooperative-sticky``.
+
+    ``timer_max_attempts``: a timer whose ``on_timer`` raises is re-armed after
+    ``timer_backoff_ms``, doubling up to ``timer_max_backoff_ms``, and
+    dead-lettered (stage ``timer``) once this many attempts have raised.
     """
 
     app_id: str
@@ -58,7 +71,7 @@ class RunnerConfig(Connects):
     auto_register_schemas: bool = True
     metrics_port: int | None = None
     error_budget: ErrorBudget = field(default_factory=ErrorBudget)
-    assignment_strategy: str = "cooperative-sticky"
+    assignment_strategy: str = "range"
     static_membership: bool = False
     session_timeout_ms: int = 10_000
     transaction_timeout_ms: int = 30_000
@@ -71,6 +84,9 @@ class RunnerConfig(Connects):
     connection: Connection | None = None  # credentials and TLS; None: plaintext to bootstrap_servers
     max_record_bytes: int = 999_000  # key + value + headers; librdkafka refuses more than message.max.bytes (1e6)
     registry_retry_max_s: float = 5.0  # longest back-off while the schema registry does not answer
+    timer_max_attempts: int = 5
+    timer_backoff_ms: int = 1_000
+    timer_max_backoff_ms: int = 60_000
 
     def commit_due(self, since_last_ms: int, caught_up: bool, uncommitted: bool) -> bool:
         """Whether this loop turn commits.
@@ -99,6 +115,10 @@ class RunnerConfig(Connects):
         while a batch is processed): it would only commit once per interval.
         """
         return queued_batch < batch_size
+
+    @property
+    def timer_retry(self) -> TimerRetry:
+        return TimerRetry(self.timer_max_attempts, self.timer_backoff_ms, self.timer_max_backoff_ms)
 
     @property
     def transactional_id(self) -> str:

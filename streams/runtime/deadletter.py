@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from streams.runtime.records import Headers
 
 DEAD_LETTER_PREFIX = "__passerelle.errors."
-PREFIX = DEAD_LETTER_PREFIX
 
 
 def dead_letter_headers(
@@ -31,20 +30,21 @@ def dead_letter_headers(
     message = str(error) or type(error).__name__
     headers: Headers = list(original or [])
     headers += [
-        (PREFIX + "topic", topic.encode()),
-        (PREFIX + "partition", str(partition).encode()),
-        (PREFIX + "offset", str(offset).encode()),
-        (PREFIX + "stage", stage.encode()),
-        (PREFIX + "exception.class", f"{type(error).__module__}.{type(error).__qualname__}".encode()),
-        (PREFIX + "exception.message", message[:2000].encode(errors="replace")),
-        (PREFIX + "processor", processor.encode()),
+        (DEAD_LETTER_PREFIX + "topic", topic.encode()),
+        (DEAD_LETTER_PREFIX + "partition", str(partition).encode()),
+        (DEAD_LETTER_PREFIX + "offset", str(offset).encode()),
+        (DEAD_LETTER_PREFIX + "stage", stage.encode()),
+        (DEAD_LETTER_PREFIX + "exception.class", f"{type(error).__module__}.{type(error).__qualname__}".encode()),
+        (DEAD_LETTER_PREFIX + "exception.message", message[:2000].encode(errors="replace")),
+        (DEAD_LETTER_PREFIX + "processor", processor.encode()),
     ]
     return headers
 
 
 def header_dict(headers: Headers | None) -> dict[str, str]:
     """Decode the error headers of a dead letter (for tools and tests)."""
-    return {k[len(PREFIX) :]: v.decode() for k, v in headers or [] if k.startswith(PREFIX) and v is not None}
+    prefix = DEAD_LETTER_PREFIX
+    return {k[len(prefix) :]: v.decode() for k, v in headers or [] if k.startswith(prefix) and v is not None}
 
 
 class ErrorBudgetExceeded(Exception):

@@ -71,7 +71,16 @@ class RuntimeMetrics:
         )
         self.commits = Counter("passerelle_commits_total", "Commits (transactions or offset commits)", p, registry=r)
         self.aborts = Counter("passerelle_transaction_aborts_total", "Aborted transactions", p, registry=r)
-        self.timers_fired = Counter("passerelle_timers_fired_total", "Timers fired", [*p, "kind"], registry=r)
+        self.timers_fired = Counter(
+            "passerelle_timers_fired_total", "Timers whose handler ran to completion", [*p, "kind"], registry=r
+        )
+        self.timer_retries = Counter(
+            "passerelle_timer_retries_total",
+            "Timers whose handler raised, re-armed with back-off (given up: passerelle_dead_letters_total"
+            '{stage="timer"})',
+            [*p, "kind"],
+            registry=r,
+        )
         self.table_records = Gauge(
             "passerelle_lookup_table_keys", "Keys held in a lookup table", [*p, "table"], registry=r
         )

@@ -1,8 +1,9 @@
 """The processor contract: pure logic over decoded records and explicit state.
 
 A processor declares what it reads, writes and keeps; the runner does all the
-Kafka work. Logic never imports Kafka, so it is tested with plain lists, a
-``Context`` built by hand and a driven clock.
+Kafka work. Logic never imports Kafka, so it is tested without a broker:
+``streams.runtime.testing.ProcessorDriver`` feeds it records, moves the clocks
+and fires its timers in the runner's order.
 """
 
 from __future__ import annotations
@@ -24,10 +25,6 @@ class TableSpec:
 
     name: str
     topic: str
-
-
-class DeadLetter(Exception):
-    """Raise from ``process_one`` to send the record to the dead-letter topic with this reason."""
 
 
 @dataclass
@@ -139,7 +136,7 @@ def make_context(
     tables: Mapping[str, Mapping[str, Any]] | None = None,
     deleted: Mapping[str, set[Any]] | None = None,
 ) -> Context:
-    """A context with empty stores: what the runner builds before restore, and what unit tests use."""
+    """A context with empty stores: what the runner (and the test driver) builds before restore."""
     stores = {spec.name: KeyValueStore(spec, partition) for spec in processor.stores}
     stores[TIMER_STORE.name] = KeyValueStore(TIMER_STORE, partition)
     return Context(

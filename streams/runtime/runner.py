@@ -23,12 +23,13 @@ from typing import Any
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
+    IsolationLevel,
     KafkaError,
     KafkaException,
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import NewTopic
+from confluent_kafka.admin import NewTopic, OffsetSpec
 
 from schemas import clients
 from schemas.clients.kafka import classify, topic_error
@@ -41,11 +42,12 @@ from streams.runtime.processor import Context, Processor, make_context
 from streams.runtime.records import InRecord, OutRecord
 from streams.runtime.state import StoreSpec
 from streams.runtime.tables import LookupTable
-from streams.runtime.timers import TIMER_STORE
+from streams.runtime.timers import TIMER_STORE, Timer, TimerKind, fire
 
 log = logging.getLogger(__name__)
 
 LATENCY_SAMPLE = 16  # records per batch whose event-to-emit latency is observed
+STABLE_WAIT_S = 5.0  # longest wait for a just-committed transaction's markers before a restore (``_changelog_ends``)
 KEPT_BYTES = 64 * 1024  # of a record too large for the dead-letter topic: this much is kept, with size and digest
 
 
@@ -98,6 +100,14 @@ class Runner:
         self._in_transaction = False
         self._last_full_gc = time.monotonic()
         self._caught_up = False
+        self._dropped = 0  # partition hand-overs so far (records fetched before one may be stale)
+        self._aborts = 0
+        self._closing = False
+        self._parked: dict[int, tuple[Context, dict[str, int]]] = {}  # revoked in an eager rebalance (``_park``)
+        self._strategy = ""
+        self._eager = False
+        self._admin: Any = None
+        self._timer_retry = config.timer_retry
         self.records_in = 0  # plain counts for tools and benchmarks; Prometheus has the labelled ones
         self.records_out = 0
         m = self.metrics
@@ -164,12 +174,22 @@ class Runner:
         first = consumer.poll(self.config.poll_timeout_s)
         if first is None:
             return []
-        return [first, *consumer.consume(self.config.batch_size - 1, timeout=0)]
+        dropped = self._dropped
+        msgs = [first, *consumer.consume(self.config.batch_size - 1, timeout=0)]
+        if self._dropped != dropped:
+            # Partitions were revoked by the second call, after ``first`` was fetched: its new owner
+            # processes it from the committed offset, so must not we (nor write its state).
+            msgs = [m for m in msgs if m.error() is not None or (m.topic(), m.partition()) in self._assigned]
+        return msgs
 
     # --- set-up ---------------------------------------------------------------
 
     def _setup(self) -> None:
         cfg = self.config
+        self._strategy = self._assignment_strategy()
+        self._eager = "cooperative-sticky" not in self._strategy and (
+            cfg.consumer_overrides.get("group.protocol", "classic") == "classic"
+        )  # every partition is revoked on each rebalance
         self.processor.register_metrics(self.metrics.registry)
         if cfg.metrics_port is not None:
             self.metrics.serve(cfg.metrics_port)
@@ -249,7 +269,7 @@ class Runner:
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
-            "partition.assignment.strategy": cfg.assignment_strategy,
+            "partition.assignment.strategy": self._strategy,
             "session.timeout.ms": cfg.session_timeout_ms,
             "fetch.wait.max.ms": cfg.fetch_wait_max_ms,
             "fetch.min.bytes": cfg.fetch_min_bytes,
@@ -263,6 +283,28 @@ class Runner:
             on_lost=self._on_lost,
         )  # fmt: skip
         self._last_commit = cfg.clock()
+
+    def _assignment_strategy(self) -> str:
+        """The configured strategy; one that can split co-partitioned inputs is refused for several inputs.
+
+        State, timers and changelogs are per partition number: partition N of
+        every input must be on the instance that holds partition N's state, or
+        two instances would write the same changelog partition. librdkafka's
+        ``range`` gives partition N of every topic with the same partition
+        count to the same member; ``roundrobin`` and ``cooperative-sticky`` do
+        not promise it.
+        """
+        inputs = list(dict.fromkeys(self.processor.inputs))
+        strategy = str(
+            self.config.consumer_overrides.get("partition.assignment.strategy") or self.config.assignment_strategy
+        )
+        if len(inputs) > 1 and [s.strip() for s in strategy.split(",")] != ["range"]:
+            raise FatalRuntimeError(
+                f"processor {self._name} reads {len(inputs)} inputs ({', '.join(inputs)}) and keeps state per "
+                f"partition number: it needs the 'range' assignment strategy, which keeps partition N of every "
+                f"input on one instance, not '{strategy}'"
+            )
+        return strategy
 
     def _key_decoder(self, decoder: AvroDecoder) -> Any:
         decode = decoder.decode
@@ -281,8 +323,8 @@ class Runner:
         """Changelogs are compacted and co-partitioned with the input: partition p holds p's state."""
         cfg = self.config
         conn = cfg.conn
-        admin = clients.admin_client(conn, watch=self._watch)
-        partitions = 0
+        admin = self._admin = clients.admin_client(conn, watch=self._watch)
+        counts: dict[str, int] = {}
         for topic in self.processor.inputs:
             denied = topic_error(meta, topic, conn, admin)
             if denied is not None:
@@ -290,7 +332,23 @@ class Runner:
             tmeta = meta.topics.get(topic)
             if tmeta is None or tmeta.error is not None:
                 raise FatalRuntimeError(f"input topic '{topic}' does not exist{_hidden(conn)}")
-            partitions = max(partitions, len(tmeta.partitions))
+            counts[topic] = len(tmeta.partitions)
+        if len(set(counts.values())) > 1:
+            listing = ", ".join(f"'{t}' has {n}" for t, n in counts.items())
+            raise FatalRuntimeError(
+                f"processor {self._name}: inputs are not co-partitioned ({listing} partitions); state is kept "
+                f"per partition number, so every input needs the same partition count (and the same key and "
+                f"partitioner)"
+            )
+        partitions = max(counts.values(), default=0)
+        for spec in self._stores:
+            existing = meta.topics.get(spec.changelog_topic(cfg.app_id))
+            if existing is not None and existing.error is None and len(existing.partitions) != partitions:
+                raise FatalRuntimeError(
+                    f"changelog '{spec.changelog_topic(cfg.app_id)}' has {len(existing.partitions)} partitions, "
+                    f"the inputs of {self._name} {partitions}: partition p's state would be read from the wrong "
+                    f"place (the inputs were repartitioned: reset the application's state)"
+                )
         for topic in (*self.processor.outputs, cfg.dead_letter_topic):
             denied = topic_error(meta, topic, conn, admin)
             if denied is not None:
@@ -324,32 +382,138 @@ class Runner:
             self._assigned.add((tp.topic, tp.partition))
             if tp.partition not in self._contexts and tp.partition not in fresh:
                 fresh.append(tp.partition)
+        self._check_copartitioned()
         self._restore_partitions(fresh)
+        self._parked.clear()  # those that did not come back
         log.info("%s assigned %s", self._name, sorted((tp.topic, tp.partition) for tp in partitions))
+
+    def _check_copartitioned(self) -> None:
+        """Partition N of every input, or none of them: another member would hold the rest of N's state.
+
+        ``range`` guarantees it when every member subscribes to the same
+        inputs; a member of the group running another version (other inputs)
+        would break it, and the state with it: stop rather than corrupt.
+        """
+        inputs = set(self.processor.inputs)
+        if len(inputs) < 2:
+            return
+        per_topic: dict[str, set[int]] = {t: set() for t in inputs}
+        for topic, partition in self._assigned:
+            if topic in per_topic:
+                per_topic[topic].add(partition)
+        if len({frozenset(ps) for ps in per_topic.values()}) > 1:
+            listing = "; ".join(f"{t}: {sorted(ps)}" for t, ps in sorted(per_topic.items()))
+            raise FatalRuntimeError(
+                f"processor {self._name} was assigned different partitions of its inputs ({listing}): do all "
+                f"members of group '{self.config.app_id}' read the same inputs with the 'range' strategy?"
+            )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Commit everything processed so far before the partitions move on.
-        try:
-            self._commit(sync=True)
-        except FatalRuntimeError:
-            raise
-        self._drop(partitions)
+        aborts = self._aborts
+        self._commit(sync=True)
+        dropped = self._drop(partitions)
+        # An eager rebalance (range) revokes every partition, and most come back: keep their state, so
+        # that the next assignment restores only what someone else changed meanwhile (``_restore_partitions``).
+        if dropped and self._eager and not self._closing and self._aborts == aborts:
+            self._park(dropped)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Partitions already belong to someone else: our uncommitted work must not land.
         if self.config.exactly_once and self._in_transaction and self._producer is not None:
             self._abort()
+        self._parked.clear()
         self._drop(partitions)
 
-    def _drop(self, partitions: list[TopicPartition]) -> None:
+    def _drop(self, partitions: list[TopicPartition]) -> dict[int, Context]:
+        """Forget revoked partitions; returns the contexts of the partition numbers no longer held at all."""
+        self._dropped += 1
         for tp in partitions:
             self._assigned.discard((tp.topic, tp.partition))
             self._positions.pop((tp.topic, tp.partition), None)
         still = {p for _, p in self._assigned}
+        dropped: dict[int, Context] = {}
         for tp in partitions:
-            if tp.partition not in still and self._contexts.pop(tp.partition, None) is not None:
-                for spec in self.processor.stores:
-                    self.metrics.state_keys.labels(self._name, spec.name).set(self._state_size(spec.name))
+            if tp.partition not in still and (ctx := self._contexts.pop(tp.partition, None)) is not None:
+                dropped[tp.partition] = ctx
+        if dropped:
+            for spec in self.processor.stores:
+                self.metrics.state_keys.labels(self._name, spec.name).set(self._state_size(spec.name))
+        return dropped
+
+    def _park(self, contexts: dict[int, Context]) -> None:
+        """Keep just-committed contexts, with the end offset of each changelog partition, until the next assignment.
+
+        Everything they hold was committed (nothing aborted), so their state is
+        their changelogs up to those offsets, plus at most the records of our
+        own last transaction (the end a ``read_committed`` client sees stops
+        before a transaction whose markers are not written yet). If a
+        partition comes back, ``_restore_partitions`` replays its changelogs
+        from those offsets onto the kept state: our own last records (the
+        values it already holds) and whatever another owner wrote meanwhile.
+        """
+        assert self._restore_consumer is not None
+        app = self.config.app_id
+        self._parked.clear()
+        for p, ctx in contexts.items():
+            ends: dict[str, int] = {}
+            try:
+                for spec in self._stores:
+                    topic = spec.changelog_topic(app)
+                    ends[topic] = self._restore_consumer.get_watermark_offsets(
+                        TopicPartition(topic, p), timeout=10, cached=False
+                    )[1]
+            except KafkaException as exc:
+                log.debug("%s: partition %d not kept (%s): restored if it comes back", self._name, p, exc)
+                continue
+            self._parked[p] = (ctx, ends)
+
+    def _changelog_ends(self, partitions: list[int]) -> dict[int, dict[str, tuple[int, int]]]:
+        """(low, end) of each changelog partition, end = where a ``read_committed`` restore stops.
+
+        That end (the last stable offset) stays before a transaction whose
+        markers are not written yet. A transaction the previous owner committed
+        just before handing the partition over can be in that state for a few
+        milliseconds: a restore stopping there would miss its last writes. So,
+        with transactions, wait (a bounded time) until the stable end reaches
+        the high watermark seen at first; what still waits after that is an
+        open transaction of a dead instance, which will be aborted.
+        """
+        rc = self._restore_consumer
+        assert rc is not None
+        app = self.config.app_id
+        where = [(spec.changelog_topic(app), p) for p in partitions for spec in self._stores]
+
+        def query(wanted: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, int]]:
+            return {(t, p): rc.get_watermark_offsets(TopicPartition(t, p), timeout=30, cached=False) for t, p in wanted}
+
+        ends = query(where)
+        if self.config.exactly_once and self._admin is not None and where:
+            highs = self._high_watermarks(where)
+            pending = [w for w in where if ends[w][1] < highs.get(w, -1)]
+            deadline = time.monotonic() + STABLE_WAIT_S
+            while pending and time.monotonic() < deadline:
+                time.sleep(0.005)
+                ends.update(query(pending))
+                pending = [w for w in pending if ends[w][1] < highs[w]]
+            if pending:
+                log.warning("%s: changelog partitions %s still have an open transaction after %.0f s (a dead "
+                            "instance's, aborted at its timeout): restoring what is committed", self._name,
+                            sorted(pending), STABLE_WAIT_S)  # fmt: skip
+        return {p: {t: ends[(t, q)] for t, q in where if q == p} for p in partitions}
+
+    def _high_watermarks(self, where: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """High watermarks (``read_uncommitted`` ends) in one request; empty if the broker does not answer."""
+        assert self._admin is not None
+        try:
+            futures = self._admin.list_offsets(
+                {TopicPartition(t, p): OffsetSpec.latest() for t, p in where},
+                isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=10,
+            )  # fmt: skip
+            return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
+        except Exception as exc:  # KafkaException, or a timeout of the future
+            log.warning("%s: high watermarks of the changelogs not known (%s)", self._name, exc)
+            return {}
 
     def _state_size(self, store: str) -> int:
         return sum(len(ctx.stores[store]) for ctx in self._contexts.values())
@@ -370,19 +534,35 @@ class Runner:
             return
         started = time.monotonic()
         rc = self._restore_consumer
-        contexts = {p: make_context(self.processor, p, self._table_data, self._table_deleted) for p in partitions}
-        for ctx in contexts.values():
+        app = self.config.app_id
+        ends = self._changelog_ends(partitions)
+        # State kept from an eager rebalance (``_park``) is read on from where it was committed, if the
+        # changelogs still hold that offset; everything else from the beginning.
+        kept: dict[int, dict[str, int]] = {}
+        contexts: dict[int, Context] = {}
+        for p in partitions:
+            ctx = make_context(self.processor, p, self._table_data, self._table_deleted)
             ctx.seal = self._seal
+            parked = self._parked.pop(p, None)
+            if parked is not None and all(ends[p][t][0] <= at <= ends[p][t][1] for t, at in parked[1].items()):
+                old, kept[p] = parked
+                for name, store in ctx.stores.items():
+                    store.take_over(old.stores[name])  # a new context: processors see a restored partition
+                ctx.stream_time = old.stream_time
+            contexts[p] = ctx
         targets: dict[tuple[str, int], Any] = {}
+        starts: list[TopicPartition] = []
         for p, ctx in contexts.items():
             for spec in self._stores:
-                topic = spec.changelog_topic(self.config.app_id)
-                low, high = rc.get_watermark_offsets(TopicPartition(topic, p), timeout=30, cached=False)
-                if high > low:
+                topic = spec.changelog_topic(app)
+                low, high = ends[p][topic]
+                start = kept[p][topic] if p in kept else low
+                if high > start:
                     targets[(topic, p)] = ctx.stores[spec.name]
+                    starts.append(TopicPartition(topic, p, start if p in kept else OFFSET_BEGINNING))
         count = 0
         if targets:
-            rc.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in targets])
+            rc.assign(starts)
             pending = set(targets)
             deadline = time.monotonic() + 300
             while pending:
@@ -410,7 +590,8 @@ class Runner:
         elapsed = time.monotonic() - started
         self.metrics.restore_seconds.labels(self._name).observe(elapsed)
         self.metrics.restored_records.labels(self._name).inc(count)
-        log.info("%s partitions %s restored: %d changelog records in %.2fs", self._name, partitions, count, elapsed)
+        log.info("%s partitions %s restored: %d changelog records in %.2fs%s", self._name, partitions, count, elapsed,
+                 f" (state kept in memory and read on: {sorted(kept)})" if kept else "")  # fmt: skip
 
     # --- processing -----------------------------------------------------------
 
@@ -486,7 +667,7 @@ class Runner:
                     self._dead_letter(record, error, stage)
                 failures += len(ctx.failures)
                 ctx.failures.clear()
-            self._fire(ctx, "event", ctx.stream_time)
+            self._fire(ctx, "event", ctx.stream_time, now)
             sample = records[-LATENCY_SAMPLE:]
             emit_ms = self.config.clock()
             for record in sample:
@@ -591,21 +772,52 @@ class Runner:
     def _fire_wall_timers(self, now: int) -> None:
         for ctx in list(self._contexts.values()):
             ctx.now_ms = now
-            self._fire(ctx, "wall", now)
+            self._fire(ctx, "wall", now, now)
+            retries = ctx.timers.due_retries(now)
+            if retries:
+                for kind in ("event", "wall"):
+                    self._run_timers(ctx, kind, [t for t in retries if t.kind == kind], now)
 
-    def _fire(self, ctx: Context, kind: Any, now: int) -> None:
-        due = ctx.timers.due(kind, now)
+    def _fire(self, ctx: Context, kind: TimerKind, at: int, now: int) -> None:
+        """Fire the timers of ``kind`` due at ``at`` (stream time or wall clock); ``now`` is the wall clock."""
+        due = ctx.timers.due(kind, at)
+        if due:
+            self._run_timers(ctx, kind, due, now)
+
+    def _run_timers(self, ctx: Context, kind: TimerKind, due: list[Timer], now: int) -> None:
+        """Handle due timers; one whose handler raises is re-armed with back-off, or dead-lettered in the end.
+
+        Their deletion from the timer store (a changelog write) commits with
+        what their handlers emitted: a timer is never lost, and never fires
+        twice once its outputs are committed.
+        """
         if not due:
             return
         self._uncommitted = True
-        self.metrics.timers_fired.labels(self._name, kind).inc(len(due))
+        done = fire(due, lambda timers: self.processor.on_timer(timers, ctx), ctx.stores.values(), ctx.timers,
+                    now, self._timer_retry)  # fmt: skip
+        if done.fired:
+            self.metrics.timers_fired.labels(self._name, kind).inc(len(done.fired))
+        self._emit(done.outputs)
+        for timer, error, at in done.retried:
+            log.warning("%s: on_timer raised for %s timer %r (attempt %d), retrying in %d ms: %r", self._name,
+                        kind, timer.key, timer.attempts + 1, at - now, error)  # fmt: skip
+        if done.retried:
+            self.metrics.timer_retries.labels(self._name, kind).inc(len(done.retried))
+        for timer, error in done.given_up:
+            log.error("%s: on_timer raised for %s timer %r %d times, dead-lettered: %r", self._name, kind,
+                      timer.key, timer.attempts + 1, error)  # fmt: skip
+            self._dead_letter_timer(ctx, timer, error)
+
+    def _dead_letter_timer(self, ctx: Context, timer: Timer, error: BaseException) -> None:
+        """A timer given up: its key, and its entry (kind, when, payload, attempts) as JSON, stage ``timer``."""
+        entry = {"kind": timer.kind, "when": timer.when, "payload": timer.payload, "attempts": timer.attempts + 1}
         try:
-            self._emit(self.processor.on_timer(due, ctx))
-        except FatalRuntimeError:
-            raise
-        except Exception as exc:
-            log.exception("%s on_timer failed for %d timers: %s", self._name, len(due), exc)
-            self.metrics.dead_letters.labels(self._name, "timer").inc(len(due))
+            value = TIMER_STORE.encode(entry)
+        except Exception:  # a payload the store could hold always encodes; keep its text if not
+            value = repr(entry).encode(errors="replace")
+        topic = TIMER_STORE.changelog_topic(self.config.app_id)
+        self._dead_letter_raw(topic, ctx.partition, -1, timer.key.encode(), value, None, error, "timer")
 
     # --- dead letters ---------------------------------------------------------
 
@@ -731,7 +943,10 @@ class Runner:
             return
         self._last_commit = self.config.clock()
         self._begin()
-        wrote = self._write_changelogs()
+        if self.config.exactly_once:
+            wrote = self._write_changelogs()
+        else:
+            wrote = any(store.has_changes() for ctx in self._contexts.values() for store in ctx.stores.values())
         if not (self._uncommitted or wrote):
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items() if (t, p) in self._assigned]
@@ -739,9 +954,11 @@ class Runner:
         if self.config.exactly_once:
             self._commit_transaction(offsets)
         else:
-            remaining = self._producer.flush(60)
-            if remaining:
-                raise FatalRuntimeError(f"{remaining} records not acknowledged by the broker within 60 s")
+            # Outputs acknowledged first, state after: a fired timer's deletion (a changelog tombstone) must
+            # not reach the broker unless what its handler emitted did.
+            self._flush()
+            if self._write_changelogs():
+                self._flush()
             if offsets:
                 try:
                     if sync:
@@ -759,6 +976,12 @@ class Runner:
         for name, table in self._tables.items():
             self.metrics.table_records.labels(self._name, name).set(len(table.data))
         self._update_lag()
+
+    def _flush(self) -> None:
+        assert self._producer is not None
+        remaining = self._producer.flush(60)
+        if remaining:
+            raise FatalRuntimeError(f"{remaining} records not acknowledged by the broker within 60 s")
 
     def _manage_gc(self) -> None:
         """Keep long-lived state out of generation-2 scans (see ``RunnerConfig.gc_freeze``)."""
@@ -799,6 +1022,7 @@ class Runner:
         except KafkaException as exc:
             raise FatalRuntimeError(f"cannot abort transaction: {exc}") from exc
         self._in_transaction = False
+        self._aborts += 1
         self.metrics.aborts.labels(self._name).inc()
 
     def _rewind(self) -> None:
@@ -807,6 +1031,7 @@ class Runner:
         assigned = [TopicPartition(t, p) for t, p in self._assigned]
         partitions = {p for _, p in self._assigned}
         self._contexts.clear()
+        self._parked.clear()
         self._restore_partitions(sorted(partitions))
         committed = self._consumer.committed(assigned, timeout=30)
         for tp in committed:
@@ -826,6 +1051,7 @@ class Runner:
                 self.metrics.consumer_lag.labels(self._name, topic, str(partition)).set(max(0, high - position))
 
     def _close(self) -> None:
+        self._closing = True
         if self._consumer is not None:
             try:
                 self._consumer.close()  # leaves the group; revoke callback commits what is pending

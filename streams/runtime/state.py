@@ -141,6 +141,10 @@ class KeyValueStore:
         else:
             self._data[k] = self.spec.decode(value)
 
+    def take_over(self, other: KeyValueStore) -> None:
+        """Adopt the data of ``other`` (same store, same partition), leaving it empty: no copy, no changes marked."""
+        self._data, other._data = other._data, {}
+
     def forget(self, key: str) -> None:
         """Drop a key whose value cannot be written to the changelog (the caller writes its tombstone)."""
         self._data.pop(key, None)

@@ -1,13 +1,16 @@
 """Processors used by the runtime's integration tests, runnable as a subprocess (to kill -9 it).
 
-    python -m tests.integration.runtime_app count|timer --bootstrap B --registry R --app A \
-        --input T --output O --dlq D [--alo] [--instance I]
+    python -m tests.integration.runtime_app count|timer|join|flaky-timer --bootstrap B --registry R --app A \
+        --input T [--input T2] --output O --dlq D [--alo] [--instance I]
+
+Errors a user can fix print as one ``error:`` line and set the exit status, as the ``passerelle`` CLI does.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
@@ -72,9 +75,56 @@ class WallTimer(Processor):
         ]  # fmt: skip
 
 
-def build(kind: str, inputs: list[str], output: str, table: str | None = None) -> Processor:
-    base = {"count": CountingJoin, "timer": WallTimer}[kind]
-    attrs: dict[str, object] = {"inputs": tuple(inputs), "outputs": (output,)}
+class TwoInputCount(Processor):
+    """Counts events per visitor over several co-partitioned inputs; says which instance counted."""
+
+    name = "two-input-count"
+    stores = (StoreSpec("counts"),)
+    instance: ClassVar[str] = "?"
+
+    def process_one(self, record: InRecord, ctx: Context) -> Iterable[OutRecord]:
+        value = record.value
+        counts = ctx.store("counts")
+        count = counts.get(value["visitor_id"], 0) + 1
+        counts.put(value["visitor_id"], count)
+        out = {"event_id": value["event_id"], "visitor_id": value["visitor_id"], "count": count,
+               "label": f"{self.instance}:{record.topic}:{record.partition}"}  # fmt: skip
+        return [OutRecord(self.outputs[0], record.key, out)]
+
+
+class FlakyTimer(Processor):
+    """Arms a wall-clock timer per record whose handler raises ``n % 3`` times: 0, 2, or always (``n % 3 == 2``).
+
+    What fires is emitted with ``count`` = the failed attempts before it.
+    """
+
+    name = "flaky-timer"
+    delay_ms: ClassVar[int] = 300
+
+    def process_one(self, record: InRecord, ctx: Context) -> None:
+        value = record.value
+        fails = {0: 0, 1: 2, 2: 1_000_000}[value["n"] % 3]
+        ctx.timers.schedule(value["event_id"], ctx.now() + self.delay_ms, kind="wall",
+                            payload={"visitor": value["visitor_id"], "fails": fails})  # fmt: skip
+
+    def on_timer(self, timers: Sequence[Timer], ctx: Context) -> Iterable[OutRecord]:
+        out = []
+        for t in timers:
+            if t.attempts < t.payload["fails"]:
+                raise RuntimeError(f"flaky handler for {t.key} (attempt {t.attempts + 1})")
+            visitor = t.payload["visitor"]
+            value = {"event_id": t.key, "visitor_id": visitor, "count": t.attempts, "label": "fired"}
+            out.append(OutRecord(self.outputs[0], visitor, value))
+        return out
+
+
+KINDS: dict[str, type[Processor]] = {"count": CountingJoin, "timer": WallTimer, "join": TwoInputCount,
+                                     "flaky-timer": FlakyTimer}  # fmt: skip
+
+
+def build(kind: str, inputs: list[str], output: str, table: str | None = None, instance: str = "?") -> Processor:
+    base = KINDS[kind]
+    attrs: dict[str, object] = {"inputs": tuple(inputs), "outputs": (output,), "instance": instance}
     if table:
         attrs["tables"] = (TableSpec("labels", table),)
     cls = type(base.__name__ + "Configured", (base,), attrs)
@@ -93,27 +143,38 @@ def config(args: argparse.Namespace) -> RunnerConfig:
         static_membership=True,
         error_budget=ErrorBudget(max_ratio=0.5),
         commit_interval_ms=args.commit_ms,
+        timer_max_attempts=getattr(args, "timer_attempts", 5),
+        timer_backoff_ms=getattr(args, "timer_backoff_ms", 1000),
     )
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["count", "timer"])
+    parser.add_argument("kind", choices=sorted(KINDS))
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--registry", required=True)
     parser.add_argument("--app", required=True)
-    parser.add_argument("--input", required=True)
+    parser.add_argument("--input", required=True, action="append")
     parser.add_argument("--output", required=True)
     parser.add_argument("--dlq", required=True)
     parser.add_argument("--instance", default="0")
     parser.add_argument("--commit-ms", type=int, default=100)
     parser.add_argument("--alo", action="store_true")
+    parser.add_argument("--timer-attempts", type=int, default=5)
+    parser.add_argument("--timer-backoff-ms", type=int, default=1000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    runner = Runner(build(args.kind, [args.input], args.output), config(args))
+    runner = Runner(build(args.kind, args.input, args.output, instance=args.instance), config(args))
     runner.install_signal_handlers()
-    runner.run()
+    try:
+        runner.run()
+    except Exception as exc:
+        if not getattr(exc, "user_error", False):
+            raise
+        print(f"error: {exc}", file=sys.stderr)  # as passerelle.cli prints it
+        return int(getattr(exc, "exit_code", 1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

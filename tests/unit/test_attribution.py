@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from schemas.models import TrafficSource
 from streams.enrichment.attribution import (
     DEFAULT,
     Attribution,
@@ -688,3 +689,11 @@ def test_config_rejects_unknown_family() -> None:
 
 def test_default_precedence_order() -> None:
     assert DEFAULT.precedence == ("xtor", "at", "utm", "mtm", "pk", "click_id")
+
+
+def test_traffic_source_is_the_attribution_without_what_only_the_enrichment_uses() -> None:
+    attr = attribute(f"{SHOP}/?utm_source=nl&utm_medium=email&utm_campaign=spring&gclid=abc", None)
+    source = attr.traffic_source()
+    assert TrafficSource.from_avro(source).model_dump() == source  # every field the enriched hit's record has
+    assert source == {"medium": "email", "source": "nl", "campaign": "spring", "term": None, "content": None,
+                      "click_id": "abc", "network": "google"}  # fmt: skip

@@ -334,6 +334,17 @@ def test_model_mirrors_its_schema_field_for_field(stem: str) -> None:
     assert list(model.model_fields) == [f["name"] for f in schema["fields"]]
 
 
+def test_an_enriched_hit_is_a_hit_plus_the_enrichment() -> None:
+    # The enricher passes the hit through whole: a field added to Hit.avsc must be added to EnrichedHit.avsc
+    # (same place, type and default) or enriched hits would drop it when written.
+    def shape(fld: dict[str, Any]) -> tuple[Any, ...]:
+        return fld["name"], fld["type"], fld.get("default", "<none>")
+
+    hit, enriched = (raw(DEFAULT_SCHEMA_DIR / f"{stem}.avsc")["fields"] for stem in ("Hit", "EnrichedHit"))
+    assert [shape(f) for f in enriched[: len(hit)]] == [shape(f) for f in hit]
+    assert issubclass(model_for("EnrichedHit"), Hit)
+
+
 @pytest.mark.parametrize("stem", RECORD_STEMS)
 def test_model_to_avro_validates_and_roundtrips(stem: str) -> None:
     model = model_for(stem).from_avro(SAMPLES[stem])

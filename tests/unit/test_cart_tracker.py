@@ -1,4 +1,4 @@
-"""Abandoned carts with a driven clock: episodes, orders, removals, viewed products, replays, erasure."""
+"""Abandoned carts through the test driver: episodes, orders, removals, viewed products, replays, erasure."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from typing import Any
 
 import fastavro
 import pytest
-from prometheus_client import CollectorRegistry
 
 from schemas.catalog import load_catalog
 from schemas.models import CartAbandoned
 from streams.carts.processor import CartTrackerProcessor
 from streams.carts.tracker import CartConfig, CartTracker, cart_value, episode_event_id
-from streams.runtime import InRecord, OutRecord, make_context
+from streams.runtime import OutRecord
+from streams.runtime.testing import ProcessorDriver
 
 pytestmark = pytest.mark.unit
 
@@ -60,35 +60,32 @@ def order(at: int, visitor: str = "v1") -> dict[str, Any]:
 
 
 class Harness:
-    """The processor in a hand-built context; the clock is driven and wall timers fired like the runner does."""
+    """The processor on the runtime's test driver: one step per hit, the wall clock moved by the test."""
 
-    def __init__(self, config: CartConfig | None = None) -> None:
+    def __init__(self, config: CartConfig | None = None, crm: dict[str, Any] | None = None) -> None:
         self.proc = CartTrackerProcessor(config=config)
-        self.registry = CollectorRegistry()
-        self.proc.register_metrics(self.registry)
-        self.tables: dict[str, dict[str, Any]] = {"crm": {}}
-        self.ctx = make_context(self.proc, 0, self.tables)
-        self.offset = 0
-        self.now = T0
+        self.driver = ProcessorDriver(self.proc, tables={"crm": crm or {}}, now=T0)
+
+    @property
+    def now(self) -> int:
+        return self.driver.now
+
+    @now.setter
+    def now(self, now: int) -> None:
+        self.driver.now = now
 
     def send(self, *hits: dict[str, Any]) -> list[OutRecord]:
         out: list[OutRecord] = []
         for value in hits:
-            self.now = max(self.now, value["event_time"])  # processed as it happens
-            self.ctx.now_ms = self.now
-            self.offset += 1
-            record = InRecord("hits.enriched", 0, self.offset, value["event_time"], value["visitor_id"], value)
-            out.extend(self.proc.process([record], self.ctx))
-            assert not self.ctx.failures, self.ctx.failures
-            out.extend(self.tick(self.now))
+            at = value["event_time"]  # processed as it happens, or later when the clock is ahead (a replay)
+            step = self.driver.send("hits.enriched", value["visitor_id"], value, at, now=max(self.now, at))
+            assert not step.dead_letters, step.dead_letters
+            out.extend(step.outputs)
         return out
 
     def tick(self, now: int) -> list[OutRecord]:
-        """Move the wall clock to ``now`` and fire due timers, as ``Runner._fire_wall_timers`` does."""
-        self.now = now
-        self.ctx.now_ms = now
-        due = self.ctx.timers.due("wall", now)
-        return list(self.proc.on_timer(due, self.ctx)) if due else []
+        """Move the wall clock to ``now``: due timers fire."""
+        return self.driver.advance(now).outputs
 
     def abandoned(self, until: int) -> list[dict[str, Any]]:
         """Advance minute by minute to ``until``; the CartAbandoned values emitted on the way."""
@@ -99,7 +96,7 @@ class Harness:
         return [o.value for o in out]
 
     def metric(self, name: str) -> float | None:
-        return self.registry.get_sample_value(name)
+        return self.driver.metric(name)
 
 
 def valid(event: dict[str, Any]) -> dict[str, Any]:
@@ -161,9 +158,9 @@ def test_order_before_the_delay_means_no_abandonment() -> None:
 def test_removing_the_only_line_empties_the_cart() -> None:
     h = Harness()
     h.send(hit(T0, "cart_add", product("A", quantity=2)), hit(T0 + MIN, "cart_remove", product("A")))
-    assert h.proc.tracker.is_open(h.ctx.store("carts").get("v1"))  # one unit left
+    assert h.proc.tracker.is_open(h.driver.store("carts").get("v1"))  # one unit left
     h.send(hit(T0 + 2 * MIN, "cart_remove", product("A")))
-    assert h.ctx.store("carts").get("v1")["lines"] == []
+    assert h.driver.store("carts").get("v1")["lines"] == []
     assert h.abandoned(T0 + 3 * DELAY) == []
 
 
@@ -226,12 +223,12 @@ def test_a_hit_delivered_twice_counts_once() -> None:
     h = Harness()
     add = hit(T0, "cart_add", product("A"))
     h.send(add, dict(add))
-    assert h.ctx.store("carts").get("v1")["lines"][0]["quantity"] == 1
+    assert h.driver.store("carts").get("v1")["lines"][0]["quantity"] == 1
 
 
 def test_consent_crm_customer_and_email_are_carried() -> None:
     h = Harness()
-    h.tables["crm"]["C1"] = {"customer_id": "C1", "email": "c1@example.com"}
+    h.driver.table_update("crm", "C1", {"customer_id": "C1", "email": "c1@example.com"})
     h.send(hit(T0, "cart_add", product("A"), customer="C1", crm=CRM))
     [event] = h.abandoned(T0 + DELAY)
     valid(event)
@@ -251,13 +248,13 @@ def test_consent_crm_customer_and_email_are_carried() -> None:
 
 
 def test_crm_tombstone_forgets_every_cart_of_the_person() -> None:
-    h = Harness()
+    h = Harness(crm={"C1": {"customer_id": "C1"}})
     h.send(hit(T0, "cart_add", product("A"), visitor="phone", customer="C1"),
            hit(T0, "cart_add", product("B"), visitor="laptop", customer="C1"),
            hit(T0, "cart_add", product("C"), visitor="other", customer="C2"))  # fmt: skip
     assert h.metric("passerelle_carts_open") == 3
-    assert list(h.proc.on_table_change("crm", "C1", {"customer_id": "C1"}, None, h.ctx)) == []
-    assert set(h.ctx.store("carts")) == {"other"} and "C1" not in h.ctx.store("customers")
+    assert h.driver.table_update("crm", "C1", None).outputs == []
+    assert set(h.driver.store("carts")) == {"other"} and "C1" not in h.driver.store("customers")
     assert h.metric("passerelle_carts_open") == 1
     assert [e["visitor_id"] for e in h.abandoned(T0 + 2 * DELAY)] == ["other"]
 
@@ -265,11 +262,12 @@ def test_crm_tombstone_forgets_every_cart_of_the_person() -> None:
 def test_erasure_seen_during_restore_is_enforced_and_late_hits_of_the_person_ignored() -> None:
     h = Harness()
     h.send(hit(T0, "cart_add", product("A"), customer="C9"))
-    h.ctx.deleted["crm"].add("C9")
-    h.proc.on_partition_restored(h.ctx)
-    assert "v1" not in h.ctx.store("carts")
+    h.driver.revoke(0)
+    h.driver.table_update("crm", "C9", None)  # erased while the partition was elsewhere (or the instance down)
+    assert h.driver.restore(0).outputs == []
+    assert "v1" not in h.driver.store("carts")
     h.send(hit(T0 + MIN, "cart_add", product("A"), customer="C9"))  # enriched before the erasure, read after
-    assert "v1" not in h.ctx.store("carts")
+    assert "v1" not in h.driver.store("carts")
     assert h.abandoned(T0 + 2 * DELAY) == []
 
 
@@ -277,9 +275,9 @@ def test_idle_visitors_without_a_cart_are_forgotten() -> None:
     h = Harness(CartConfig(forget_after_ms=DELAY * 4))
     h.send(hit(T0, "product_view", product("A")), hit(T0, "cart_add", product("B"), visitor="v2"))
     assert h.abandoned(T0 + 2 * DELAY) != []  # v2's cart
-    assert set(h.ctx.store("carts")) == {"v1", "v2"}
+    assert set(h.driver.store("carts")) == {"v1", "v2"}
     h.abandoned(T0 + 4 * DELAY)
-    assert set(h.ctx.store("carts")) == set() and len(h.ctx.timers) == 0
+    assert set(h.driver.store("carts")) == set() and len(h.driver.context().timers) == 0
 
 
 def test_cart_value_and_state_survive_a_json_round_trip() -> None:

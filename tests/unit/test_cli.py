@@ -122,3 +122,12 @@ def test_bench_collector_passes_its_options_through(monkeypatch: pytest.MonkeyPa
     args = build_parser().parse_args(["bench", "collector", "--", "--seconds", "3", "--clients", "4"])
     assert args.func(args) == 0
     assert seen == [["--seconds", "3", "--clients", "4"]]
+
+
+def test_cluster_ids_never_start_with_a_dash() -> None:
+    """A leading "-" made StorageTool read the id as an option: one `up` in 64 failed to format storage."""
+    from deploy.local.stack import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(5000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(i) == 22 for i in ids)

@@ -1,4 +1,4 @@
-"""Enrichment rules with a driven clock and hand-built tables: visits, persistence, identity, CRM, erasure."""
+"""Enrichment rules through the test driver (driven clock, tables): visits, persistence, identity, CRM, erasure."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from typing import Any
 
 import pytest
 
+from schemas.models import EnrichedHit, age_band
 from streams.enrichment.enricher import crm_attributes
 from streams.enrichment.processor import EnrichmentProcessor
-from streams.runtime import InRecord, OutRecord, make_context
+from streams.runtime import OutRecord
+from streams.runtime.testing import ProcessorDriver
 
 pytestmark = pytest.mark.unit
 
@@ -40,19 +42,17 @@ def hit(
 
 
 class Harness:
+    """The processor on the runtime's test driver; each hit is processed when it happens unless ``now`` says."""
+
     def __init__(self) -> None:
         self.proc = EnrichmentProcessor()
-        self.tables: dict[str, dict[str, Any]] = {"campaigns": {"EREC-123": CAMPAIGN}, "crm": {}, "undeclared": {}}
-        self.ctx = make_context(self.proc, 0, self.tables)
-        self.offset = 0
+        self.driver = ProcessorDriver(self.proc, tables={"campaigns": {"EREC-123": CAMPAIGN}})
 
     def send(self, value: dict[str, Any], now: int | None = None) -> list[OutRecord]:
-        self.ctx.now_ms = now if now is not None else value["event_time"]
-        self.offset += 1
-        record = InRecord("hits.raw", 0, self.offset, value["event_time"], value["visitor_id"], value)
-        out = list(self.proc.process([record], self.ctx))
-        assert not self.ctx.failures, self.ctx.failures
-        return out
+        at = value["event_time"]
+        step = self.driver.send("hits.raw", value["visitor_id"], value, at, now=at if now is None else now)
+        assert not step.dead_letters, step.dead_letters
+        return step.outputs
 
     def enriched(self, value: dict[str, Any]) -> dict[str, Any]:
         outs = [o for o in self.send(value) if o.topic == "hits.enriched"]
@@ -110,7 +110,7 @@ def test_identity_stitching_and_crm_published_after_first_hits() -> None:
     assert [(o.key, o.value["customer_id"], o.value["source"]) for o in links] == [("v1", "C1", "identify")]
     before_crm = h.enriched(hit(T0 + 2 * MIN))
     assert before_crm["customer_id"] == "C1" and before_crm["crm"] is None
-    h.tables["crm"]["C1"] = PROFILE  # the CRM publishes the profile later
+    h.driver.table_update("crm", "C1", PROFILE)  # the CRM publishes the profile later
     after = h.enriched(hit(T0 + 3 * MIN))
     assert after["crm"] == {"gender": "F", "age_band": "35-49", "csp": "cadre", "loyalty_tier": "gold",
                             "marketing_consent": True}  # fmt: skip
@@ -119,15 +119,14 @@ def test_identity_stitching_and_crm_published_after_first_hits() -> None:
 
 def test_crm_tombstone_purges_every_visitor_of_the_person() -> None:
     h = Harness()
-    h.tables["crm"]["C1"] = PROFILE
+    h.driver.table_update("crm", "C1", PROFILE)
     h.send(hit(T0, visitor="phone", customer="C1"))
     h.send(hit(T0, visitor="laptop", customer="C1"))
-    del h.tables["crm"]["C1"]
-    outs = list(h.proc.on_table_change("crm", "C1", PROFILE, None, h.ctx))
+    outs = h.driver.table_update("crm", "C1", None).outputs  # the erasure: a tombstone
     assert sorted((o.topic, o.key, o.value) for o in outs) == [
         ("identity.links", "laptop", None), ("identity.links", "phone", None),
     ]  # fmt: skip
-    assert "phone" not in h.ctx.store("visitors") and "C1" not in h.ctx.store("customers")
+    assert "phone" not in h.driver.store("visitors") and "C1" not in h.driver.store("customers")
     later = h.enriched(hit(T0 + MIN, visitor="phone"))
     assert later["customer_id"] is None and later["crm"] is None and later["visit_number"] == 1
 
@@ -135,13 +134,26 @@ def test_crm_tombstone_purges_every_visitor_of_the_person() -> None:
 def test_erasure_seen_during_restore_is_enforced() -> None:
     h = Harness()
     h.send(hit(T0, customer="C9"))
-    h.ctx.deleted["crm"].add("C9")
-    outs = list(h.proc.on_partition_restored(h.ctx) or [])
+    h.driver.revoke(0)
+    h.driver.table_update("crm", "C9", None)  # erased while the partition was elsewhere (or the instance down)
+    outs = h.driver.restore(0).outputs
     assert [(o.key, o.value) for o in outs] == [("v1", None)]
-    assert "v1" not in h.ctx.store("visitors")
+    assert "v1" not in h.driver.store("visitors")
 
 
 def test_age_band_comes_from_birth_year_when_missing() -> None:
     assert crm_attributes({"birth_year": 2000}, T0)["age_band"] == "25-34"  # type: ignore[index]
     assert crm_attributes({"birth_year": 2015}, T0)["age_band"] == "<18"  # type: ignore[index]
     assert crm_attributes(None, T0) is None
+    # One definition of the bands, shared with the shop generator that writes CRM profiles.
+    assert [age_band(2026 - age, 2026) for age in (17, 18, 24, 25, 49, 50, 64, 65, 90)] == [
+        "<18", "18-24", "18-24", "25-34", "35-49", "50-64", "50-64", "65+", "65+",
+    ]  # fmt: skip
+
+
+def test_every_field_of_the_hit_passes_through() -> None:
+    h = Harness()
+    enriched = h.enriched(hit(T0, params={"utm_source": "nl", "utm_medium": "email"}))
+    assert EnrichedHit.from_avro(enriched).visit_id == "v1:1"  # the shape the output schema writes
+    newer = {**hit(T0 + MIN), "referrer_policy": "strict-origin"}  # a field a later Hit schema adds
+    assert h.enriched(newer)["referrer_policy"] == "strict-origin"

@@ -1,4 +1,4 @@
-"""Runtime pieces that need no broker: stores, timers, dead-letter headers, error budget."""
+"""Runtime pieces that need no broker: stores, timers, dead-letter headers, error budget, the test driver."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from streams.runtime import (
     OutRecord,
     Processor,
     StoreSpec,
+    TableSpec,
     Timer,
     header_dict,
-    make_context,
 )
 from streams.runtime.deadletter import dead_letter_headers
-from streams.runtime.timers import TIMER_STORE, TimerService
+from streams.runtime.testing import ProcessorDriver
+from streams.runtime.timers import TIMER_STORE, TimerRetry, TimerService
 
 pytestmark = pytest.mark.unit
 
@@ -128,15 +129,15 @@ class Doubler(Processor):
 
 
 def test_a_failing_record_becomes_a_dead_letter_and_the_others_go_on() -> None:
-    proc = Doubler()
-    ctx = make_context(proc, partition=0)
-    records = [InRecord("in", 0, i, 100 + i, "k", {"n": n}) for i, n in enumerate([1, -5, 3])]
-    out = list(proc.process(records, ctx))
-    assert [o.value for o in out] == [{"n": 2}, {"n": 6}]
-    assert [(r.offset, str(e), s) for r, e, s in ctx.failures] == [(1, "negative", "process")]
-    assert ctx.store("counts").get("k") == 2
-    fired = ctx.timers.due("event", 200)
-    assert list(proc.on_timer(fired, ctx)) == [OutRecord("out", "k", {"n": -1})]
+    driver = ProcessorDriver(Doubler())
+    step = driver.feed(*(driver.record("in", "k", {"n": n}, 100 + i) for i, n in enumerate([1, -5, 3])))
+    assert [o.value for o in step.outputs] == [{"n": 2}, {"n": 6}]
+    assert [(r.offset, str(e), s) for r, e, s in step.dead_letters] == [(1, "negative", "process")]
+    assert driver.store("counts").get("k") == 2
+    assert driver.advance(10_000).outputs == []  # an event-time timer waits for stream time, not the clock
+    step = driver.send("in", "other", {"n": 0}, 200)  # stream time passes k's timer (102 + 10)
+    assert step.outputs == [OutRecord("out", "other", {"n": 0}), OutRecord("out", "k", {"n": -1})]
+    assert step.fired == [Timer("k", 112, "event")]
 
 
 def test_commit_due_per_interval_and_early_only_when_caught_up() -> None:
@@ -165,6 +166,7 @@ class _Counting(Processor):
 
     name = "counting"
     stores = (StoreSpec("counts"),)
+    inputs = ("in",)
     outputs = ("out",)
 
     def process_one(self, record: InRecord, ctx: Context) -> Iterable[OutRecord]:
@@ -177,21 +179,16 @@ class _Counting(Processor):
 
 
 def test_a_failing_record_leaves_no_state_behind_and_the_others_go_on() -> None:
-    processor = _Counting()
-    ctx = make_context(processor, 0)
-    records = [InRecord("in", 0, n, 0, "k", v) for n, v in enumerate(["a", "boom", "b"])]
-    out = processor.process(records, ctx)
-    assert [o.value for o in out] == ["a", "b"]
-    assert ctx.store("counts").get("k") == 2  # the failed record's increment is undone
-    assert ctx.timers.get("k", kind="wall") == 1_002
-    assert [(r.offset, str(e), stage) for r, e, stage in ctx.failures] == [(1, "boom", "process")]
-    assert dict(ctx.store("counts").take_changes()) == {b"k": b"2"}
+    driver = ProcessorDriver(_Counting())
+    step = driver.feed(*(driver.record("in", "k", v, 0) for v in ["a", "boom", "b"]))
+    assert [o.value for o in step.outputs] == ["a", "b"]
+    assert driver.store("counts").get("k") == 2  # the failed record's increment is undone
+    assert driver.context().timers.get("k", kind="wall") == 1_002
+    assert [(r.offset, str(e), stage) for r, e, stage in step.dead_letters] == [(1, "boom", "process")]
+    assert step.changelog[("counts", 0)] == {"k": 2}
 
 
 def test_an_output_that_cannot_be_written_fails_its_record_alone() -> None:
-    processor = _Counting()
-    ctx = make_context(processor, 0)
-
     class TooLarge(Exception):
         stage = "produce"
 
@@ -199,14 +196,12 @@ def test_an_output_that_cannot_be_written_fails_its_record_alone() -> None:
         if any(o.value == "huge" for o in outputs):
             raise TooLarge("output too large")
 
-    ctx.seal = seal
-    ctx.store("counts").put("k", 5)
-    ctx.store("counts").take_changes()
-    records = [InRecord("in", 0, n, 0, "k", v) for n, v in enumerate(["a", "huge", "b"])]
-    out = processor.process(records, ctx)
-    assert [o.value for o in out] == ["a", "b"]
-    assert ctx.store("counts").get("k") == 7
-    assert [(r.offset, stage) for r, _, stage in ctx.failures] == [(1, "produce")]
+    driver = ProcessorDriver(_Counting(), seal=seal)
+    driver.store("counts").put("k", 5)
+    step = driver.feed(*(driver.record("in", "k", v, 0) for v in ["a", "huge", "b"]))
+    assert [o.value for o in step.outputs] == ["a", "b"]
+    assert driver.store("counts").get("k") == 7
+    assert [(r.offset, stage) for r, _, stage in step.dead_letters] == [(1, "produce")]
 
 
 def test_rollback_restores_deleted_and_new_keys() -> None:
@@ -221,3 +216,108 @@ def test_rollback_restores_deleted_and_new_keys() -> None:
     store.rollback()
     assert (store.get("kept"), store.get("gone"), "new" in store) == (1, 2, False)
     assert store.take_changes() == []
+
+
+class _Tracing(Processor):
+    """Says what it was called with: partition, stream time and wall clock, in the order of the calls."""
+
+    name = "tracing"
+    inputs = ("in",)
+    outputs = ("out",)
+    stores = (StoreSpec("seen"),)
+    tables = (TableSpec("t", "t.topic"),)
+
+    def process_one(self, record: InRecord, ctx: Context) -> Iterable[OutRecord]:
+        ctx.store("seen").put(record.key, record.value)
+        ctx.timers.schedule(record.key, record.timestamp + 10)
+        ctx.timers.schedule(record.key, ctx.now() + 100, kind="wall")
+        return [OutRecord("out", record.key, ["record", ctx.partition, ctx.stream_time, ctx.now()])]
+
+    def on_timer(self, timers: Sequence[Timer], ctx: Context) -> Iterable[OutRecord]:
+        return [OutRecord("out", t.key, [t.kind, ctx.partition, ctx.stream_time, ctx.now()]) for t in timers]
+
+    def on_table_change(self, table: str, key: object, old: object, new: object, ctx: Context) -> Iterable[OutRecord]:
+        return [OutRecord("out", str(key), ["table", ctx.partition, new])]
+
+    def on_partition_restored(self, ctx: Context) -> Iterable[OutRecord]:
+        return [OutRecord("out", "-", ["restored", ctx.partition, sorted(ctx.store("seen"))])]
+
+
+def test_the_driver_calls_a_processor_in_the_order_the_runner_does() -> None:
+    driver = ProcessorDriver(_Tracing(), partitions=(0, 1), now=1_000)
+    assert [o.value for o in driver.started.outputs] == [["restored", 0, []], ["restored", 1, []]]
+    batch = [driver.record("in", "a", 1, 5), driver.record("in", "b", 2, 50, partition=1),
+             driver.record("in", "c", 3, 20)]  # fmt: skip
+    step = driver.feed(*batch)
+    # Per partition: stream time raised to the batch's latest first, records, then event timers due at stream time.
+    assert [(o.key, o.value) for o in step.outputs] == [
+        ("a", ["record", 0, 20, 1_000]), ("c", ["record", 0, 20, 1_000]), ("a", ["event", 0, 20, 1_000]),
+        ("b", ["record", 1, 50, 1_000]),
+    ]  # fmt: skip
+    # Wall-clock timers on every partition held, when the clock passes them.
+    assert driver.advance(1_099).outputs == []
+    step = driver.advance(1_100)
+    assert [(o.key, o.value) for o in step.outputs] == [
+        ("a", ["wall", 0, 20, 1_100]), ("c", ["wall", 0, 20, 1_100]), ("b", ["wall", 1, 50, 1_100]),
+    ]  # fmt: skip
+    assert [t.key for t in step.fired] == ["a", "c", "b"]
+    # A table change reaches every partition held; a revoked one learns of it through ``ctx.deleted`` on restore.
+    assert [o.value for o in driver.table_update("t", "x", 7).outputs] == [["table", 0, 7], ["table", 1, 7]]
+    driver.revoke(1)
+    assert [o.value for o in driver.table_update("t", "x", None).outputs] == [["table", 0, None]]
+    step = driver.restore(1)
+    assert [o.value for o in step.outputs] == [["restored", 1, ["b"]]]  # state from the changelog
+    assert driver.context(1).deleted["t"] == {"x"} and driver.context(1).stream_time == -1
+    assert driver.changelog("seen", 1) == {"b": 2}
+    # Timers come back with the state: b's event timer (60) fires once stream time passes it again.
+    step = driver.send("in", "d", 4, 70, partition=1)
+    assert [(o.key, o.value[0]) for o in step.outputs] == [("d", "record"), ("b", "event")]
+
+
+class _Flaky(Processor):
+    """A wall-clock timer per key whose handler raises ``failures`` times, after changing the state."""
+
+    name = "flaky"
+    inputs = ("in",)
+    outputs = ("out",)
+    stores = (StoreSpec("done"),)
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+
+    def process_one(self, record: InRecord, ctx: Context) -> Iterable[OutRecord]:
+        ctx.timers.schedule(record.key, 10, kind="wall", payload=record.value)
+        return []
+
+    def on_timer(self, timers: Sequence[Timer], ctx: Context) -> Iterable[OutRecord]:
+        for timer in timers:
+            ctx.store("done").put(timer.key, timer.attempts)
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("partner down")
+        return [OutRecord("out", t.key, t.payload) for t in timers]
+
+
+def test_a_timer_whose_handler_raises_is_retried_neither_lost_nor_fired_twice() -> None:
+    driver = ProcessorDriver(_Flaky(failures=2), timer_retry=TimerRetry(max_attempts=5, backoff_ms=100))
+    driver.send("in", "k", "payload", 0)
+    step = driver.advance(10)
+    assert step.outputs == [] and [(t.key, at) for t, _, at in step.retried] == [("k", 110)]
+    assert "k" not in driver.store("done")  # what the failed handler did is rolled back
+    driver.restore(0)  # a restart in between: the re-armed timer is in the changelog
+    assert driver.advance(109).retried == []
+    assert [(t.attempts, at) for t, _, at in driver.advance(110).retried] == [(1, 310)]  # back-off doubles
+    step = driver.advance(310)
+    assert step.outputs == [OutRecord("out", "k", "payload")] and step.fired == [Timer("k", 10, "wall", "payload", 2)]
+    assert driver.store("done").get("k") == 2
+    assert driver.advance(100_000).outputs == [] and len(driver.context().timers) == 0
+
+
+def test_a_timer_that_always_raises_is_given_up_after_its_attempts() -> None:
+    driver = ProcessorDriver(_Flaky(failures=99), timer_retry=TimerRetry(max_attempts=3, backoff_ms=100))
+    driver.send("in", "k", "payload", 0)
+    assert len(driver.advance(10).retried) == 1
+    assert len(driver.advance(110).retried) == 1
+    step = driver.advance(310)  # the third attempt raises too: given up, for the runner to dead-letter
+    assert step.retried == [] and [(t.key, t.payload, t.attempts) for t, _ in step.given_up] == [("k", "payload", 2)]
+    assert len(driver.context().timers) == 0 and driver.advance(100_000).given_up == []
