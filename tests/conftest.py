@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from deploy.local import stack
+from schemas.clients import Connection, read_properties_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,6 +141,15 @@ class SecureStack:
     def kafka_config(self, component: str) -> dict[str, str]:
         """librdkafka properties logging in as ``component`` (bootstrap.servers included)."""
         return self.config.component_kafka_config(component)
+
+
+def component_connection(env: dict[str, str], bootstrap: str) -> Connection:
+    """The connection a process started with a secure stack's ``<component>.env`` builds from those lines."""
+    kafka = read_properties_file(Path(env["PASSERELLE_KAFKA_CONFIG_FILE"]))
+    kafka.pop("bootstrap.servers", None)
+    registry = {"basic.auth.user.info": env["PASSERELLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO"],
+                "ssl.ca.location": env["PASSERELLE_SCHEMA_REGISTRY_SSL_CA_LOCATION"]}  # fmt: skip
+    return Connection(bootstrap, env["PASSERELLE_SCHEMA_REGISTRY_URL"], kafka, registry)
 
 
 def secure_stack_config(state_dir: Path) -> stack.StackConfig:

@@ -1,4 +1,4 @@
-"""The lean processing runtime over confluent-kafka (see ARCHITECTURE.md for why not Faust here)."""
+"""The lean processing runtime over confluent-kafka (docs/runtime.md says why not Faust here)."""
 
 from streams.runtime.config import RunnerConfig
 from streams.runtime.deadletter import DEAD_LETTER_PREFIX, ErrorBudget, ErrorBudgetExceeded, header_dict

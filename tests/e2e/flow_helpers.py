@@ -18,8 +18,9 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from deploy.local.stack import free_port
 from schemas import clients
-from schemas.clients import Connection, read_properties_file
+from schemas.clients import Connection
 from schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
+from tests.conftest import component_connection
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,11 +67,7 @@ class FlowStack:
         registry_url = env.get("PASSERELLE_SCHEMA_REGISTRY_URL", f"http://127.0.0.1:{env['PASSERELLE_REGISTRY_PORT']}")
         if not self.secure:
             return Connection.plain(self.bootstrap, registry_url)
-        kafka = read_properties_file(Path(env["PASSERELLE_KAFKA_CONFIG_FILE"]))
-        kafka.pop("bootstrap.servers", None)
-        registry = {"basic.auth.user.info": env["PASSERELLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO"],
-                    "ssl.ca.location": env["PASSERELLE_SCHEMA_REGISTRY_SSL_CA_LOCATION"]}  # fmt: skip
-        return Connection(self.bootstrap, registry_url, kafka, registry)
+        return component_connection(env, self.bootstrap)
 
 
 def start_stack(env: dict[str, str], secure: bool = False) -> FlowStack:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -19,8 +18,8 @@ from confluent_kafka.admin import AdminClient
 
 from connectors.generator.send import publish_profiles
 from connectors.generator.shop import Shop
-from schemas.clients import Connection, KafkaAccessError, read_properties_file
-from tests.conftest import ROOT, SecureStack
+from schemas.clients import KafkaAccessError
+from tests.conftest import ROOT, SecureStack, component_connection
 
 pytestmark = pytest.mark.integration
 
@@ -92,12 +91,7 @@ def test_a_processor_under_another_principal_is_refused_and_writes_nothing(deplo
 
 def test_publishing_to_a_topic_not_granted_is_refused_and_nothing_lands(deployed: SecureStack) -> None:
     """The collector's user may write hits.raw, not the CRM table: a CRM publish under it fails whole."""
-    env = deployed.env("collector")
-    props = read_properties_file(Path(env["PASSERELLE_KAFKA_CONFIG_FILE"]))
-    props.pop("bootstrap.servers")
-    registry = {"basic.auth.user.info": env["PASSERELLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO"],
-                "ssl.ca.location": env["PASSERELLE_SCHEMA_REGISTRY_SSL_CA_LOCATION"]}  # fmt: skip
-    conn = Connection(deployed.bootstrap, env["PASSERELLE_SCHEMA_REGISTRY_URL"], props, registry)
+    conn = component_connection(deployed.env("collector"), deployed.bootstrap)
     before = end_offsets(deployed, "crm.profiles")
     with pytest.raises(KafkaAccessError, match=r"crm\.profiles"):
         publish_profiles(Shop(7, 0, customers=3).crm_profiles(), conn)
