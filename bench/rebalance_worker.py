@@ -33,6 +33,8 @@ from confluent_kafka import Consumer, TopicPartition
 from bench.job import ENRICHED_SCHEMA, crm_table, join
 from streams.runtime import Context, InRecord, OutRecord, Processor, Runner, RunnerConfig, StoreSpec
 
+VISITS: StoreSpec[Any] = StoreSpec("visits")
+
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -99,10 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return [OutRecord(output, r.key, join(r.value, crm)) for r in records]
 
     class StatefulEnrich(Enrich):
-        stores = (StoreSpec("visits"),)
+        stores = (VISITS,)
 
         def process(self, records: Sequence[InRecord], ctx: Context) -> Iterable[OutRecord]:
-            visits = ctx.store("visits")
+            visits = ctx.store(VISITS)
             for r in records:
                 visitor = r.value["visitor_id"]
                 seen = visits.get(visitor) or {"hits": 0, "urls": []}

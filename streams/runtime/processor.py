@@ -10,13 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
 
 from streams.runtime.records import InRecord, OutRecord
 from streams.runtime.state import KeyValueStore, StoreSpec
 from streams.runtime.timers import TIMER_STORE, Timer, TimerService
+
+V = TypeVar("V")
+
+Failure = tuple[InRecord, BaseException, str]
+"""A dead letter to write: the record, the error, the stage."""
 
 
 @dataclass(frozen=True)
@@ -25,36 +31,49 @@ class TableSpec:
 
     name: str
     topic: str
+    erases: bool = False
+    """A tombstone on this table erases a person (its key): every store declaring ``person`` forgets their keys."""
 
 
 @dataclass
 class Context:
-    """What a processor sees of one input partition: its stores, the tables, timers, time."""
+    """What a processor sees of one input partition: its stores, the tables, timers, time.
+
+    The runner (or the test driver) sets the clock, collects dead letters and
+    seals outputs through the underscored fields; a processor uses the methods.
+    """
 
     partition: int
-    stores: dict[str, KeyValueStore]
+    stores: dict[str, KeyValueStore[Any]]
     tables: Mapping[str, Mapping[str, Any]]
     timers: TimerService
     deleted: Mapping[str, set[Any]] = field(default_factory=dict)
-    now_ms: int = 0
+    """Keys each table has deleted (tombstones): erasures to honour for records that arrive late."""
     stream_time: int = -1
-    failures: list[tuple[InRecord, BaseException, str]] = field(default_factory=list)
-    seal: Callable[[Sequence[OutRecord]], None] | None = None
-    """Set by the runner: encodes one record's outputs now and raises if one cannot be written."""
+    _now: int = field(default=0, repr=False)
+    _failures: list[Failure] = field(default_factory=list, repr=False)
+    _seal: Callable[[Sequence[OutRecord]], None] | None = field(default=None, repr=False)
+    """Encodes one record's outputs now and raises if one cannot be written."""
 
-    def store(self, name: str) -> KeyValueStore:
-        return self.stores[name]
+    def store(self, spec: StoreSpec[V]) -> KeyValueStore[V]:
+        """The partition's store declared by ``spec`` (the processor's ``stores`` must include it)."""
+        return self.stores[spec.name]
 
     def table(self, name: str) -> Mapping[str, Any]:
         return self.tables[name]
 
     def now(self) -> int:
-        """Wall-clock time in UTC milliseconds, from the runner's (drivable) clock."""
-        return self.now_ms
+        """Wall-clock time in UTC milliseconds, read once per batch from the runner's (drivable) clock."""
+        return self._now
 
     def fail(self, record: InRecord, error: BaseException, stage: str = "process") -> None:
         """Hand a record to the dead-letter topic; processing of the others goes on."""
-        self.failures.append((record, error, stage))
+        self._failures.append((record, error, stage))
+
+    def take_failures(self) -> list[Failure]:
+        """Runner side: the dead letters handed over since the last call."""
+        failures, self._failures = self._failures, []
+        return failures
 
     def apply(
         self, record: InRecord, handle: Callable[[InRecord, Context], Iterable[OutRecord] | None]
@@ -73,9 +92,9 @@ class Context:
         try:
             produced = handle(record, self)
             outputs: Sequence[OutRecord] = produced if isinstance(produced, list) else list(produced or ())
-            if outputs and self.seal is not None:
+            if outputs and self._seal is not None:
                 stage = "serialize"
-                self.seal(outputs)
+                self._seal(outputs)
         except Exception as exc:
             for store in stores:
                 store.rollback()
@@ -99,6 +118,9 @@ class Processor:
     tables: Sequence[TableSpec] = ()
     tombstone_inputs: Sequence[str] = ()
     """Inputs where a null value means something (a compacted table read as a stream); elsewhere it is poison."""
+    metrics: Sequence[Collector] = ()
+    """The processor's own metrics, created unregistered when it is built (``registry=None``): the runner
+    registers them in the registry it serves, the test driver in its own."""
 
     def process(self, records: Sequence[InRecord], ctx: Context) -> Iterable[OutRecord]:
         """Default batch handling: one record at a time, a failing record becomes a dead letter."""
@@ -115,10 +137,24 @@ class Processor:
         return ()
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
-        """Create the processor's own metrics in the registry the runner serves (default: none)."""
+        """Register ``metrics`` in the registry the runner serves."""
+        for collector in self.metrics:
+            registry.register(collector)
 
     def on_partition_restored(self, ctx: Context) -> Iterable[OutRecord] | None:
-        """Hook after a partition's state is restored: rebuild derived indexes, enforce erasures."""
+        """A partition is now processed here, its state restored (erasures already enforced)."""
+        return None
+
+    def on_partition_revoked(self, ctx: Context) -> None:
+        """A partition is no longer processed here (rebalance, shutdown, lost): forget what you keep about it.
+
+        Its stores were committed (or, for a lost partition, the next owner
+        restores what was); nothing can be emitted any more. Counters and
+        caches kept outside the stores are what this hook is for.
+        """
+
+    def on_erased(self, store: StoreSpec[Any], key: str, value: Any, ctx: Context) -> Iterable[OutRecord] | None:
+        """A key of a ``person`` store was deleted because its person was erased: retract what it emitted."""
         return None
 
     def on_table_change(self, table: str, key: Any, old: Any, new: Any, ctx: Context) -> Iterable[OutRecord]:
@@ -128,6 +164,43 @@ class Processor:
         partitions: an erasure purges state everywhere without a broadcast.
         """
         return ()
+
+
+def erase(processor: Processor, ctx: Context, person: str) -> list[OutRecord]:
+    """Delete every key of ``person`` in the partition's ``person`` stores; ``on_erased`` for each."""
+    out: list[OutRecord] = []
+    for spec in processor.stores:
+        if spec.person is None:
+            continue
+        store = ctx.stores[spec.name]
+        for key in store.keys_of(person):
+            value = store.get(key)
+            store.delete(key)
+            out.extend(processor.on_erased(spec, key, value, ctx) or ())
+    return out
+
+
+def table_changed(
+    processor: Processor, ctx: Context, table: TableSpec, key: Any, old: Any, new: Any
+) -> list[OutRecord]:
+    """What one partition does on a table change: the erasure first, then the processor's own hook."""
+    out = erase(processor, ctx, str(key)) if table.erases and new is None else []
+    out.extend(processor.on_table_change(table.name, key, old, new, ctx) or ())
+    return out
+
+
+def partition_restored(processor: Processor, ctx: Context) -> list[OutRecord]:
+    """After a restore: erasures that happened while the partition was elsewhere, then the processor's hook."""
+    out: list[OutRecord] = []
+    for table in processor.tables:
+        erased = ctx.deleted.get(table.name) if table.erases else None
+        if not erased:
+            continue
+        persons = {p for spec in processor.stores if spec.person for p in ctx.stores[spec.name].persons()}
+        for person in sorted(persons & {str(k) for k in erased}):
+            out.extend(erase(processor, ctx, person))
+    out.extend(processor.on_partition_restored(ctx) or ())
+    return out
 
 
 def make_context(

@@ -38,7 +38,7 @@ from schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetche
 from streams.runtime.config import RunnerConfig
 from streams.runtime.deadletter import DEAD_LETTER_PREFIX, dead_letter_headers
 from streams.runtime.metrics import RuntimeMetrics
-from streams.runtime.processor import Context, Processor, make_context
+from streams.runtime.processor import Context, Processor, make_context, partition_restored, table_changed
 from streams.runtime.records import InRecord, OutRecord
 from streams.runtime.state import StoreSpec
 from streams.runtime.tables import LookupTable
@@ -436,6 +436,7 @@ class Runner:
         for tp in partitions:
             if tp.partition not in still and (ctx := self._contexts.pop(tp.partition, None)) is not None:
                 dropped[tp.partition] = ctx
+                self.processor.on_partition_revoked(ctx)
         if dropped:
             for spec in self.processor.stores:
                 self.metrics.state_keys.labels(self._name, spec.name).set(self._state_size(spec.name))
@@ -542,7 +543,7 @@ class Runner:
         contexts: dict[int, Context] = {}
         for p in partitions:
             ctx = make_context(self.processor, p, self._table_data, self._table_deleted)
-            ctx.seal = self._seal
+            ctx._seal = self._seal
             parked = self._parked.pop(p, None)
             if parked is not None and all(ends[p][t][0] <= at <= ends[p][t][1] for t, at in parked[1].items()):
                 old, kept[p] = parked
@@ -583,7 +584,7 @@ class Runner:
         for p, ctx in contexts.items():
             ctx.timers.reload()
             self._contexts[p] = ctx
-            produced = self.processor.on_partition_restored(ctx)
+            produced = partition_restored(self.processor, ctx)
             if produced:
                 self._uncommitted = True
                 self._emit(produced)
@@ -651,7 +652,7 @@ class Runner:
             if ctx is None:  # assigned without restore should not happen; restore now to be safe
                 self._restore_partition(partition)
                 ctx = self._contexts[partition]
-            ctx.now_ms = now
+            ctx._now = now
             latest = max(r.timestamp for r in records)
             if latest > ctx.stream_time:
                 ctx.stream_time = latest
@@ -662,11 +663,11 @@ class Runner:
                 for record in records:
                     self._dead_letter(record, exc, "process")
                 failures += len(records)
-            if ctx.failures:
-                for record, error, stage in ctx.failures:
+            if ctx._failures:
+                dead = ctx.take_failures()
+                for record, error, stage in dead:
                     self._dead_letter(record, error, stage)
-                failures += len(ctx.failures)
-                ctx.failures.clear()
+                failures += len(dead)
             self._fire(ctx, "event", ctx.stream_time, now)
             sample = records[-LATENCY_SAMPLE:]
             emit_ms = self.config.clock()
@@ -771,7 +772,7 @@ class Runner:
 
     def _fire_wall_timers(self, now: int) -> None:
         for ctx in list(self._contexts.values()):
-            ctx.now_ms = now
+            ctx._now = now
             self._fire(ctx, "wall", now, now)
             retries = ctx.timers.due_retries(now)
             if retries:
@@ -882,10 +883,12 @@ class Runner:
         self._dead_letter_raw(out.topic, -1, -1, key, value, out.headers, error, stage)
 
     def _table_changed(self, name: str) -> Callable[[Any, Any, Any], None]:
+        spec = next(t for t in self.processor.tables if t.name == name)
+
         def changed(key: Any, old: Any, new: Any) -> None:
             for ctx in list(self._contexts.values()):
                 self._uncommitted = True
-                self._emit(self.processor.on_table_change(name, key, old, new, ctx))
+                self._emit(table_changed(self.processor, ctx, spec, key, old, new))
 
         return changed
 
@@ -1030,6 +1033,8 @@ class Runner:
         assert self._consumer is not None
         assigned = [TopicPartition(t, p) for t, p in self._assigned]
         partitions = {p for _, p in self._assigned}
+        for ctx in self._contexts.values():
+            self.processor.on_partition_revoked(ctx)
         self._contexts.clear()
         self._parked.clear()
         self._restore_partitions(sorted(partitions))

@@ -10,12 +10,14 @@ not one per hit.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 _DELETED = object()
 _ABSENT = object()
+
+V = TypeVar("V")
 
 
 def json_dumps(value: Any) -> bytes:
@@ -27,18 +29,33 @@ def json_loads(data: bytes) -> Any:
 
 
 @dataclass(frozen=True)
-class StoreSpec:
-    """A state store a processor declares; its changelog is ``<app>-<name>-changelog``."""
+class StoreSpec(Generic[V]):
+    """A state store a processor declares; its changelog is ``<app>-<name>-changelog``.
+
+    The spec is also the handle a processor reads the store with
+    (``ctx.store(VISITORS)``): typed by the values it holds, so a misspelt
+    store is an import error and a wrong value type a mypy error, not a
+    ``KeyError`` in production.
+    """
 
     name: str
     encode: Callable[[Any], bytes] = json_dumps
     decode: Callable[[bytes], Any] = json_loads
+    person: str | None = None
+    """Field of each value naming the person (customer id) it belongs to, if any.
+
+    The runtime then keeps a person -> keys index of the partition (rebuilt on
+    restore, never written to a changelog) and, when a table declared with
+    ``erases=True`` deletes that person, deletes their keys and calls
+    ``Processor.on_erased`` for each: an erasure reaches every key of the
+    person without each processor keeping its own index.
+    """
 
     def changelog_topic(self, app_id: str) -> str:
         return f"{app_id}-{self.name}-changelog"
 
 
-class KeyValueStore:
+class KeyValueStore(Generic[V]):
     """In-memory store for one partition; string keys, JSON-able values by default.
 
     ``begin``/``rollback``/``release`` bracket one input record: when the record
@@ -49,20 +66,21 @@ class KeyValueStore:
     processors here do.
     """
 
-    __slots__ = ("_data", "_dirty", "_undo", "name", "partition", "spec")
+    __slots__ = ("_data", "_dirty", "_persons", "_undo", "name", "partition", "spec")
 
-    def __init__(self, spec: StoreSpec, partition: int) -> None:
+    def __init__(self, spec: StoreSpec[V], partition: int) -> None:
         self.spec = spec
         self.name = spec.name
         self.partition = partition
-        self._data: dict[str, Any] = {}
+        self._data: dict[str, V] = {}
         self._dirty: dict[str, Any] = {}
         self._undo: list[tuple[str, Any, Any]] | None = None
+        self._persons: dict[str, set[str]] | None = {} if spec.person else None
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._data.get(key, default)
 
-    def __getitem__(self, key: str) -> Any:
+    def __getitem__(self, key: str) -> V:
         return self._data[key]
 
     def __contains__(self, key: object) -> bool:
@@ -74,24 +92,56 @@ class KeyValueStore:
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._data))
 
-    def items(self) -> list[tuple[str, Any]]:
+    def items(self) -> list[tuple[str, V]]:
         return list(self._data.items())
 
-    def put(self, key: str, value: Any) -> None:
+    def put(self, key: str, value: V) -> None:
         """Set a value; the store keeps the object, so mutate then ``put`` again to mark it changed."""
+        old = self._data.get(key, _ABSENT)
         if self._undo is not None:
-            self._undo.append((key, self._data.get(key, _ABSENT), self._dirty.get(key, _ABSENT)))
+            self._undo.append((key, old, self._dirty.get(key, _ABSENT)))
         self._data[key] = value
         self._dirty[key] = value
+        if self._persons is not None:
+            self._reindex(key, old, value)
 
     __setitem__ = put
 
     def delete(self, key: str) -> None:
+        old = self._data.pop(key, _ABSENT)
         if self._undo is not None:
-            self._undo.append((key, self._data.get(key, _ABSENT), self._dirty.get(key, _ABSENT)))
-        if key in self._data:
-            del self._data[key]
+            self._undo.append((key, old, self._dirty.get(key, _ABSENT)))
         self._dirty[key] = _DELETED
+        if self._persons is not None:
+            self._reindex(key, old, _ABSENT)
+
+    # --- the person index ----------------------------------------------------------
+
+    def persons(self) -> list[str]:
+        """The persons (``spec.person`` values) that own keys in this partition."""
+        return list(self._persons or ())
+
+    def keys_of(self, person: str) -> list[str]:
+        """This partition's keys whose value names ``person``."""
+        return sorted((self._persons or {}).get(person, ()))
+
+    def _person(self, value: Any) -> str | None:
+        if isinstance(value, Mapping):
+            person = value.get(self.spec.person)
+            return None if person is None else str(person)
+        return None
+
+    def _reindex(self, key: str, old: Any, new: Any) -> None:
+        assert self._persons is not None
+        before, after = self._person(old), self._person(new)
+        if before == after:
+            return
+        if before is not None and (keys := self._persons.get(before)) is not None:
+            keys.discard(key)
+            if not keys:
+                del self._persons[before]
+        if after is not None:
+            self._persons.setdefault(after, set()).add(key)
 
     # --- one record at a time ----------------------------------------------------
 
@@ -103,10 +153,13 @@ class KeyValueStore:
         """Undo every ``put``/``delete`` since ``begin`` (newest first), then stop journaling."""
         undo, self._undo = self._undo, None
         for key, value, dirty in reversed(undo or ()):
+            current = self._data.get(key, _ABSENT)
             if value is _ABSENT:
                 self._data.pop(key, None)
             else:
                 self._data[key] = value
+            if self._persons is not None:
+                self._reindex(key, current, value)
             if dirty is _ABSENT:
                 self._dirty.pop(key, None)
             else:
@@ -136,15 +189,22 @@ class KeyValueStore:
     def restore(self, key: bytes, value: bytes | None) -> None:
         """Apply one changelog record (restore does not mark keys dirty)."""
         k = key.decode()
-        if value is None:
-            self._data.pop(k, None)
+        old = self._data.pop(k, _ABSENT) if self._persons is not None else _ABSENT
+        if value is not None:
+            self._data[k] = new = self.spec.decode(value)
         else:
-            self._data[k] = self.spec.decode(value)
+            self._data.pop(k, None)
+            new = _ABSENT
+        if self._persons is not None:
+            self._reindex(k, old, new)
 
-    def take_over(self, other: KeyValueStore) -> None:
+    def take_over(self, other: KeyValueStore[V]) -> None:
         """Adopt the data of ``other`` (same store, same partition), leaving it empty: no copy, no changes marked."""
         self._data, other._data = other._data, {}
+        self._persons, other._persons = other._persons, ({} if other._persons is not None else None)
 
     def forget(self, key: str) -> None:
         """Drop a key whose value cannot be written to the changelog (the caller writes its tombstone)."""
-        self._data.pop(key, None)
+        old = self._data.pop(key, _ABSENT)
+        if self._persons is not None:
+            self._reindex(key, old, _ABSENT)

@@ -10,11 +10,12 @@ behave the same. ``ProcessorDriver`` does it once, in the order of
 ``Runner.step`` (keep the two in step when the runner changes):
 
 1. lookup-table records (``table_update``): the table changes, then
-   ``on_table_change`` runs for every partition held; if it raises, the table
+   the erasure (a tombstone on a table declared ``erases``) and
+   ``on_table_change`` run for every partition held; if one raises, the table
    record becomes a dead letter (stage ``table``) and the remaining partitions
    are skipped, as ``LookupTable.poll`` does;
 2. input records, grouped per (topic, partition) in arrival order; per group:
-   ``ctx.now_ms`` set to the wall clock, stream time raised to the group's
+   the context's clock set to the wall clock, stream time raised to the group's
    latest timestamp, ``Processor.process`` (each record a unit, through
    ``Context.apply``), its dead letters, then the event-time timers due at
    stream time;
@@ -35,20 +36,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
 from schemas.errors import SerializationError
-from streams.runtime.processor import Context, Processor, make_context
+from streams.runtime.processor import Context, Failure, Processor, make_context, partition_restored, table_changed
 from streams.runtime.records import Headers, InRecord, OutRecord
 from streams.runtime.state import KeyValueStore, StoreSpec
 from streams.runtime.timers import TIMER_STORE, Timer, TimerKind, TimerRetry, fire
 
 KINDS: tuple[TimerKind, ...] = ("event", "wall")
+V = TypeVar("V")
 
-Failure = tuple[InRecord, BaseException, str]
-"""A dead letter: the record (for a table record or an output, one standing in for it), the error, the stage."""
+__all__ = ["Failure", "ProcessorDriver", "Step"]
 
 
 @dataclass
@@ -113,14 +114,14 @@ class ProcessorDriver:
         """The live context of an assigned partition: its stores, timers, stream time."""
         return self._contexts[partition]
 
-    def store(self, name: str, partition: int = 0) -> KeyValueStore:
+    def store(self, spec: StoreSpec[V], partition: int = 0) -> KeyValueStore[V]:
         """A store of an assigned partition."""
-        return self._contexts[partition].store(name)
+        return self._contexts[partition].store(spec)
 
-    def changelog(self, store: str, partition: int = 0) -> dict[str, Any]:
+    def changelog(self, spec: StoreSpec[Any], partition: int = 0) -> dict[str, Any]:
         """A store as its changelog holds it after the last commit: what a restore would find."""
-        decode = self._specs[store].decode
-        return {k.decode(): decode(v) for k, v in self._changelogs.get((store, partition), {}).items()}
+        decode = self._specs[spec.name].decode
+        return {k.decode(): decode(v) for k, v in self._changelogs.get((spec.name, partition), {}).items()}
 
     def metric(self, name: str, **labels: str) -> float | None:
         """A sample of the processor's own metrics."""
@@ -157,10 +158,10 @@ class ProcessorDriver:
         return self._step((), now, (table, key, value))
 
     def revoke(self, partition: int = 0) -> Step:
-        """The partition moves away: committed, then its context dropped (until ``restore``)."""
+        """The partition moves away: committed, ``on_partition_revoked``, its context dropped (until ``restore``)."""
         step = Step()
         self._commit(step)
-        del self._contexts[partition]
+        self.processor.on_partition_revoked(self._contexts.pop(partition))
         return step
 
     def restore(self, partition: int = 0) -> Step:
@@ -196,7 +197,7 @@ class ProcessorDriver:
             ctx = self._contexts.get(partition)
             if ctx is None:  # the runner restores a partition it has records for but no context
                 ctx = self._assign(partition, step)
-            ctx.now_ms = now
+            ctx._now = now
             ctx.stream_time = max(ctx.stream_time, max(r.timestamp for r in group))
             try:
                 outputs = list(self.processor.process(group, ctx))
@@ -204,11 +205,10 @@ class ProcessorDriver:
                 step.dead_letters.extend((record, exc, "process") for record in group)
             else:
                 self._emit(step, outputs, sealed=True)
-            step.dead_letters.extend(ctx.failures)
-            ctx.failures.clear()
+            step.dead_letters.extend(ctx.take_failures())
             self._fire(step, ctx, ctx.timers.due("event", ctx.stream_time), now)
         for ctx in list(self._contexts.values()):
-            ctx.now_ms = now
+            ctx._now = now
             self._fire(step, ctx, ctx.timers.due("wall", now), now)
             retries = ctx.timers.due_retries(now)
             for kind in KINDS:
@@ -218,13 +218,13 @@ class ProcessorDriver:
 
     def _assign(self, partition: int, step: Step) -> Context:
         ctx = make_context(self.processor, partition, self.tables, self.deleted)
-        ctx.seal = self.seal
+        ctx._seal = self.seal
         for name, store in ctx.stores.items():
             for key, value in self._changelogs.get((name, partition), {}).items():
                 store.restore(key, value)
         ctx.timers.reload()
         self._contexts[partition] = ctx
-        self._emit(step, list(self.processor.on_partition_restored(ctx) or ()))
+        self._emit(step, partition_restored(self.processor, ctx))
         return ctx
 
     def _table_changed(self, step: Step, table: str, key: Any, new: Any) -> None:
@@ -236,11 +236,12 @@ class ProcessorDriver:
         else:
             data[key] = new
             self.deleted[table].discard(key)
+        spec = next(spec for spec in self.processor.tables if spec.name == table)
         try:
             for ctx in list(self._contexts.values()):
-                self._emit(step, list(self.processor.on_table_change(table, key, old, new, ctx)))
+                self._emit(step, table_changed(self.processor, ctx, spec, key, old, new))
         except Exception as exc:
-            topic = next(spec.topic for spec in self.processor.tables if spec.name == table)
+            topic = spec.topic
             step.dead_letters.append((InRecord(topic, -1, -1, self.now, key, new), exc, "table"))
 
     def _fire(self, step: Step, ctx: Context, due: list[Timer], now: int) -> None:

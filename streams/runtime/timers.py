@@ -21,7 +21,7 @@ from streams.runtime.records import OutRecord
 from streams.runtime.state import KeyValueStore, StoreSpec
 
 TimerKind = Literal["event", "wall"]
-TIMER_STORE = StoreSpec("timers")
+TIMER_STORE: StoreSpec[Any] = StoreSpec("timers")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Iterable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from streams.runtime import (
     Context,
@@ -28,6 +28,8 @@ from streams.runtime import (
 )
 from tests.integration.kafka_helpers import json_schema
 
+COUNTS: StoreSpec[Any] = StoreSpec("counts")
+
 IN_SCHEMA = json_schema("Probe", [("event_id", "string"), ("visitor_id", "string"), ("n", "long")])
 OUT_SCHEMA = json_schema(
     "Counted",
@@ -40,13 +42,13 @@ class CountingJoin(Processor):
     """Counts events per visitor (keyed state) and joins a label from a lookup table."""
 
     name = "counting-join"
-    stores = (StoreSpec("counts"),)
+    stores = (COUNTS,)
 
     def process_one(self, record: InRecord, ctx: Context) -> Iterable[OutRecord]:
         value = record.value
         if value["n"] < 0:
             raise ValueError(f"negative n {value['n']}")
-        counts = ctx.store("counts")
+        counts = ctx.store(COUNTS)
         count = counts.get(value["visitor_id"], 0) + 1
         counts.put(value["visitor_id"], count)
         label = None
@@ -79,12 +81,12 @@ class TwoInputCount(Processor):
     """Counts events per visitor over several co-partitioned inputs; says which instance counted."""
 
     name = "two-input-count"
-    stores = (StoreSpec("counts"),)
+    stores = (COUNTS,)
     instance: ClassVar[str] = "?"
 
     def process_one(self, record: InRecord, ctx: Context) -> Iterable[OutRecord]:
         value = record.value
-        counts = ctx.store("counts")
+        counts = ctx.store(COUNTS)
         count = counts.get(value["visitor_id"], 0) + 1
         counts.put(value["visitor_id"], count)
         out = {"event_id": value["event_id"], "visitor_id": value["visitor_id"], "count": count,

@@ -27,7 +27,7 @@ from schemas.clients import Connection, produce, producer, registry_client
 from schemas.serde import AvroEncoder
 from streams.runtime import FatalRuntimeError, Runner, RunnerConfig
 from tests.integration.kafka_helpers import STRING_KEY, TopicReader, create_topics
-from tests.integration.runtime_app import IN_SCHEMA, OUT_SCHEMA, build
+from tests.integration.runtime_app import COUNTS, IN_SCHEMA, OUT_SCHEMA, build
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -133,11 +133,11 @@ def test_an_eager_rebalance_keeps_state_and_reads_on_only_what_was_written_since
     runner._restore_partitions([0, 1, 2])
     assert fake.assigned == [(counts, 0, 0), (counts, 1, 0), (counts, 2, 0)]  # empty timer changelogs skipped
     first = dict(runner._contexts)
-    assert first[0].store("counts").get("k") == 5
+    assert first[0].store(COUNTS).get("k") == 5
     # The revoke's commit: k counted to 6 in partition 0, its transaction's markers not written yet, so a
     # read_committed client sees the end before it.
-    first[0].store("counts").put("k", 6)
-    first[0].store("counts").take_changes()
+    first[0].store(COUNTS).put("k", 6)
+    first[0].store(COUNTS).take_changes()
     logs[(counts, 0)].append((b"k", b"6"))
     fake.stable[(counts, 0)] = 2
     parked = runner._drop([TopicPartition(t, p) for t in ("left", "right") for p in (0, 1, 2)])
@@ -151,7 +151,7 @@ def test_an_eager_rebalance_keeps_state_and_reads_on_only_what_was_written_since
     fake.assigned = []
     runner._restore_partitions([0, 1, 2])
     assert fake.assigned == [(counts, 0, 2), (counts, 1, 2)]  # read on from where each was committed
-    assert [runner._contexts[p].store("counts").get(k) for p, k in ((0, "k"), (1, "k"), (2, "j"))] == [6, 7, 1]
+    assert [runner._contexts[p].store(COUNTS).get(k) for p, k in ((0, "k"), (1, "k"), (2, "j"))] == [6, 7, 1]
     assert all(runner._contexts[p] is not first[p] for p in (0, 1, 2))  # new contexts, as after any restore
     assert runner._parked == {}
     assert not any(store.has_changes() for ctx in runner._contexts.values() for store in ctx.stores.values())
@@ -160,7 +160,7 @@ def test_an_eager_rebalance_keeps_state_and_reads_on_only_what_was_written_since
     runner._parked[2][1][counts] = 99
     fake.assigned = []
     runner._restore_partitions([2])
-    assert fake.assigned == [(counts, 2, 0)] and runner._contexts[2].store("counts").get("j") == 1
+    assert fake.assigned == [(counts, 2, 0)] and runner._contexts[2].store(COUNTS).get("j") == 1
 
 
 # --- real broker ----------------------------------------------------------------------------------------------------

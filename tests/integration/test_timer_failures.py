@@ -42,6 +42,8 @@ from streams.runtime.timers import TIMER_STORE, TimerRetry, TimerService, fire
 from tests.integration.kafka_helpers import TopicReader, create_topics, produce_avro
 from tests.integration.runtime_app import IN_SCHEMA, build, config
 
+SEEN: StoreSpec[Any] = StoreSpec("seen")
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # --- no broker ------------------------------------------------------------------------------------------------------
@@ -52,7 +54,7 @@ class Picky(Processor):
 
     name = "picky"
     outputs = ("out",)
-    stores = (StoreSpec("seen"),)
+    stores = (SEEN,)
 
     def __init__(self, failing: dict[str, int]) -> None:
         self.budget = dict(failing)  # key -> failures left (a large number: always)
@@ -62,7 +64,7 @@ class Picky(Processor):
         self.calls.append([t.key for t in timers])
         out = []
         for t in timers:
-            ctx.store("seen").put(t.key, ctx.store("seen").get(t.key, 0) + 1)
+            ctx.store(SEEN).put(t.key, ctx.store(SEEN).get(t.key, 0) + 1)
             if self.budget.get(t.key, 0) > 0:
                 self.budget[t.key] -= 1
                 raise RuntimeError(f"cannot handle {t.key}")
@@ -88,7 +90,7 @@ def test_a_raising_timer_is_retried_with_backoff_and_the_healthy_ones_fire_once(
     assert [o.key for o in first.outputs] == ["a", "c"] and [t.key for t in first.fired] == ["a", "c"]
     assert [(t.key, at) for t, _, at in first.retried] == [("bad", 2_000)] and not first.given_up
     # The failed batch call's state changes were rolled back: each healthy timer counted once, bad not at all.
-    assert dict(ctx.store("seen").items()) == {"a": 1, "c": 1}
+    assert dict(ctx.store(SEEN).items()) == {"a": 1, "c": 1}
     assert ctx.timers.get("bad", kind="wall") == 1_000  # still pending, as scheduled
     assert _fire(proc, ctx, 1_999, retry).fired == []
     second = _fire(proc, ctx, 2_000, retry)  # second attempt raises too: next one 2 s later
@@ -97,7 +99,7 @@ def test_a_raising_timer_is_retried_with_backoff_and_the_healthy_ones_fire_once(
     third = _fire(proc, ctx, 4_000, retry)
     assert [o.value for o in third.outputs] == [{"attempts": 2, "payload": {"k": "bad"}}]
     assert len(ctx.timers) == 0 and _fire(proc, ctx, 100_000, retry).fired == []
-    assert dict(ctx.store("seen").items()) == {"a": 1, "c": 1, "bad": 1}
+    assert dict(ctx.store(SEEN).items()) == {"a": 1, "c": 1, "bad": 1}
 
 
 @pytest.mark.unit

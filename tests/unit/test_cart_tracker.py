@@ -10,7 +10,7 @@ import pytest
 
 from schemas.catalog import load_catalog
 from schemas.models import CartAbandoned
-from streams.carts.processor import CartTrackerProcessor
+from streams.carts.processor import CARTS, CartTrackerProcessor
 from streams.carts.tracker import CartConfig, CartTracker, cart_value, episode_event_id
 from streams.runtime import OutRecord
 from streams.runtime.testing import ProcessorDriver
@@ -158,9 +158,9 @@ def test_order_before_the_delay_means_no_abandonment() -> None:
 def test_removing_the_only_line_empties_the_cart() -> None:
     h = Harness()
     h.send(hit(T0, "cart_add", product("A", quantity=2)), hit(T0 + MIN, "cart_remove", product("A")))
-    assert h.proc.tracker.is_open(h.driver.store("carts").get("v1"))  # one unit left
+    assert h.proc.tracker.is_open(h.driver.store(CARTS).get("v1"))  # one unit left
     h.send(hit(T0 + 2 * MIN, "cart_remove", product("A")))
-    assert h.driver.store("carts").get("v1")["lines"] == []
+    assert h.driver.store(CARTS).get("v1")["lines"] == []
     assert h.abandoned(T0 + 3 * DELAY) == []
 
 
@@ -223,7 +223,7 @@ def test_a_hit_delivered_twice_counts_once() -> None:
     h = Harness()
     add = hit(T0, "cart_add", product("A"))
     h.send(add, dict(add))
-    assert h.driver.store("carts").get("v1")["lines"][0]["quantity"] == 1
+    assert h.driver.store(CARTS).get("v1")["lines"][0]["quantity"] == 1
 
 
 def test_consent_crm_customer_and_email_are_carried() -> None:
@@ -254,7 +254,7 @@ def test_crm_tombstone_forgets_every_cart_of_the_person() -> None:
            hit(T0, "cart_add", product("C"), visitor="other", customer="C2"))  # fmt: skip
     assert h.metric("passerelle_carts_open") == 3
     assert h.driver.table_update("crm", "C1", None).outputs == []
-    assert set(h.driver.store("carts")) == {"other"} and "C1" not in h.driver.store("customers")
+    assert set(h.driver.store(CARTS)) == {"other"} and h.driver.store(CARTS).persons() == ["C2"]
     assert h.metric("passerelle_carts_open") == 1
     assert [e["visitor_id"] for e in h.abandoned(T0 + 2 * DELAY)] == ["other"]
 
@@ -265,9 +265,9 @@ def test_erasure_seen_during_restore_is_enforced_and_late_hits_of_the_person_ign
     h.driver.revoke(0)
     h.driver.table_update("crm", "C9", None)  # erased while the partition was elsewhere (or the instance down)
     assert h.driver.restore(0).outputs == []
-    assert "v1" not in h.driver.store("carts")
+    assert "v1" not in h.driver.store(CARTS)
     h.send(hit(T0 + MIN, "cart_add", product("A"), customer="C9"))  # enriched before the erasure, read after
-    assert "v1" not in h.driver.store("carts")
+    assert "v1" not in h.driver.store(CARTS)
     assert h.abandoned(T0 + 2 * DELAY) == []
 
 
@@ -275,9 +275,9 @@ def test_idle_visitors_without_a_cart_are_forgotten() -> None:
     h = Harness(CartConfig(forget_after_ms=DELAY * 4))
     h.send(hit(T0, "product_view", product("A")), hit(T0, "cart_add", product("B"), visitor="v2"))
     assert h.abandoned(T0 + 2 * DELAY) != []  # v2's cart
-    assert set(h.driver.store("carts")) == {"v1", "v2"}
+    assert set(h.driver.store(CARTS)) == {"v1", "v2"}
     h.abandoned(T0 + 4 * DELAY)
-    assert set(h.driver.store("carts")) == set() and len(h.driver.context().timers) == 0
+    assert set(h.driver.store(CARTS)) == set() and len(h.driver.context().timers) == 0
 
 
 def test_cart_value_and_state_survive_a_json_round_trip() -> None:
@@ -299,3 +299,13 @@ def test_cart_value_and_state_survive_a_json_round_trip() -> None:
 def test_config_is_checked() -> None:
     with pytest.raises(ValueError):
         CartConfig(abandon_after_ms=0)
+
+
+def test_open_carts_gauge_counts_only_the_partitions_held() -> None:
+    h = Harness()
+    h.send(hit(T0, "cart_add", product("A")), hit(T0, "cart_add", product("B"), visitor="v2"))
+    assert h.metric("passerelle_carts_open") == 2
+    h.driver.revoke(0)  # a rebalance moves the partition away: its carts are someone else's now
+    assert h.metric("passerelle_carts_open") == 0
+    h.driver.restore(0)
+    assert h.metric("passerelle_carts_open") == 2

@@ -8,7 +8,7 @@ import pytest
 
 from schemas.models import EnrichedHit, age_band
 from streams.enrichment.enricher import crm_attributes
-from streams.enrichment.processor import EnrichmentProcessor
+from streams.enrichment.processor import VISITORS, EnrichmentProcessor
 from streams.runtime import OutRecord
 from streams.runtime.testing import ProcessorDriver
 
@@ -126,7 +126,7 @@ def test_crm_tombstone_purges_every_visitor_of_the_person() -> None:
     assert sorted((o.topic, o.key, o.value) for o in outs) == [
         ("identity.links", "laptop", None), ("identity.links", "phone", None),
     ]  # fmt: skip
-    assert "phone" not in h.driver.store("visitors") and "C1" not in h.driver.store("customers")
+    assert "phone" not in h.driver.store(VISITORS) and h.driver.store(VISITORS).keys_of("C1") == []
     later = h.enriched(hit(T0 + MIN, visitor="phone"))
     assert later["customer_id"] is None and later["crm"] is None and later["visit_number"] == 1
 
@@ -138,7 +138,7 @@ def test_erasure_seen_during_restore_is_enforced() -> None:
     h.driver.table_update("crm", "C9", None)  # erased while the partition was elsewhere (or the instance down)
     outs = h.driver.restore(0).outputs
     assert [(o.key, o.value) for o in outs] == [("v1", None)]
-    assert "v1" not in h.driver.store("visitors")
+    assert "v1" not in h.driver.store(VISITORS)
 
 
 def test_age_band_comes_from_birth_year_when_missing() -> None:

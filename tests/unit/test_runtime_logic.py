@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,10 @@ from streams.runtime import (
 from streams.runtime.deadletter import dead_letter_headers
 from streams.runtime.testing import ProcessorDriver
 from streams.runtime.timers import TIMER_STORE, TimerRetry, TimerService
+
+COUNTS: StoreSpec[Any] = StoreSpec("counts")
+SEEN: StoreSpec[Any] = StoreSpec("seen")
+DONE: StoreSpec[Any] = StoreSpec("done")
 
 pytestmark = pytest.mark.unit
 
@@ -114,12 +119,12 @@ class Doubler(Processor):
     name = "doubler"
     inputs = ("in",)
     outputs = ("out",)
-    stores = (StoreSpec("counts"),)
+    stores = (COUNTS,)
 
     def process_one(self, record: InRecord, ctx: Context) -> Iterable[OutRecord]:
         if record.value["n"] < 0:
             raise ValueError("negative")
-        counts = ctx.store("counts")
+        counts = ctx.store(COUNTS)
         counts.put(record.key, counts.get(record.key, 0) + 1)
         ctx.timers.schedule(record.key, record.timestamp + 10)
         return [OutRecord("out", record.key, {"n": record.value["n"] * 2})]
@@ -133,7 +138,7 @@ def test_a_failing_record_becomes_a_dead_letter_and_the_others_go_on() -> None:
     step = driver.feed(*(driver.record("in", "k", {"n": n}, 100 + i) for i, n in enumerate([1, -5, 3])))
     assert [o.value for o in step.outputs] == [{"n": 2}, {"n": 6}]
     assert [(r.offset, str(e), s) for r, e, s in step.dead_letters] == [(1, "negative", "process")]
-    assert driver.store("counts").get("k") == 2
+    assert driver.store(COUNTS).get("k") == 2
     assert driver.advance(10_000).outputs == []  # an event-time timer waits for stream time, not the clock
     step = driver.send("in", "other", {"n": 0}, 200)  # stream time passes k's timer (102 + 10)
     assert step.outputs == [OutRecord("out", "other", {"n": 0}), OutRecord("out", "k", {"n": -1})]
@@ -165,12 +170,12 @@ class _Counting(Processor):
     """Counts per key and arms a timer; a value of "boom" fails after changing the state."""
 
     name = "counting"
-    stores = (StoreSpec("counts"),)
+    stores = (COUNTS,)
     inputs = ("in",)
     outputs = ("out",)
 
     def process_one(self, record: InRecord, ctx: Context) -> Iterable[OutRecord]:
-        counts = ctx.store("counts")
+        counts = ctx.store(COUNTS)
         counts.put(record.key, counts.get(record.key, 0) + 1)
         ctx.timers.schedule(record.key, 1_000 + record.offset, kind="wall")
         if record.value == "boom":
@@ -182,7 +187,7 @@ def test_a_failing_record_leaves_no_state_behind_and_the_others_go_on() -> None:
     driver = ProcessorDriver(_Counting())
     step = driver.feed(*(driver.record("in", "k", v, 0) for v in ["a", "boom", "b"]))
     assert [o.value for o in step.outputs] == ["a", "b"]
-    assert driver.store("counts").get("k") == 2  # the failed record's increment is undone
+    assert driver.store(COUNTS).get("k") == 2  # the failed record's increment is undone
     assert driver.context().timers.get("k", kind="wall") == 1_002
     assert [(r.offset, str(e), stage) for r, e, stage in step.dead_letters] == [(1, "boom", "process")]
     assert step.changelog[("counts", 0)] == {"k": 2}
@@ -197,10 +202,10 @@ def test_an_output_that_cannot_be_written_fails_its_record_alone() -> None:
             raise TooLarge("output too large")
 
     driver = ProcessorDriver(_Counting(), seal=seal)
-    driver.store("counts").put("k", 5)
+    driver.store(COUNTS).put("k", 5)
     step = driver.feed(*(driver.record("in", "k", v, 0) for v in ["a", "huge", "b"]))
     assert [o.value for o in step.outputs] == ["a", "b"]
-    assert driver.store("counts").get("k") == 7
+    assert driver.store(COUNTS).get("k") == 7
     assert [(r.offset, stage) for r, _, stage in step.dead_letters] == [(1, "produce")]
 
 
@@ -224,11 +229,11 @@ class _Tracing(Processor):
     name = "tracing"
     inputs = ("in",)
     outputs = ("out",)
-    stores = (StoreSpec("seen"),)
+    stores = (SEEN,)
     tables = (TableSpec("t", "t.topic"),)
 
     def process_one(self, record: InRecord, ctx: Context) -> Iterable[OutRecord]:
-        ctx.store("seen").put(record.key, record.value)
+        ctx.store(SEEN).put(record.key, record.value)
         ctx.timers.schedule(record.key, record.timestamp + 10)
         ctx.timers.schedule(record.key, ctx.now() + 100, kind="wall")
         return [OutRecord("out", record.key, ["record", ctx.partition, ctx.stream_time, ctx.now()])]
@@ -240,7 +245,7 @@ class _Tracing(Processor):
         return [OutRecord("out", str(key), ["table", ctx.partition, new])]
 
     def on_partition_restored(self, ctx: Context) -> Iterable[OutRecord]:
-        return [OutRecord("out", "-", ["restored", ctx.partition, sorted(ctx.store("seen"))])]
+        return [OutRecord("out", "-", ["restored", ctx.partition, sorted(ctx.store(SEEN))])]
 
 
 def test_the_driver_calls_a_processor_in_the_order_the_runner_does() -> None:
@@ -268,7 +273,7 @@ def test_the_driver_calls_a_processor_in_the_order_the_runner_does() -> None:
     step = driver.restore(1)
     assert [o.value for o in step.outputs] == [["restored", 1, ["b"]]]  # state from the changelog
     assert driver.context(1).deleted["t"] == {"x"} and driver.context(1).stream_time == -1
-    assert driver.changelog("seen", 1) == {"b": 2}
+    assert driver.changelog(SEEN, 1) == {"b": 2}
     # Timers come back with the state: b's event timer (60) fires once stream time passes it again.
     step = driver.send("in", "d", 4, 70, partition=1)
     assert [(o.key, o.value[0]) for o in step.outputs] == [("d", "record"), ("b", "event")]
@@ -280,7 +285,7 @@ class _Flaky(Processor):
     name = "flaky"
     inputs = ("in",)
     outputs = ("out",)
-    stores = (StoreSpec("done"),)
+    stores = (DONE,)
 
     def __init__(self, failures: int) -> None:
         self.failures = failures
@@ -291,7 +296,7 @@ class _Flaky(Processor):
 
     def on_timer(self, timers: Sequence[Timer], ctx: Context) -> Iterable[OutRecord]:
         for timer in timers:
-            ctx.store("done").put(timer.key, timer.attempts)
+            ctx.store(DONE).put(timer.key, timer.attempts)
         if self.failures > 0:
             self.failures -= 1
             raise RuntimeError("partner down")
@@ -303,13 +308,13 @@ def test_a_timer_whose_handler_raises_is_retried_neither_lost_nor_fired_twice() 
     driver.send("in", "k", "payload", 0)
     step = driver.advance(10)
     assert step.outputs == [] and [(t.key, at) for t, _, at in step.retried] == [("k", 110)]
-    assert "k" not in driver.store("done")  # what the failed handler did is rolled back
+    assert "k" not in driver.store(DONE)  # what the failed handler did is rolled back
     driver.restore(0)  # a restart in between: the re-armed timer is in the changelog
     assert driver.advance(109).retried == []
     assert [(t.attempts, at) for t, _, at in driver.advance(110).retried] == [(1, 310)]  # back-off doubles
     step = driver.advance(310)
     assert step.outputs == [OutRecord("out", "k", "payload")] and step.fired == [Timer("k", 10, "wall", "payload", 2)]
-    assert driver.store("done").get("k") == 2
+    assert driver.store(DONE).get("k") == 2
     assert driver.advance(100_000).outputs == [] and len(driver.context().timers) == 0
 
 
