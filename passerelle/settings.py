@@ -8,6 +8,7 @@ start-up, not silently fall back to a default.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -227,10 +228,19 @@ class CollectorSettings(PasserelleSettings):
 
 
 # --- stream processors ------------------------------------------------------------------------------------
+# The runtime (confluent-kafka) and the processors' own modules load only when a processor is built, never for
+# ``--help``: the imports below are for type checkers, the ones inside the methods for running.
+
+if TYPE_CHECKING:
+    from schemas.catalog import Catalog
+    from streams.carts.tracker import CartConfig
+    from streams.enrichment.enricher import EnrichmentConfig
+    from streams.remarketing.sequence import SequencerConfig
+    from streams.runtime import Processor, RunnerConfig
 
 
 class ProcessorSettings(PasserelleSettings):
-    """Settings of a stream processor process (``passerelle enrich`` and the ones after it)."""
+    """Runtime settings every stream processor process shares; each processor's own rules live in a subclass."""
 
     instance_id: str = Field(
         default="0",
@@ -249,12 +259,74 @@ class ProcessorSettings(PasserelleSettings):
     max_error_ratio: float = Field(
         default=0.5, gt=0, le=1, description="Stop when more than this share of recent records fail (1: never)"
     )
+
+    def runner_config(self, app_id: str, processor: Processor, catalog: Catalog) -> RunnerConfig:
+        """The runtime's configuration for ``processor``, its schemas taken from ``catalog`` (the contracts).
+
+        Output topics get their value schema to write with; input topics get
+        theirs as the reader schema, so a record of another shape is poison,
+        not misread.
+        """
+        from streams.runtime import ErrorBudget, RunnerConfig
+
+        def schemas(topics: Iterable[str]) -> dict[str, str]:
+            return {t: catalog.schema_text(catalog.topic(t).value_schema) for t in topics}
+
+        return RunnerConfig(
+            app_id=app_id,
+            bootstrap_servers=self.bootstrap_servers,
+            schema_registry_url=self.schema_registry_url,
+            output_schemas=schemas(processor.outputs),
+            input_schemas=schemas(processor.inputs),
+            instance_id=self.instance_id,
+            exactly_once=self.processing_guarantee == "exactly_once",
+            commit_interval_ms=self.commit_interval_ms,
+            min_commit_interval_ms=self.min_commit_interval_ms,
+            batch_size=self.batch_size,
+            metrics_port=self.metrics_port,
+            dead_letter_topic=self.dead_letter_topic,
+            error_budget=ErrorBudget(max_ratio=self.max_error_ratio),
+            auto_register_schemas=False,
+            connection=self.connection(),
+        )
+
+
+class EnrichmentSettings(ProcessorSettings):
+    """Settings of ``passerelle enrich``: the runtime's, plus the rules of visits and attribution."""
+
     visit_timeout_minutes: int = Field(default=30, ge=1, description="Inactivity that ends a visit")
     campaign_lifetime_days: int = Field(default=30, ge=0, description="How long a campaign is credited to returns")
     attribution_precedence: str = Field(
         default="xtor,at,utm,mtm,pk,click_id", description="Tag families in order of precedence, comma-separated"
     )
+
+    def to_config(self) -> EnrichmentConfig:
+        """The enricher's rules, in the milliseconds it counts in."""
+        from streams.enrichment.attribution import AttributionConfig
+        from streams.enrichment.enricher import EnrichmentConfig
+
+        return EnrichmentConfig(
+            visit_timeout_ms=self.visit_timeout_minutes * 60_000,
+            campaign_lifetime_ms=self.campaign_lifetime_days * 86_400_000,
+            attribution=AttributionConfig(tuple(f.strip() for f in self.attribution_precedence.split(",") if f)),
+        )
+
+
+class CartSettings(ProcessorSettings):
+    """Settings of ``passerelle carts``: the runtime's, plus when a cart counts as abandoned."""
+
     cart_abandon_minutes: float = Field(default=30, gt=0, description="Cart inactivity before it counts as abandoned")
+
+    def to_config(self) -> CartConfig:
+        """The tracker's rules, in the milliseconds it counts in."""
+        from streams.carts.tracker import CartConfig
+
+        return CartConfig(abandon_after_ms=int(self.cart_abandon_minutes * 60_000))
+
+
+class RemarketingSettings(ProcessorSettings):
+    """Settings of ``passerelle remarketing``: the sequence's delays, cap and promotion."""
+
     remarketing_followup_hours: float = Field(default=24, ge=0, description="Delay between step 1 and step 2")
     remarketing_cap_days: float = Field(default=7, ge=0, description="At most one sequence per customer per window")
     remarketing_promo_code: str = Field(default="COMEBACK10", description="Promotion code of step 2")
@@ -262,6 +334,22 @@ class ProcessorSettings(PasserelleSettings):
         default="10% off your cart, today only", description="Promotion text of step 2"
     )
     remarketing_promo_discount: float | None = Field(default=10.0, description="Promotion discount, percent")
+    remarketing_tick_seconds: float = Field(
+        default=60, gt=0, description="How often due step 2 messages are looked for, in seconds"
+    )
+
+    def to_config(self) -> SequencerConfig:
+        """The sequencer's rules, in the milliseconds it counts in."""
+        from streams.remarketing.sequence import Promotion, SequencerConfig
+
+        hour = 3_600_000
+        return SequencerConfig(
+            followup_ms=int(self.remarketing_followup_hours * hour),
+            cap_ms=int(self.remarketing_cap_days * 24 * hour),
+            promotion=Promotion(
+                self.remarketing_promo_code, self.remarketing_promo_description, self.remarketing_promo_discount
+            ),
+        )
 
 
 # --- emailing partner bridge ------------------------------------------------------------------------------

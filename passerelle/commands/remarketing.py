@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from passerelle.errors import PasserelleError
-from passerelle.settings import ProcessorSettings, load
+from passerelle.settings import RemarketingSettings, load
 
 
 def _remarketing(args: argparse.Namespace) -> int:
@@ -15,8 +15,8 @@ def _remarketing(args: argparse.Namespace) -> int:
         raise PasserelleError(f"faust-streaming is not installed ({exc}); pip install 'passerelle[faust]'") from exc
     from streams.remarketing.sequence import Promotion, SequencerConfig
 
-    settings = load(ProcessorSettings)
-    assert isinstance(settings, ProcessorSettings)
+    settings = load(RemarketingSettings)
+    assert isinstance(settings, RemarketingSettings)
     hour = 3_600_000
     config = RemarketingConfig(
         bootstrap_servers=settings.bootstrap_servers,
