@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "passerelle.commands.topics",
     "passerelle.commands.enrich",
     "passerelle.commands.carts",
+    "passerelle.commands.campaign_counts",
     "passerelle.commands.remarketing",
     "passerelle.commands.emailing",
     "passerelle.commands.demo",

@@ -388,3 +388,44 @@ class RegistrySettings(PasserelleSettings):
     )
     registry_ssl_certfile: Path | None = Field(default=None, description="Serve HTTPS with this certificate (PEM)")
     registry_ssl_keyfile: Path | None = Field(default=None, description="Private key of that certificate (PEM)")
+
+
+# --- live campaign counts ---------------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from streams.campaign_counts.rules import CampaignCountsConfig
+
+
+class CampaignCountsSettings(ProcessorSettings):
+    """Settings of ``passerelle campaign-counts``: the runtime's, plus the window and how often counts are published."""
+
+    campaign_counts_window_minutes: int = Field(
+        default=1440, ge=1, description="Length of a counting window from UTC midnight: divides a day or is whole days"
+    )
+    campaign_counts_grace_minutes: float = Field(
+        default=60, ge=0, description="How long after its end a window still counts late hits, before it is final"
+    )
+    campaign_counts_emit_seconds: float = Field(
+        default=1, gt=0, description="How often changed counts are published (one record per counter per interval)"
+    )
+    campaign_counts_visitor_ttl_hours: float = Field(
+        default=6, gt=0, description="How long a visitor's counted visit is remembered (longer than a visit lasts)"
+    )
+
+    @model_validator(mode="after")
+    def _window_fits_the_day(self) -> CampaignCountsSettings:
+        minutes, day = self.campaign_counts_window_minutes, 1440
+        if day % minutes and minutes % day:
+            raise ValueError(f"PASSERELLE_CAMPAIGN_COUNTS_WINDOW_MINUTES={minutes}: must divide 1440 or be days")
+        return self
+
+    def to_config(self) -> CampaignCountsConfig:
+        """The counter's rules, in the milliseconds it counts in."""
+        from streams.campaign_counts.rules import CampaignCountsConfig
+
+        return CampaignCountsConfig(
+            window_ms=self.campaign_counts_window_minutes * 60_000,
+            grace_ms=int(self.campaign_counts_grace_minutes * 60_000),
+            emit_interval_ms=max(1, int(self.campaign_counts_emit_seconds * 1000)),
+            visitor_ttl_ms=max(1, int(self.campaign_counts_visitor_ttl_hours * 3_600_000)),
+        )

@@ -449,3 +449,24 @@ class RemarketingDelivery(AvroModel):
 
 
 MODELS[RemarketingDelivery.schema_name] = RemarketingDelivery
+
+
+class CampaignCounts(AvroModel):
+    """Visits, orders and revenue of a declared campaign over a window (``CampaignCounts.avsc``)."""
+
+    schema_name: ClassVar[str] = "CampaignCounts"
+
+    campaign_key: str
+    campaign_name: str
+    partner: str
+    channel: str
+    window_start: EpochMillis
+    window_end: EpochMillis
+    visits: int = Field(ge=0)
+    orders: int = Field(ge=0)
+    revenue: dict[str, float] = Field(default_factory=dict)
+    final: bool = False
+    updated_at: EpochMillis
+
+
+MODELS[CampaignCounts.schema_name] = CampaignCounts

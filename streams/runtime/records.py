@@ -46,8 +46,10 @@ class InRecord:
 class OutRecord:
     """A record to emit: the runner encodes ``value`` with the output topic's schema.
 
-    ``value=None`` is a tombstone. ``timestamp`` defaults to the input record's
-    time so event time flows through; ``partition`` is left to the partitioner.
+    ``value=None`` is a tombstone. ``timestamp`` defaults to the time the
+    record is produced (Kafka's CreateTime), which is what a reader's
+    end-to-end latency is measured against; event time travels in the value.
+    ``partition`` is left to the partitioner (murmur2 of the key).
     """
 
     __slots__ = ("encoded", "headers", "key", "partition", "timestamp", "topic", "value")

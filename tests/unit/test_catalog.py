@@ -31,6 +31,8 @@ EXPECTED = {
     "ads.impressions": ("AdImpression", None, "delete"),
     "partners.metrics": ("PartnerMetric", None, "delete"),
     "carts.abandoned": ("CartAbandoned", None, "delete"),
+    "campaigns.live": ("CampaignCounts", 1, "compact"),
+    "campaigns.live.deltas": ("CampaignCounts", 6, "delete"),
     "remarketing.messages": ("RemarketingMessage", None, "delete"),
     "remarketing.deliveries": ("RemarketingDelivery", None, "delete"),
     "conversions.paths": ("ConversionPath", None, "delete"),

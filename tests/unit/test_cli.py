@@ -42,7 +42,7 @@ COMMANDS = [
     ["up"], ["down"], ["status"], ["registry"], ["schemas"], ["schemas", "register"], ["schemas", "check"],
     ["topics"], ["topics", "create"], ["topics", "list"], ["demo"], ["collector"], ["enrich"], ["carts"],
     ["remarketing"], ["generate"], ["bench"], ["bench", "runtime"], ["bench", "enrich"], ["emailing"],
-    ["emailing", "bridge"], ["emailing", "export"], ["emailing", "standin"],
+    ["emailing", "bridge"], ["emailing", "export"], ["emailing", "standin"], ["campaign-counts"],
 ]  # fmt: skip
 
 
