@@ -327,6 +327,12 @@ class CartSettings(ProcessorSettings):
 class RemarketingSettings(ProcessorSettings):
     """Settings of ``passerelle remarketing``: the sequence's delays, cap and promotion."""
 
+    processing_guarantee: str = Field(
+        default="at_least_once",
+        pattern="^(exactly_once|at_least_once)$",
+        description="at_least_once only (exactly_once is refused: message ids are deterministic and the emailing "
+        "bridge sends them as idempotency keys)",
+    )
     remarketing_followup_hours: float = Field(default=24, ge=0, description="Delay between step 1 and step 2")
     remarketing_cap_days: float = Field(default=7, ge=0, description="At most one sequence per customer per window")
     remarketing_promo_code: str = Field(default="COMEBACK10", description="Promotion code of step 2")

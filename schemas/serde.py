@@ -262,3 +262,123 @@ def _canonical(schema_text: str | None) -> str:
     if schema_text is None:
         return ""
     return str(fastavro.schema.to_parsing_canonical_form(json.loads(schema_text)))
+
+
+# --- one leading field without decoding the record ---------------------------------------------------------
+
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "string", "bytes"})
+_FLOAT = struct.Struct("<f")
+_DOUBLE = struct.Struct("<d")
+
+# A field's type as the peek reads it: ("long",), ("enum", symbols), ("fixed", size), ("union", branches)...
+_Kind = tuple[Any, ...]
+
+
+def _kind(avro_type: Any) -> _Kind | None:
+    """The layout of a type the peek can step over, or None (records, arrays, maps, named references)."""
+    if isinstance(avro_type, str):
+        return (avro_type,) if avro_type in _PRIMITIVES else None
+    if isinstance(avro_type, list):
+        branches = [_kind(branch) for branch in avro_type]
+        return None if any(b is None for b in branches) else ("union", tuple(branches))
+    if isinstance(avro_type, dict):
+        inner = avro_type.get("type")
+        if inner == "enum":
+            return ("enum", tuple(avro_type.get("symbols", ())))
+        if inner == "fixed":
+            return ("fixed", int(avro_type["size"]))
+        if isinstance(inner, str) and inner in _PRIMITIVES:  # a logical type over a primitive
+            return (inner,)
+    return None
+
+
+def _step(kind: _Kind, data: bytes | memoryview, pos: int, want: bool) -> tuple[Any, int]:
+    """Read (``want``) or skip one value of ``kind`` at ``pos``: (value or None, next position)."""
+    name = kind[0]
+    if name == "null":
+        return None, pos
+    if name in ("int", "long"):
+        return read_long(data, pos)
+    if name in ("string", "bytes"):
+        length, pos = read_long(data, pos)
+        end = pos + length
+        if length < 0 or end > len(data):
+            raise IndexError("truncated")
+        if not want:
+            return None, end
+        raw = bytes(data[pos:end])
+        return (raw.decode() if name == "string" else raw), end
+    if name == "boolean":
+        return data[pos] != 0, pos + 1
+    if name in ("enum", "union"):
+        index, pos = read_long(data, pos)
+        if not 0 <= index < len(kind[1]):
+            raise IndexError(f"{name} index {index} out of range")
+        return (kind[1][index], pos) if name == "enum" else _step(kind[1][index], data, pos, want)
+    size = {"float": 4, "double": 8}.get(name) or kind[1]  # float, double, fixed
+    if pos + size > len(data):
+        raise IndexError("truncated")
+    if not want:
+        return None, pos + size
+    if name == "fixed":
+        return bytes(data[pos : pos + size]), pos + size
+    return (_FLOAT if name == "float" else _DOUBLE).unpack_from(data, pos)[0], pos + size
+
+
+class LeadingField:
+    """One field of Confluent-framed records, read without decoding the rest of the record.
+
+    For a reader that looks at one field of every record of a busy topic and
+    decodes only the few it wants (the remarketing sequencer reads the type of
+    every enriched hit and decodes the orders only). The fields before it must
+    have fixed layouts (primitives, logical types over them, enums, fixed,
+    unions of those): the steps are worked out once per writer schema id, and
+    a schema laid out otherwise, an unframed or a truncated record give
+    ``(False, None)``: decode that one in full (which reports what is wrong).
+    """
+
+    def __init__(self, schema_text_of: Callable[[int], str], field: str) -> None:
+        self._schema_text_of = schema_text_of
+        self.field = field
+        self._plans: dict[int, tuple[list[_Kind], _Kind] | None] = {}
+
+    def read(self, data: bytes | None) -> tuple[bool, Any]:
+        """(True, the field's value: an enum's symbol, a string, a number...) or (False, None) when not read."""
+        if data is None or len(data) < HEADER_SIZE or data[0] != MAGIC_BYTE:
+            return False, None
+        schema_id = int.from_bytes(data[1:HEADER_SIZE], "big")
+        if schema_id not in self._plans:
+            try:
+                text = self._schema_text_of(schema_id)
+            except RegistryUnavailableError:
+                return False, None  # not known yet: this one in full, the next ones may be peeked
+            except Exception:
+                text = ""  # an unknown id: the full decode reports it
+            self._plans[schema_id] = self._plan(text)
+        plan = self._plans[schema_id]
+        if plan is None:
+            return False, None
+        skips, target = plan
+        try:
+            pos = HEADER_SIZE
+            for kind in skips:
+                _, pos = _step(kind, data, pos, False)
+            value, _ = _step(target, data, pos, True)
+        except (IndexError, UnicodeDecodeError):
+            return False, None
+        return True, value
+
+    def _plan(self, schema_text: str) -> tuple[list[_Kind], _Kind] | None:
+        """The kinds to step over, then the field's own; None when the layout is not one the peek reads."""
+        skips: list[_Kind] = []
+        try:
+            for f in json.loads(schema_text)["fields"]:
+                kind = _kind(f.get("type"))
+                if kind is None:
+                    return None
+                if f.get("name") == self.field:
+                    return skips, kind
+                skips.append(kind)
+        except Exception:  # not a record schema: decode in full
+            return None
+        return None

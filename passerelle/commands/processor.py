@@ -79,7 +79,8 @@ def settings_epilog(settings_cls: type[ProcessorSettings], width: int | None = N
     if own:
         lines += ["settings (environment variables):", *_variables(own, width), ""]
     lines.append("and the runtime settings:" if own else "settings (environment variables), the runtime's:")
-    lines += _variables(own_fields(ProcessorSettings, PasserelleSettings), width)
+    runtime = own_fields(ProcessorSettings, PasserelleSettings)
+    lines += _variables({name: settings_cls.model_fields[name] for name in runtime}, width)  # the class's defaults
     lines.append("")
     lines += textwrap.wrap(
         "Kafka, registry and credentials as for every command (PASSERELLE_BOOTSTRAP_SERVERS, "

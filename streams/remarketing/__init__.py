@@ -1,4 +1,14 @@
-"""Remarketing: the two-step abandoned-cart email sequence (pure rules in ``sequence``, faust wiring in ``app``)."""
+"""Remarketing: the two-step abandoned-cart email sequence.
+
+``sequence`` holds the pure rules; the faust-streaming worker around them is
+split by concern: ``config`` (topics, durations in milliseconds),
+``commands`` (what the input agents forward), ``handler`` (applying commands
+to the tables), ``gate`` (CRM profiles read before carts are judged),
+``inputs`` (decoding and dead letters by the runtime's rules), ``metrics``,
+``credentials`` (the client layer's security for aiokafka), ``app`` (the
+faust wiring) and ``worker`` (running it). ``passerelle remarketing`` is the
+one command line.
+"""
 
 from streams.remarketing.sequence import (
     Outcome,

@@ -9,11 +9,21 @@ exceptions and become the rule (a systemic fault such as a wrong schema).
 from __future__ import annotations
 
 import collections
+import hashlib
+import logging
 from dataclasses import dataclass
+from typing import Any
 
+from confluent_kafka import KafkaException
+
+from schemas.clients import produce
 from streams.runtime.records import Headers
 
+log = logging.getLogger(__name__)
+
 DEAD_LETTER_PREFIX = "__passerelle.errors."
+MAX_RECORD_BYTES = 999_000  # key + value + headers; librdkafka refuses more than message.max.bytes (1e6)
+KEPT_BYTES = 64 * 1024  # of a record too large for the dead-letter topic: this much is kept, with size and digest
 
 
 def dead_letter_headers(
@@ -39,6 +49,81 @@ def dead_letter_headers(
         (DEAD_LETTER_PREFIX + "processor", processor.encode()),
     ]
     return headers
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead-letter record ready to produce, and the bare error headers to fall back on."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    bare_headers: Headers  # the error context alone, for when the record itself is refused
+    origin: str = ""  # topic[partition]@offset, for log lines
+    truncated: bool = False
+
+
+def dead_letter_record(
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers | None,
+    error: BaseException,
+    stage: str,
+    processor: str,
+    max_record_bytes: int = MAX_RECORD_BYTES,
+) -> DeadLetter:
+    """The dead letter of one record: its bytes and headers, then the error context.
+
+    A record too large for any topic keeps its first ``KEPT_BYTES`` of key
+    and value, with ``original.size``, ``original.sha256`` and ``truncated``
+    headers, so it can still be found and judged.
+    """
+    context: dict[str, Any] = {"topic": topic, "partition": partition, "offset": offset, "stage": stage,
+                               "error": error, "processor": processor}  # fmt: skip
+    hdrs = dead_letter_headers(**context, original=list(headers or []))
+    size = len(key or b"") + len(value or b"") + sum(len(k) + len(v or b"") for k, v in hdrs)
+    truncated = size > max_record_bytes
+    if truncated:
+        hdrs += [
+            (DEAD_LETTER_PREFIX + "original.size", str(len(value or b"")).encode()),
+            (DEAD_LETTER_PREFIX + "original.sha256", hashlib.sha256(value or b"").hexdigest().encode()),
+            (DEAD_LETTER_PREFIX + "truncated", b"true"),
+        ]
+        key, value = (key[:KEPT_BYTES] if key else key), (value[:KEPT_BYTES] if value else value)
+    return DeadLetter(key, value, hdrs, dead_letter_headers(**context), f"{topic}[{partition}]@{offset}", truncated)
+
+
+class DeadLetterRefusedError(Exception):
+    """Not even the error headers of a dead letter could be written: the process cannot go on safely."""
+
+    user_error = True
+    exit_code = 5
+    fatal = True  # never turned into a dead letter itself
+
+
+def write_dead_letter(producer: Any, dead_letter_topic: str, letter: DeadLetter) -> bool:
+    """Produce ``letter`` with the client layer (``schemas.clients.produce``); False if only its headers went.
+
+    A record the producer refuses (too large for the broker's limits after
+    all, a topic that does not take it) is replaced by its error headers
+    alone; if even those are refused, ``DeadLetterRefusedError``.
+    """
+    try:
+        produce(producer, dead_letter_topic, letter.value, letter.key, headers=letter.headers)
+        return True
+    except KafkaException as exc:  # even that refused: the error alone, without the record's own bytes
+        log.warning("dead letter of %s refused (%s): headers only", letter.origin, exc)
+        try:
+            produce(producer, dead_letter_topic, None, None, headers=letter.bare_headers)
+        except KafkaException as again:
+            raise DeadLetterRefusedError(
+                f"cannot write to the dead-letter topic {dead_letter_topic}: {again}"
+            ) from None
+        return False
 
 
 def header_dict(headers: Headers | None) -> dict[str, str]:

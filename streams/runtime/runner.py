@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import logging
 import signal
 import time
@@ -36,7 +35,7 @@ from schemas.clients.kafka import classify, topic_error
 from schemas.errors import RegistryUnavailableError, SerializationError
 from schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
 from streams.runtime.config import RunnerConfig
-from streams.runtime.deadletter import DEAD_LETTER_PREFIX, dead_letter_headers
+from streams.runtime.deadletter import DeadLetterRefusedError, dead_letter_record, write_dead_letter
 from streams.runtime.metrics import RuntimeMetrics
 from streams.runtime.processor import Context, Processor, make_context, partition_restored, table_changed
 from streams.runtime.records import InRecord, OutRecord
@@ -48,7 +47,6 @@ log = logging.getLogger(__name__)
 
 LATENCY_SAMPLE = 16  # records per batch whose event-to-emit latency is observed
 STABLE_WAIT_S = 5.0  # longest wait for a just-committed transaction's markers before a restore (``_changelog_ends``)
-KEPT_BYTES = 64 * 1024  # of a record too large for the dead-letter topic: this much is kept, with size and digest
 
 
 class FatalRuntimeError(Exception):
@@ -845,28 +843,16 @@ class Runner:
         error: BaseException,
         stage: str,
     ) -> None:
-        context = {"topic": topic, "partition": partition, "offset": offset, "stage": stage, "error": error,
-                   "processor": self._name}  # fmt: skip
-        hdrs = dead_letter_headers(**context, original=list(headers or []))  # type: ignore[arg-type]
-        size = len(key or b"") + len(value or b"") + sum(len(k) + len(v or b"") for k, v in hdrs)
-        if size > self.config.max_record_bytes:
-            # Too large for any topic: keep the start, the size and a digest, so it can be found and judged.
-            hdrs += [
-                (DEAD_LETTER_PREFIX + "original.size", str(len(value or b"")).encode()),
-                (DEAD_LETTER_PREFIX + "original.sha256", hashlib.sha256(value or b"").hexdigest().encode()),
-                (DEAD_LETTER_PREFIX + "truncated", b"true"),
-            ]
-            key, value = (key[:KEPT_BYTES] if key else key), (value[:KEPT_BYTES] if value else value)
-        producer, dlq = self._producer, self.config.dead_letter_topic
-        assert producer is not None
+        letter = dead_letter_record(
+            topic=topic, partition=partition, offset=offset, key=key, value=value, headers=list(headers or ()),
+            error=error,
+            stage=stage, processor=self._name, max_record_bytes=self.config.max_record_bytes,
+        )  # fmt: skip
+        assert self._producer is not None
         try:
-            clients.produce(producer, dlq, value, key, headers=hdrs)
-        except KafkaException as exc:  # even that refused: the error alone, without the record's own bytes
-            log.warning("dead letter of %s[%d]@%d refused (%s): headers only", topic, partition, offset, exc)
-            try:
-                clients.produce(producer, dlq, None, None, headers=dead_letter_headers(**context))  # type: ignore[arg-type]
-            except KafkaException as again:
-                raise FatalRuntimeError(f"cannot write to the dead-letter topic {dlq}: {again}") from None
+            write_dead_letter(self._producer, self.config.dead_letter_topic, letter)
+        except DeadLetterRefusedError as exc:
+            raise FatalRuntimeError(str(exc)) from None
         self.metrics.dead_letters.labels(self._name, stage).inc()
         log.debug("dead letter %s[%d]@%d (%s): %s", topic, partition, offset, stage, error)
 

@@ -85,8 +85,9 @@ def test_abandoned_carts_become_remarketing_emails_delivered_once_each(
                                       "PASSERELLE_COLLECTOR_PORT": str(collector_port)}),
         ("enrich", ["enrich"], {}),
         ("carts", ["carts"], {"PASSERELLE_CART_ABANDON_MINUTES": ABANDON_MINUTES}),
-        ("remarketing", ["remarketing", "--tick-seconds", "1"],
-         {"PASSERELLE_REMARKETING_FOLLOWUP_HOURS": FOLLOWUP_HOURS, "PASSERELLE_METRICS_PORT": str(metrics_port)}),
+        ("remarketing", ["remarketing"],
+         {"PASSERELLE_REMARKETING_FOLLOWUP_HOURS": FOLLOWUP_HOURS, "PASSERELLE_REMARKETING_TICK_SECONDS": "1",
+          "PASSERELLE_METRICS_PORT": str(metrics_port)}),
         ("bridge", ["emailing", "bridge"], {"PASSERELLE_EMAILING_PARTNER_URL": f"{partner_url}/v1/messages"}),
     ]  # fmt: skip
     procs: list[Proc] = []

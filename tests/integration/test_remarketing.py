@@ -1,7 +1,12 @@
-"""The remarketing sequencer as a real faust worker subprocess, on the real broker and registry."""
+"""The remarketing sequencer as a real faust worker subprocess, on the real broker and registry.
+
+The worker is ``passerelle remarketing``'s code path (settings from ``PASSERELLE_*`` variables, through
+``remarketing_config``) on topics unique to each test (``tests/integration/remarketing_app.py``).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,15 +15,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import OffsetSpec
 
+from deploy.local.stack import free_port
 from schemas.catalog import load_catalog
+from schemas.clients import Connection, admin_client
+from streams.runtime.deadletter import header_dict
 from tests.integration.kafka_helpers import TopicReader, create_topics, produce_avro
 
 pytestmark = pytest.mark.integration
 CATALOG = load_catalog()
 ROOT = Path(__file__).resolve().parents[2]
 FOLLOWUP_SECONDS = 8
+READY_LINE = "crm.profiles read to where it ended at start"
 
 
 def now_ms() -> int:
@@ -69,59 +81,93 @@ def names(unique: Callable[[str], str], kafka_bootstrap: str) -> dict[str, str]:
     return t
 
 
-@pytest.fixture
-def worker(
-    names: dict[str, str], kafka_bootstrap: str, schema_registry_url: str, tmp_path: Path
-) -> Iterator[Callable[[], float]]:
-    procs: list[subprocess.Popen[bytes]] = []
+class Worker:
+    """Starts the sequencer as a subprocess; ``procs`` are killed at the end of the test."""
 
-    def start() -> float:
-        """Start the worker; returns how long it took to say Ready (Python start-up and faust's)."""
+    def __init__(self, names: dict[str, str], bootstrap: str, registry: str, tmp_path: Path) -> None:
+        self.names, self.tmp_path = names, tmp_path
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.metrics_port = free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PASSERELLE_")}
+        self.env.update(
+            PASSERELLE_BOOTSTRAP_SERVERS=bootstrap, PASSERELLE_SCHEMA_REGISTRY_URL=registry,
+            PASSERELLE_STATE_DIR=str(tmp_path / "state"), PASSERELLE_DEAD_LETTER_TOPIC=names["dlq"],
+            PASSERELLE_REMARKETING_FOLLOWUP_HOURS=str(FOLLOWUP_SECONDS / 3600),
+            PASSERELLE_REMARKETING_TICK_SECONDS="0.5", PASSERELLE_METRICS_PORT=str(self.metrics_port),
+            PASSERELLE_PROCESSING_GUARANTEE="at_least_once", PASSERELLE_INSTANCE_ID="it",
+        )  # fmt: skip
+
+    def start(self) -> float:
+        """Start a worker; returns how long it took until the CRM profiles present at start were read."""
         began = time.monotonic()
-        log = tmp_path / f"remarketing-{len(procs)}.log"
-        args = [
-            sys.executable, "-m", "streams.remarketing.app", "--bootstrap", kafka_bootstrap,
-            "--registry", schema_registry_url, "--app-id", names["app_id"], "--carts", names["carts"],
-            "--hits", names["hits"], "--privacy", names["privacy"], "--crm", names["crm"],
-            "--messages", names["messages"], "--dead-letters", names["dlq"],
-            "--followup-seconds", str(FOLLOWUP_SECONDS), "--tick-seconds", "0.5", "--data-dir", str(tmp_path / "data"),
-            "--session-timeout-seconds", "6",
-        ]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PASSERELLE_")}
+        log = self.tmp_path / f"remarketing-{len(self.procs)}.log"
+        n = self.names
+        topics = {"carts_abandoned": n["carts"], "hits_enriched": n["hits"], "privacy_requests": n["privacy"],
+                  "crm_profiles": n["crm"], "remarketing_messages": n["messages"]}  # fmt: skip
+        args = [sys.executable, "-m", "tests.integration.remarketing_app", "--app-id", n["app_id"],
+                "--topics", json.dumps(topics), "--session-timeout-ms", "6000"]  # fmt: skip
         with open(log, "ab") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-        procs.append(proc)
-        deadline = time.monotonic() + 60
+            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env)
+        self.procs.append(proc)
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise AssertionError(f"worker exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            if "Ready" in log.read_text(errors="replace"):
+            if READY_LINE in log.read_text(errors="replace"):
                 return time.monotonic() - began
             time.sleep(0.1)
-        raise AssertionError(f"worker not ready after 60 s:\n{log.read_text()[-4000:]}")
+        raise AssertionError(f"worker not ready after 90 s:\n{log.read_text()[-4000:]}")
 
-    start.procs = procs  # type: ignore[attr-defined]
-    yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    def metrics(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+@pytest.fixture
+def worker(names: dict[str, str], kafka_bootstrap: str, schema_registry_url: str, tmp_path: Path) -> Iterator[Worker]:
+    w = Worker(names, kafka_bootstrap, schema_registry_url, tmp_path)
+    yield w
+    w.stop()
+
+
+def wait_committed(bootstrap: str, group: str, topics: list[str], timeout: float = 30) -> None:
+    """Until the group has committed every record of ``topics``: the state those records wrote is flushed."""
+    admin = admin_client(Connection.plain(bootstrap))
+    meta = admin.list_topics(timeout=10)
+    tps = [TopicPartition(t, p) for t in topics for p in meta.topics[t].partitions]
+    highs = {(tp.topic, tp.partition): f.result(10).offset
+             for tp, f in admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}).items()}  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)])[group].result(10)
+        committed = {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
+        if all(committed.get(w, -1) >= high for w, high in highs.items() if high > 0):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"group {group} did not commit {topics} within {timeout} s: {committed} < {highs}")
 
 
 def test_step_1_then_step_2_and_an_order_stops_the_sequence(
-    names: dict[str, str], worker: Callable[[], float], kafka_bootstrap: str, schema_registry_url: str
+    names: dict[str, str], worker: Worker, kafka_bootstrap: str, schema_registry_url: str
 ) -> None:
-    def produce(stem: str, topic: str, records: list[tuple[str, Any]]) -> None:
-        produce_avro(kafka_bootstrap, schema_registry_url, names[topic], CATALOG.schema_text(stem), records)
+    def produce(stem: str, topic: str, records: list[tuple[str, Any]], raw: Any = ()) -> None:
+        produce_avro(kafka_bootstrap, schema_registry_url, names[topic], CATALOG.schema_text(stem), records, raw)
 
-    produce("CrmProfile", "crm", [("C1", profile("C1")), ("C2", profile("C2"))])  # the email comes from the CRM
-    startup = worker()
-    print(f"faust worker ready in {startup:.1f} s")
-    time.sleep(2)  # profiles are consumed before the carts arrive (they are different topics)
-    produce("CartAbandoned", "carts", [("v1", cart("C1", "v1")), ("v2", cart("C2", "v2"))])
+    # The carts are on their topic before the worker starts, beside the profiles they need (the email comes from
+    # the CRM): the worker must read the profiles first, whatever order the two topics are fetched in.
+    produce("CrmProfile", "crm", [("C1", profile("C1")), ("C2", profile("C2"))])
+    produce("CartAbandoned", "carts", [("v1", cart("C1", "v1")), ("v2", cart("C2", "v2"))],
+            raw=[(b"v9", b"\x00\x00\x00\x00\x01 not an abandoned cart")])  # fmt: skip
+    startup = worker.start()
+    print(f"sequencer ready (profiles read) in {startup:.1f} s")
 
     messages = TopicReader(kafka_bootstrap, schema_registry_url, names["messages"])
     first = messages.read(until=2, timeout=30)
@@ -150,29 +196,40 @@ def test_step_1_then_step_2_and_an_order_stops_the_sequence(
     assert sorted((v["customer_id"], v["step"]) for _, v in quiet) == [("C1", 1), ("C1", 2), ("C2", 1)]
     messages.close()
 
+    # The poison cart: in PASSERELLE_DEAD_LETTER_TOPIC, in the runtime's format, counted under the runtime's name.
+    dlq = TopicReader(kafka_bootstrap, schema_registry_url, names["dlq"], decode=False)
+    [(letter, value)] = dlq.read(until=1, timeout=10)
+    dlq.close()
+    errors = header_dict(letter.headers())
+    assert value == b"\x00\x00\x00\x00\x01 not an abandoned cart" and letter.key() == b"v9"
+    assert (errors["topic"], errors["stage"], errors["processor"]) == (names["carts"], "deserialize", "remarketing")
+    metrics = worker.metrics()
+    assert 'passerelle_dead_letters_total{processor="remarketing",stage="deserialize"} 1.0' in metrics
+    assert "passerelle_remarketing_dead_letters" not in metrics
+    assert f'passerelle_records_out_total{{processor="remarketing",topic="{names["messages"]}"}} 3.0' in metrics
+
 
 def test_sequence_state_survives_a_crash_of_the_worker(
-    names: dict[str, str], worker: Callable[[], float], kafka_bootstrap: str, schema_registry_url: str
+    names: dict[str, str], worker: Worker, kafka_bootstrap: str, schema_registry_url: str
 ) -> None:
-    """Step 1, SIGKILL, restart: the table is restored from its changelog and step 2 still comes, once."""
+    """Step 1, state committed, SIGKILL, restart: the table is restored from its changelog and step 2 comes once."""
     produce_avro(kafka_bootstrap, schema_registry_url, names["crm"], CATALOG.schema_text("CrmProfile"),
                  [("C3", profile("C3"))])  # fmt: skip
-    worker()
-    time.sleep(2)
     produce_avro(kafka_bootstrap, schema_registry_url, names["carts"], CATALOG.schema_text("CartAbandoned"),
                  [("v3", cart("C3", "v3"))])  # fmt: skip
+    worker.start()
     messages = TopicReader(kafka_bootstrap, schema_registry_url, names["messages"])
     [(_, step_1)] = messages.read(until=1, timeout=30)
-    time.sleep(4)  # past faust's commit interval (2.8 s): offsets and changelog written
-    worker.procs[-1].kill()  # type: ignore[attr-defined]
-    worker.procs[-1].wait(10)  # type: ignore[attr-defined]
-    restart = worker()
-    print(f"faust worker ready again in {restart:.1f} s")
-    received = messages.read(until=2, timeout=FOLLOWUP_SECONDS + 25)
-    steps = [(v["step"], v["message_id"]) for _, v in received]
-    assert steps[-1][0] == 2 and received[-1][1]["sequence_id"] == step_1["sequence_id"]
-    # at least once: a replayed step 1 would carry the same message id (the bridge deduplicates on it)
-    assert {m for s, m in steps if s == 1} == {step_1["message_id"]}
-    quiet = messages.read(until=len(received) + 1, timeout=4, idle=3)
-    assert [s for _, v in quiet for s in [v["step"]] if s == 2] == [2]  # step 2 once
+    # Every input and command committed: the state that recorded step 1 is on its changelog (faust flushes first).
+    wait_committed(kafka_bootstrap, names["app_id"], [names["carts"], names["crm"], f"{names['app_id']}-commands"])
+    worker.procs[-1].kill()
+    worker.procs[-1].wait(10)
+    restart = worker.start()
+    print(f"sequencer ready again in {restart:.1f} s")
+    deadline = time.monotonic() + FOLLOWUP_SECONDS + 30
+    while time.monotonic() < deadline and not any(v["step"] == 2 for _, v in messages.records):
+        messages.read(until=len(messages.records) + 1, timeout=deadline - time.monotonic())
+    quiet = messages.read(until=len(messages.records) + 1, timeout=4, idle=3)
+    steps = [(v["step"], v["message_id"], v["sequence_id"]) for _, v in quiet]
+    assert steps == [(1, step_1["message_id"], step_1["sequence_id"]), (2, steps[-1][1], step_1["sequence_id"])]
     messages.close()
