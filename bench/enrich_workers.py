@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -138,6 +139,7 @@ def run_runtime(args: argparse.Namespace, exactly_once: bool) -> None:
         ),
     )
     started = 0.0
+    tail = _TailProbe(runner) if args.probe else None
 
     def done() -> bool:
         nonlocal started
@@ -146,7 +148,76 @@ def run_runtime(args: argparse.Namespace, exactly_once: bool) -> None:
         return runner.records_in >= args.records and runner.records_out >= args.records
 
     runner.run(until=done)
+    if tail is not None:
+        print(json.dumps(tail.summary()), flush=True)
     _report(started or time.perf_counter(), runner.records_in)
+
+
+class _TailProbe:
+    """Where a visible-latency tail comes from: each commit's duration, the gaps between commits, GC pauses.
+
+    A ``read_committed`` reader sees a record when the transaction holding it
+    commits, so its latency is the wait for the next commit to start plus that
+    commit's duration: the two distributions below, measured in the worker.
+    """
+
+    def __init__(self, runner: Any) -> None:
+        import gc
+
+        self.durations: list[float] = []
+        self.parts: dict[str, list[float]] = {"changelogs": [], "transaction": [], "handle": []}
+        self.gaps: list[float] = []
+        self.gc_pauses: list[float] = []
+        self._last_end = 0.0
+        self._gc_start = 0.0
+        commit = runner._commit
+
+        def timed(*a: Any, **kw: Any) -> None:
+            begin = time.perf_counter()
+            commits = runner.metrics.commits.labels(runner._name)._value.get()
+            commit(*a, **kw)
+            if runner.metrics.commits.labels(runner._name)._value.get() > commits:  # a commit happened
+                end = time.perf_counter()
+                self.durations.append(end - begin)
+                if self._last_end:
+                    self.gaps.append(begin - self._last_end)
+                self._last_end = end
+
+        runner._commit = timed
+        for part, method in (("changelogs", "_write_changelogs"), ("transaction", "_commit_transaction"),
+                             ("handle", "_handle")):  # fmt: skip
+            setattr(runner, method, self._time(part, getattr(runner, method)))
+        gc.callbacks.append(self._gc)
+
+    def _time(self, part: str, method: Any) -> Any:
+        def timed(*a: Any, **kw: Any) -> Any:
+            begin = time.perf_counter()
+            try:
+                return method(*a, **kw)
+            finally:
+                self.parts[part].append(time.perf_counter() - begin)
+
+        return timed
+
+    def _gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        elif self._gc_start:
+            self.gc_pauses.append(time.perf_counter() - self._gc_start)
+
+    def summary(self) -> dict[str, Any]:
+        def pct(values: list[float], q: float) -> float:
+            ordered = sorted(values) or [0.0]
+            return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+        return {
+            "probe": True, "commits": len(self.durations),
+            "commit_p50_ms": pct(self.durations, 0.5), "commit_p99_ms": pct(self.durations, 0.99),
+            "commit_max_ms": pct(self.durations, 1.0),
+            "gap_p50_ms": pct(self.gaps, 0.5), "gap_p99_ms": pct(self.gaps, 0.99), "gap_max_ms": pct(self.gaps, 1.0),
+            "gc_pauses": len(self.gc_pauses), "gc_max_ms": pct(self.gc_pauses, 1.0),
+            **{f"{part}_p99_ms": pct(values, 0.99) for part, values in self.parts.items()},
+        }  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -159,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--commit-ms", type=int, default=100)
     parser.add_argument("--min-commit-ms", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--probe", action="store_true", help="print commit durations, gaps and GC pauses first")
     args = parser.parse_args(argv)
     if args.impl == "raw":
         run_raw(args)

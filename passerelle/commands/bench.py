@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from passerelle.errors import PasserelleError
 from passerelle.settings import load
 
 
@@ -30,6 +31,7 @@ def _enrich(args: argparse.Namespace) -> int:
         "--records", str(args.records), "--rounds", str(args.rounds), "--latency-seconds", str(args.latency_seconds),
         "--commit-ms", str(args.commit_ms), "--load", str(args.load), "--timeout", str(args.timeout),
     ]  # fmt: skip
+    argv += ["--latency-runs", str(args.latency_runs), "--warmup-seconds", str(args.warmup_seconds)]
     if args.latency_commit_ms is not None:
         argv += ["--latency-commit-ms", str(args.latency_commit_ms)]
     return enrich.main(argv, settings.bootstrap_servers, settings.schema_registry_url)
@@ -45,9 +47,22 @@ def _collector(args: argparse.Namespace) -> int:
     return collector.main(argv, settings.bootstrap_servers, settings.schema_registry_url)
 
 
+def _not_here(args: argparse.Namespace) -> int:
+    raise PasserelleError(
+        "the benchmarks are not installed with the package: run `passerelle bench` from a checkout of the "
+        "repository (its bench/ folder), e.g. `./dev setup && .venv/bin/passerelle bench enrich`"
+    )
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``bench runtime``."""
-    from bench import runtime
+    try:
+        from bench import runtime
+    except ModuleNotFoundError:  # an installed wheel: bench/ stays in the repository
+        p = sub.add_parser("bench", help="benchmarks (from a checkout of the repository only)")
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(func=_not_here)
+        return
 
     p = sub.add_parser(
         "bench",
