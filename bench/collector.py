@@ -30,7 +30,7 @@ from pathlib import Path
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from schemas.clients import Connection, admin_client, consumer
+from passerelle.schemas.clients import Connection, admin_client, consumer
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = "bench.example"
@@ -74,9 +74,9 @@ def serve(args: argparse.Namespace) -> int:
     """Run the collector for the benchmark (the child process)."""
     import uvicorn
 
-    from connectors.collector.app import create_app
-    from connectors.collector.config import CollectorConfig
-    from connectors.collector.server import uvicorn_config
+    from passerelle.connectors.collector.app import create_app
+    from passerelle.connectors.collector.config import CollectorConfig
+    from passerelle.connectors.collector.server import uvicorn_config
 
     config = CollectorConfig(
         bootstrap_servers=args.bootstrap,

@@ -36,9 +36,9 @@ from typing import Any
 from confluent_kafka.admin import NewTopic
 
 from bench.runtime import ROOT, cleanup, delete
-from schemas.catalog import load_catalog
-from schemas.clients import Connection, admin_client, produce, producer, registry_client
-from schemas.serde import AvroEncoder, write_long
+from passerelle.schemas.catalog import load_catalog
+from passerelle.schemas.clients import Connection, admin_client, produce, producer, registry_client
+from passerelle.schemas.serde import AvroEncoder, write_long
 
 IMPLS = ("raw", "alo", "eos")
 VISITORS = 20_000

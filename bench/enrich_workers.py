@@ -20,15 +20,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.workers import _report
-from schemas import clients
-from schemas.clients import DEAD_LETTER_TOPIC, Connection
+from passerelle.schemas import clients
+from passerelle.schemas.clients import DEAD_LETTER_TOPIC, Connection
 
 
 def read_table(conn: Connection, topic: str) -> dict[str, Any]:
     """Load a compacted topic into a dict, as the runtime's lookup table does."""
     from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-    from schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
+    from passerelle.schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
 
     decoder = AvroDecoder(SchemaCache(registry_fetcher(clients.registry_client(conn))))
     consumer = clients.consumer(conn, "bench-table", {"enable.partition.eof": True})
@@ -56,9 +56,9 @@ def read_table(conn: Connection, topic: str) -> dict[str, Any]:
 def run_raw(args: argparse.Namespace) -> None:
     import fastavro
 
-    from schemas.catalog import load_catalog
-    from schemas.serde import AvroEncoder, SchemaCache, registry_fetcher
-    from streams.enrichment.enricher import Enricher
+    from passerelle.schemas.catalog import load_catalog
+    from passerelle.schemas.serde import AvroEncoder, SchemaCache, registry_fetcher
+    from passerelle.streams.enrichment.enricher import Enricher
 
     conn = Connection.plain(args.bootstrap, args.registry)
     catalog = load_catalog()
@@ -110,9 +110,9 @@ def run_raw(args: argparse.Namespace) -> None:
 
 
 def run_runtime(args: argparse.Namespace, exactly_once: bool) -> None:
-    from schemas.catalog import load_catalog
-    from streams.enrichment.processor import EnrichmentProcessor, EnrichmentTopics
-    from streams.runtime import Runner, RunnerConfig
+    from passerelle.schemas.catalog import load_catalog
+    from passerelle.streams.enrichment.processor import EnrichmentProcessor, EnrichmentTopics
+    from passerelle.streams.runtime import Runner, RunnerConfig
 
     catalog = load_catalog()
     topics = EnrichmentTopics(

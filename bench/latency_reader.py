@@ -13,8 +13,8 @@ import statistics
 import time
 from typing import Any
 
-from schemas.clients import Connection, consumer
-from schemas.serde import read_long
+from passerelle.schemas.clients import Connection, consumer
+from passerelle.schemas.serde import read_long
 
 
 def event_time(raw: bytes) -> int:

@@ -49,8 +49,8 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from bench.runtime import cleanup
-from schemas.clients import Connection, admin_client, consumer, registry_client
-from schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
+from passerelle.schemas.clients import Connection, admin_client, consumer, registry_client
+from passerelle.schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
 
 ROOT = Path(__file__).resolve().parent.parent
 STRATEGIES = ("range", "cooperative-sticky")

@@ -31,7 +31,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.job import ENRICHED_SCHEMA, crm_table, join
-from streams.runtime import Context, InRecord, OutRecord, Processor, Runner, RunnerConfig, StoreSpec
+from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, Runner, RunnerConfig, StoreSpec
 
 VISITS: StoreSpec[Any] = StoreSpec("visits")
 

@@ -31,8 +31,16 @@ from typing import Any
 from confluent_kafka.admin import NewTopic
 
 from bench.job import HIT_SCHEMA, hit, visitor
-from schemas.clients import DEAD_LETTER_TOPIC, Connection, admin_client, consumer, produce, producer, registry_client
-from schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
+from passerelle.schemas.clients import (
+    DEAD_LETTER_TOPIC,
+    Connection,
+    admin_client,
+    consumer,
+    produce,
+    producer,
+    registry_client,
+)
+from passerelle.schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
 
 IMPLS = ("raw", "alo", "eos", "faust")
 ROOT = Path(__file__).resolve().parent.parent

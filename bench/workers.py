@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bench.job import ENRICHED_SCHEMA, HIT_SCHEMA, crm_table, join
-from schemas import clients
-from schemas.clients import DEAD_LETTER_TOPIC, Connection
+from passerelle.schemas import clients
+from passerelle.schemas.clients import DEAD_LETTER_TOPIC, Connection
 
 
 def _report(started: float, records: float) -> None:
@@ -31,7 +31,7 @@ def _report(started: float, records: float) -> None:
 
 
 def _registry_ids(conn: Connection, output: str) -> tuple[Any, Any, Any]:
-    from schemas.serde import AvroEncoder
+    from passerelle.schemas.serde import AvroEncoder
 
     client = clients.registry_client(conn)
     value_enc = AvroEncoder.for_subject(client, f"{output}-value", ENRICHED_SCHEMA)
@@ -85,7 +85,7 @@ def run_raw(args: argparse.Namespace) -> None:
 
 def run_runtime(args: argparse.Namespace, exactly_once: bool) -> None:
     """(b)/(c) The same job as a passerelle processor on the runtime."""
-    from streams.runtime import Context, InRecord, OutRecord, Processor, Runner, RunnerConfig
+    from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, Runner, RunnerConfig
 
     crm = crm_table()
     output = args.output

@@ -12,7 +12,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from schemas.clients.redact import RedactingFilter, redact
+from passerelle.schemas.clients.redact import RedactingFilter, redact
 
 # Sub-command modules, each exposing ``add_parser(subparsers)`` that sets
 # ``func(args) -> int`` on its parser. Order is the order of ``--help``.

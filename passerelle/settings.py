@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from passerelle.errors import PasserelleError
-from schemas.clients import Connection, read_properties_file
+from passerelle.schemas.clients import Connection, read_properties_file
 
 ENV_PREFIX = "PASSERELLE_"
 
@@ -165,7 +165,7 @@ def load(cls: type[PasserelleSettings] = PasserelleSettings, **overrides: Any) -
 from typing import TYPE_CHECKING  # noqa: E402
 
 if TYPE_CHECKING:
-    from connectors.collector.config import CollectorConfig
+    from passerelle.connectors.collector.config import CollectorConfig
 
 
 class CollectorSettings(PasserelleSettings):
@@ -206,7 +206,7 @@ class CollectorSettings(PasserelleSettings):
 
     def collector_config(self, topic: str = "hits.raw") -> CollectorConfig:
         """The plain configuration the collector core takes (it cannot import ``passerelle``)."""
-        from connectors.collector.config import CollectorConfig
+        from passerelle.connectors.collector.config import CollectorConfig
 
         return CollectorConfig(
             bootstrap_servers=self.bootstrap_servers,
@@ -232,11 +232,11 @@ class CollectorSettings(PasserelleSettings):
 # ``--help``: the imports below are for type checkers, the ones inside the methods for running.
 
 if TYPE_CHECKING:
-    from schemas.catalog import Catalog
-    from streams.carts.tracker import CartConfig
-    from streams.enrichment.enricher import EnrichmentConfig
-    from streams.remarketing.sequence import SequencerConfig
-    from streams.runtime import Processor, RunnerConfig
+    from passerelle.schemas.catalog import Catalog
+    from passerelle.streams.carts.tracker import CartConfig
+    from passerelle.streams.enrichment.enricher import EnrichmentConfig
+    from passerelle.streams.remarketing.sequence import SequencerConfig
+    from passerelle.streams.runtime import Processor, RunnerConfig
 
 
 class ProcessorSettings(PasserelleSettings):
@@ -267,7 +267,7 @@ class ProcessorSettings(PasserelleSettings):
         theirs as the reader schema, so a record of another shape is poison,
         not misread.
         """
-        from streams.runtime import ErrorBudget, RunnerConfig
+        from passerelle.streams.runtime import ErrorBudget, RunnerConfig
 
         def schemas(topics: Iterable[str]) -> dict[str, str]:
             return {t: catalog.schema_text(catalog.topic(t).value_schema) for t in topics}
@@ -302,8 +302,8 @@ class EnrichmentSettings(ProcessorSettings):
 
     def to_config(self) -> EnrichmentConfig:
         """The enricher's rules, in the milliseconds it counts in."""
-        from streams.enrichment.attribution import AttributionConfig
-        from streams.enrichment.enricher import EnrichmentConfig
+        from passerelle.streams.enrichment.attribution import AttributionConfig
+        from passerelle.streams.enrichment.enricher import EnrichmentConfig
 
         return EnrichmentConfig(
             visit_timeout_ms=self.visit_timeout_minutes * 60_000,
@@ -319,7 +319,7 @@ class CartSettings(ProcessorSettings):
 
     def to_config(self) -> CartConfig:
         """The tracker's rules, in the milliseconds it counts in."""
-        from streams.carts.tracker import CartConfig
+        from passerelle.streams.carts.tracker import CartConfig
 
         return CartConfig(abandon_after_ms=int(self.cart_abandon_minutes * 60_000))
 
@@ -346,7 +346,7 @@ class RemarketingSettings(ProcessorSettings):
 
     def to_config(self) -> SequencerConfig:
         """The sequencer's rules, in the milliseconds it counts in."""
-        from streams.remarketing.sequence import Promotion, SequencerConfig
+        from passerelle.streams.remarketing.sequence import Promotion, SequencerConfig
 
         hour = 3_600_000
         return SequencerConfig(
@@ -399,7 +399,7 @@ class RegistrySettings(PasserelleSettings):
 # --- live campaign counts ---------------------------------------------------------------------------------
 
 if TYPE_CHECKING:
-    from streams.campaign_counts.rules import CampaignCountsConfig
+    from passerelle.streams.campaign_counts.rules import CampaignCountsConfig
 
 
 class CampaignCountsSettings(ProcessorSettings):
@@ -427,7 +427,7 @@ class CampaignCountsSettings(ProcessorSettings):
 
     def to_config(self) -> CampaignCountsConfig:
         """The counter's rules, in the milliseconds it counts in."""
-        from streams.campaign_counts.rules import CampaignCountsConfig
+        from passerelle.streams.campaign_counts.rules import CampaignCountsConfig
 
         return CampaignCountsConfig(
             window_ms=self.campaign_counts_window_minutes * 60_000,

@@ -20,7 +20,7 @@ from typing import Any
 import fastavro
 from fastavro.types import Schema as FastavroSchema
 
-from schemas.errors import ContractError
+from passerelle.schemas.errors import ContractError
 
 SCHEMAS_DIR = Path(__file__).resolve().parent
 DEFAULT_CATALOG = SCHEMAS_DIR / "catalog.toml"

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import fastavro
 from fastavro.types import Schema as FastavroSchema
 
-from schemas.errors import ContractError, RegistryUnavailableError, SerializationError
+from passerelle.schemas.errors import ContractError, RegistryUnavailableError, SerializationError
 
 MAGIC_BYTE = 0
 HEADER = struct.Struct(">bI")

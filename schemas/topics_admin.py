@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from schemas import clients
-from schemas.catalog import Catalog, TopicSpec
+from passerelle.schemas import clients
+from passerelle.schemas.catalog import Catalog, TopicSpec
 
 log = logging.getLogger(__name__)
 

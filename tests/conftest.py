@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local import stack
-from schemas.clients import Connection, read_properties_file
+from passerelle.deploy.local import stack
+from passerelle.schemas.clients import Connection, read_properties_file
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,6 +4,6 @@ Importing the package is cheap (no FastAPI, no Kafka client): the settings and
 the CLI import ``CollectorConfig`` without paying for the web stack.
 """
 
-from connectors.collector.config import CollectorConfig, CollectorStartupError
+from passerelle.connectors.collector.config import CollectorConfig, CollectorStartupError
 
 __all__ = ["CollectorConfig", "CollectorStartupError"]

@@ -29,10 +29,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from connectors.collector.config import CollectorConfig
-from connectors.collector.metrics import CollectorMetrics
-from connectors.collector.producer import DeliveryResult, HitProducer, OutRecord
-from connectors.collector.validation import (
+from passerelle.connectors.collector.config import CollectorConfig
+from passerelle.connectors.collector.metrics import CollectorMetrics
+from passerelle.connectors.collector.producer import DeliveryResult, HitProducer, OutRecord
+from passerelle.connectors.collector.validation import (
     HitRules,
     InvalidEvent,
     RequestContext,
@@ -40,7 +40,7 @@ from connectors.collector.validation import (
     event_to_hit,
     pixel_to_hit,
 )
-from schemas.models import Hit
+from passerelle.schemas.models import Hit
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas.clients import Connection, Connects
+from passerelle.schemas.clients import Connection, Connects
 
 DEFAULT_TOPIC = "hits.raw"
 CATALOG_TOPIC = "hits.raw"

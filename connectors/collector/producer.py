@@ -28,12 +28,12 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from connectors.collector import refusals
-from connectors.collector.config import CATALOG_TOPIC, CollectorConfig, CollectorStartupError
-from schemas import clients
-from schemas.catalog import load_catalog
-from schemas.errors import ContractError, SerializationError
-from schemas.serde import AvroEncoder, RegistryLike
+from passerelle.connectors.collector import refusals
+from passerelle.connectors.collector.config import CATALOG_TOPIC, CollectorConfig, CollectorStartupError
+from passerelle.schemas import clients
+from passerelle.schemas.catalog import load_catalog
+from passerelle.schemas.errors import ContractError, SerializationError
+from passerelle.schemas.serde import AvroEncoder, RegistryLike
 
 log = logging.getLogger(__name__)
 

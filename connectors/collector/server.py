@@ -31,7 +31,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from connectors.collector.config import CollectorConfig
+from passerelle.connectors.collector.config import CollectorConfig
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -34,8 +34,8 @@ from pydantic import (
     field_validator,
 )
 
-from schemas.models import Consent, Hit, HitType, Order, Product
-from streams.enrichment.params import normalize_params, parse_campaign_params
+from passerelle.schemas.models import Consent, Hit, HitType, Order, Product
+from passerelle.streams.enrichment.params import normalize_params, parse_campaign_params
 
 # --- field types -----------------------------------------------------------------------------------
 

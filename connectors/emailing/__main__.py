@@ -1,4 +1,4 @@
-"""Development entry point: ``python -m connectors.emailing bridge|export|standin``.
+"""Development entry point: ``python -m passerelle.connectors.emailing bridge|export|standin``.
 
 The ``passerelle`` command builds the same configs from ``PASSERELLE_*``
 settings; this one reads a JSON file (keys of ``EmailingConfig`` or
@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from connectors.emailing.config import EmailingStartupError, config_from_mapping
+from passerelle.connectors.emailing.config import EmailingStartupError, config_from_mapping
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def _millis(text: str | None) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m connectors.emailing")
+    parser = argparse.ArgumentParser(prog="python -m passerelle.connectors.emailing")
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
     bridge = sub.add_parser("bridge", help="push remarketing messages to the partner until SIGTERM")
@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         if args.command == "bridge":
-            from connectors.emailing.bridge import run_bridge
+            from passerelle.connectors.emailing.bridge import run_bridge
 
             run_bridge(config_from_mapping(_load(args.config)))
         elif args.command == "export":
-            from connectors.emailing.export import export_config_from_mapping, export_window
+            from passerelle.connectors.emailing.export import export_config_from_mapping, export_window
 
             result = export_window(
                 export_config_from_mapping(_load(args.config)),
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         else:
-            from connectors.emailing.standin import main as standin_main
+            from passerelle.connectors.emailing.standin import main as standin_main
 
             standin_main(args.standin_args)
     except Exception as exc:

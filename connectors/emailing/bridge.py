@@ -30,22 +30,22 @@ import httpx
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from pydantic import ValidationError
 
-from connectors.emailing.client import DeliveryResult, Interrupted, PartnerClient
-from connectors.emailing.config import (
+from passerelle.connectors.emailing.client import DeliveryResult, Interrupted, PartnerClient
+from passerelle.connectors.emailing.config import (
     CATALOG_DELIVERIES_TOPIC,
     CATALOG_INPUT_TOPIC,
     EmailingConfig,
     EmailingStartupError,
 )
-from connectors.emailing.deadletters import produce_dead_letter
-from connectors.emailing.mapping import build_payload, report_unsafe_urls
-from connectors.emailing.metrics import EmailingMetrics
-from schemas import clients
-from schemas.catalog import load_catalog
-from schemas.errors import ContractError, SerializationError
-from schemas.models import RemarketingDelivery, RemarketingMessage
-from schemas.serde import AvroDecoder, AvroEncoder, RegistryLike, SchemaCache, registry_fetcher
-from streams.runtime.deadletter import DEAD_LETTER_PREFIX
+from passerelle.connectors.emailing.deadletters import produce_dead_letter
+from passerelle.connectors.emailing.mapping import build_payload, report_unsafe_urls
+from passerelle.connectors.emailing.metrics import EmailingMetrics
+from passerelle.schemas import clients
+from passerelle.schemas.catalog import load_catalog
+from passerelle.schemas.errors import ContractError, SerializationError
+from passerelle.schemas.models import RemarketingDelivery, RemarketingMessage
+from passerelle.schemas.serde import AvroDecoder, AvroEncoder, RegistryLike, SchemaCache, registry_fetcher
+from passerelle.streams.runtime.deadletter import DEAD_LETTER_PREFIX
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import httpx
 
-from connectors.emailing.config import EmailingConfig
-from connectors.emailing.metrics import EmailingMetrics
-from connectors.emailing.retry import Verdict, classify, next_delay, parse_retry_after, request_outcome
+from passerelle.connectors.emailing.config import EmailingConfig
+from passerelle.connectors.emailing.metrics import EmailingMetrics
+from passerelle.connectors.emailing.retry import Verdict, classify, next_delay, parse_retry_after, request_outcome
 
 log = logging.getLogger(__name__)
 

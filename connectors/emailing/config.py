@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
-from connectors.emailing.mapping import PayloadMapping
-from schemas.clients import DEAD_LETTER_TOPIC, Connection, Connects
+from passerelle.connectors.emailing.mapping import PayloadMapping
+from passerelle.schemas.clients import DEAD_LETTER_TOPIC, Connection, Connects
 
 DEFAULT_TOPIC = "remarketing.messages"
 DEFAULT_DELIVERIES_TOPIC = "remarketing.deliveries"

@@ -12,9 +12,9 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from schemas.clients import produce
-from streams.runtime.deadletter import dead_letter_headers
-from streams.runtime.records import Headers
+from passerelle.schemas.clients import produce
+from passerelle.streams.runtime.deadletter import dead_letter_headers
+from passerelle.streams.runtime.records import Headers
 
 
 def original_headers(msg: Message) -> Headers:

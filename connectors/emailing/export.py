@@ -12,7 +12,7 @@ cut in the middle. Files are created ``0600``: they hold email addresses.
 
 The JSON lines are the very bodies the HTTP bridge sends (same mapping), so a
 partner can switch between push and pull without a new format. Both files
-carry only absolute http/https URLs (see :mod:`connectors.emailing.mapping`);
+carry only absolute http/https URLs (see :mod:`passerelle.connectors.emailing.mapping`);
 the CSV's text cells are also neutralised against spreadsheet formulas (see
 :func:`csv_cell`), the JSON lines keep the data as it is.
 """
@@ -36,26 +36,26 @@ from typing import Any, TextIO
 from confluent_kafka import OFFSET_INVALID, KafkaError, Message, Producer, TopicPartition
 from pydantic import ValidationError
 
-from connectors.emailing.config import (
+from passerelle.connectors.emailing.config import (
     CATALOG_INPUT_TOPIC,
     DEFAULT_DEAD_LETTER_TOPIC,
     DEFAULT_TOPIC,
     EmailingStartupError,
 )
-from connectors.emailing.deadletters import produce_dead_letter
-from connectors.emailing.mapping import (
+from passerelle.connectors.emailing.deadletters import produce_dead_letter
+from passerelle.connectors.emailing.mapping import (
     PayloadMapping,
     build_payload,
     iso_millis,
     message_view,
     report_unsafe_urls,
 )
-from schemas import clients
-from schemas.catalog import load_catalog
-from schemas.clients import Connection, Connects
-from schemas.errors import ContractError, SerializationError
-from schemas.models import RemarketingMessage
-from schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
+from passerelle.schemas import clients
+from passerelle.schemas.catalog import load_catalog
+from passerelle.schemas.clients import Connection, Connects
+from passerelle.schemas.errors import ContractError, SerializationError
+from passerelle.schemas.models import RemarketingMessage
+from passerelle.schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
 
 log = logging.getLogger(__name__)
 

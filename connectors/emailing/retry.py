@@ -15,7 +15,7 @@ import random
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from connectors.emailing.config import RetryPolicy
+from passerelle.connectors.emailing.config import RetryPolicy
 
 
 class Verdict(enum.Enum):

@@ -20,7 +20,7 @@ Failure injection is deterministic: whether the n-th request carrying key
 ``k`` fails depends only on ``(seed, k, n)``, not on the order concurrent
 requests arrive in, so a test run can be replayed exactly.
 
-Run it with ``python -m connectors.emailing.standin --port 8099``.
+Run it with ``python -m passerelle.connectors.emailing.standin --port 8099``.
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def create_app(seed: int = 0) -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m connectors.emailing.standin --port P [--host H] [--seed S]``."""
+    """``python -m passerelle.connectors.emailing.standin --port P [--host H] [--seed S]``."""
     import uvicorn
 
     parser = argparse.ArgumentParser(description="emailing partner stand-in (records requests, fails on demand)")

@@ -27,10 +27,10 @@ from typing import Any, TextIO
 
 import httpx
 
-from schemas import clients
-from schemas.catalog import Catalog, load_catalog
-from schemas.clients import Connection
-from schemas.serde import AvroEncoder
+from passerelle.schemas import clients
+from passerelle.schemas.catalog import Catalog, load_catalog
+from passerelle.schemas.clients import Connection
+from passerelle.schemas.serde import AvroEncoder
 
 CAMPAIGNS_TOPIC = "campaigns"
 CRM_TOPIC = "crm.profiles"

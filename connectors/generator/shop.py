@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote
 
-from schemas.models import Campaign, CrmProfile, age_band
+from passerelle.schemas.models import Campaign, CrmProfile, age_band
 
 SECOND: Final = 1000
 MINUTE: Final = 60 * SECOND

@@ -1,7 +1,7 @@
 """Who may do what on the secured local stack: one principal per component, as plain data.
 
 ``passerelle up --secure`` creates a SCRAM-SHA-512 user per component and
-exactly the ACLs below (``deploy.local.secure.provision``); the broker runs
+exactly the ACLs below (``passerelle.deploy.local.secure.provision``); the broker runs
 ``StandardAuthorizer`` with ``allow.everyone.if.no.acl.found=false``, so
 anything not granted here is refused. ``admin`` is a super user (bootstrapped
 at storage format time, used by the broker between its own listeners, by

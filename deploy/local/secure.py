@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.local import acls
+from passerelle.deploy.local import acls
 
 SECURE_DIR = "secure"
 LISTENER = "SASL_SSL"

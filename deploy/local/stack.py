@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy.local import acls
-from deploy.local import secure as security
+from passerelle.deploy.local import acls
+from passerelle.deploy.local import secure as security
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"

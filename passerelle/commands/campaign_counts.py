@@ -9,12 +9,12 @@ from passerelle.commands.processor import add_processor_parser
 from passerelle.settings import CampaignCountsSettings
 
 if TYPE_CHECKING:  # the runtime (confluent-kafka) loads only when a processor runs, not for --help
-    from streams.runtime import Processor
+    from passerelle.streams.runtime import Processor
 
 
 def build(settings: CampaignCountsSettings) -> Processor:
     """The campaign counter with the window and publishing interval of ``settings``."""
-    from streams.campaign_counts.processor import CampaignCountsProcessor, CampaignCountsTopics
+    from passerelle.streams.campaign_counts.processor import CampaignCountsProcessor, CampaignCountsTopics
 
     return CampaignCountsProcessor(CampaignCountsTopics(), settings.to_config())
 

@@ -9,12 +9,12 @@ from passerelle.commands.processor import add_processor_parser
 from passerelle.settings import CartSettings
 
 if TYPE_CHECKING:  # the runtime (confluent-kafka) loads only when a processor runs, not for --help
-    from streams.runtime import Processor
+    from passerelle.streams.runtime import Processor
 
 
 def build(settings: CartSettings) -> Processor:
     """The cart tracker with the abandonment delay of ``settings``."""
-    from streams.carts.processor import CartTopics, CartTrackerProcessor
+    from passerelle.streams.carts.processor import CartTopics, CartTrackerProcessor
 
     return CartTrackerProcessor(CartTopics(), settings.to_config())
 

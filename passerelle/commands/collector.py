@@ -58,9 +58,9 @@ def _server(config: uvicorn.Config, host: str, port: int, topic: str) -> uvicorn
 
 
 def _run(args: argparse.Namespace) -> int:
-    from connectors.collector.app import create_app
-    from connectors.collector.producer import HitProducer
-    from connectors.collector.server import uvicorn_config
+    from passerelle.connectors.collector.app import create_app
+    from passerelle.connectors.collector.producer import HitProducer
+    from passerelle.connectors.collector.server import uvicorn_config
 
     settings = load(CollectorSettings)
     assert isinstance(settings, CollectorSettings)

@@ -18,8 +18,8 @@ from typing import Any
 from passerelle.commands.schemas import register, subject_plans
 from passerelle.commands.stack import stack_config
 from passerelle.errors import PasserelleError
+from passerelle.schemas.catalog import load_catalog
 from passerelle.settings import PasserelleSettings, load
-from schemas.catalog import load_catalog
 
 
 def wait_http(url: str, proc: Any, what: str, log: Any, timeout: float = 60.0) -> None:
@@ -41,8 +41,8 @@ def wait_http(url: str, proc: Any, what: str, log: Any, timeout: float = 60.0) -
 
 def read_enriched(settings: PasserelleSettings, event_ids: set[str], timeout: float = 60.0) -> list[dict[str, Any]]:
     """Read hits.enriched until every event id we sent came out (read_committed: exactly-once output)."""
-    from schemas import clients
-    from schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
+    from passerelle.schemas import clients
+    from passerelle.schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
 
     conn = settings.connection()
     decoder = AvroDecoder(SchemaCache(registry_fetcher(clients.registry_client(conn))))
@@ -102,10 +102,10 @@ def _demo(args: argparse.Namespace) -> int:
     import signal
     import subprocess
 
-    from connectors.generator.send import EventSender, SendOptions, publish_campaigns, publish_profiles
-    from connectors.generator.shop import HOUR, Shop
-    from deploy.local import stack
-    from schemas.topics_admin import KafkaAdmin, ensure_topics
+    from passerelle.connectors.generator.send import EventSender, SendOptions, publish_campaigns, publish_profiles
+    from passerelle.connectors.generator.shop import HOUR, Shop
+    from passerelle.deploy.local import stack
+    from passerelle.schemas.topics_admin import KafkaAdmin, ensure_topics
 
     settings = load()
     catalog = load_catalog(settings.catalog)
@@ -132,7 +132,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     logs = settings.state_dir.resolve() / "demo"
     logs.mkdir(parents=True, exist_ok=True)
-    from deploy.local.stack import free_port
+    from passerelle.deploy.local.stack import free_port
 
     port = free_port()
     env = {**os.environ, "PASSERELLE_BOOTSTRAP_SERVERS": settings.bootstrap_servers,

@@ -17,8 +17,8 @@ def _settings() -> EmailingSettings:
 
 
 def _bridge(args: argparse.Namespace) -> int:
-    from connectors.emailing.bridge import run_bridge
-    from connectors.emailing.config import config_from_mapping
+    from passerelle.connectors.emailing.bridge import run_bridge
+    from passerelle.connectors.emailing.config import config_from_mapping
 
     s = _settings()
     if not s.emailing_partner_url:
@@ -50,8 +50,8 @@ def _bridge(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from connectors.emailing.__main__ import _millis
-    from connectors.emailing.export import export_config_from_mapping, export_window
+    from passerelle.connectors.emailing.__main__ import _millis
+    from passerelle.connectors.emailing.export import export_config_from_mapping, export_window
 
     s = _settings()
     config = export_config_from_mapping(
@@ -70,7 +70,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _standin(args: argparse.Namespace) -> int:
-    from connectors.emailing.standin import main as standin_main
+    from passerelle.connectors.emailing.standin import main as standin_main
 
     standin_main(["--port", str(args.port), "--seed", str(args.seed)])
     return 0

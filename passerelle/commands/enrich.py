@@ -9,12 +9,12 @@ from passerelle.commands.processor import add_processor_parser
 from passerelle.settings import EnrichmentSettings
 
 if TYPE_CHECKING:  # the runtime (confluent-kafka) loads only when a processor runs, not for --help
-    from streams.runtime import Processor
+    from passerelle.streams.runtime import Processor
 
 
 def build(settings: EnrichmentSettings) -> Processor:
     """The enrichment processor with the rules of ``settings``."""
-    from streams.enrichment.processor import EnrichmentProcessor
+    from passerelle.streams.enrichment.processor import EnrichmentProcessor
 
     return EnrichmentProcessor(config=settings.to_config())
 

@@ -15,7 +15,7 @@ import random
 import sys
 import time
 
-from connectors.generator.send import (
+from passerelle.connectors.generator.send import (
     CAMPAIGNS_TOPIC,
     CRM_TOPIC,
     EventSender,
@@ -23,7 +23,7 @@ from connectors.generator.send import (
     publish_campaigns,
     publish_profiles,
 )
-from connectors.generator.shop import HOUR, MIN_SPAN_MS, Shop, merge_events, mix
+from passerelle.connectors.generator.shop import HOUR, MIN_SPAN_MS, Shop, merge_events, mix
 from passerelle.errors import PasserelleError
 from passerelle.settings import CollectorSettings, load
 

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic.fields import FieldInfo
 
+from passerelle.schemas.catalog import load_catalog
 from passerelle.settings import ENV_PREFIX, PasserelleSettings, ProcessorSettings, load
-from schemas.catalog import load_catalog
 
 if TYPE_CHECKING:  # the runtime (confluent-kafka) loads only when a processor runs, not for --help
-    from streams.runtime import Processor
+    from passerelle.streams.runtime import Processor
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ S = TypeVar("S", bound=ProcessorSettings)
 
 def run_processor(settings: ProcessorSettings, processor: Processor, app_id: str, what: str) -> int:
     """Run ``processor`` on the runtime until SIGTERM/SIGINT; ``what`` names it in the log line."""
-    from streams.runtime import Runner
+    from passerelle.streams.runtime import Runner
 
     catalog = load_catalog(settings.catalog)
     runner = Runner(processor, settings.runner_config(app_id, processor, catalog))

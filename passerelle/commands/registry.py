@@ -37,7 +37,7 @@ passes it. JSON nested too deeply to parse is a 400.
 
 
 def _run(args: argparse.Namespace) -> int:
-    from schemas.registry.server import run  # uvicorn and FastAPI load only for this command
+    from passerelle.schemas.registry.server import run  # uvicorn and FastAPI load only for this command
 
     settings = load(RegistrySettings)
     assert isinstance(settings, RegistrySettings)

@@ -29,7 +29,7 @@ from passerelle.errors import PasserelleError
 from passerelle.settings import RemarketingSettings, load
 
 if TYPE_CHECKING:  # the sequencer (faust) loads only when it runs, never for --help
-    from streams.remarketing.config import RemarketingConfig, RemarketingTopics
+    from passerelle.streams.remarketing.config import RemarketingConfig, RemarketingTopics
 
 DEFAULT_APP_ID = "passerelle-remarketing"
 
@@ -60,8 +60,8 @@ def remarketing_config(
     ``topics``: other input and output names (tests, shared clusters); the
     dead-letter topic is always ``PASSERELLE_DEAD_LETTER_TOPIC``.
     """
-    from streams.remarketing.config import RemarketingConfig, RemarketingTopics
-    from streams.runtime.deadletter import ErrorBudget
+    from passerelle.streams.remarketing.config import RemarketingConfig, RemarketingTopics
+    from passerelle.streams.runtime.deadletter import ErrorBudget
 
     check_settings(settings)
     topics = dataclasses.replace(topics or RemarketingTopics(), dead_letters=settings.dead_letter_topic)
@@ -85,7 +85,7 @@ def remarketing_config(
 
 def _remarketing(args: argparse.Namespace) -> int:
     try:
-        from streams.remarketing.worker import run
+        from passerelle.streams.remarketing.worker import run
     except ImportError as exc:  # faust is an optional extra
         raise PasserelleError(f"faust-streaming is not installed ({exc}); pip install 'passerelle[faust]'") from exc
 

@@ -11,9 +11,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from passerelle.errors import PasserelleError
+from passerelle.schemas.catalog import Catalog, TopicSpec, load_catalog
+from passerelle.schemas.clients import Connection, redact
 from passerelle.settings import load
-from schemas.catalog import Catalog, TopicSpec, load_catalog
-from schemas.clients import Connection, redact
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def register(conn: Connection, plans: list[SubjectPlan]) -> list[str]:
     from confluent_kafka.schema_registry import Schema
     from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-    from schemas.clients import registry_client
+    from passerelle.schemas.clients import registry_client
 
     url = conn.registry_url
     client = registry_client(conn)
@@ -99,7 +99,7 @@ def check(conn: Connection, plans: list[SubjectPlan]) -> tuple[list[str], int]:
     from confluent_kafka.schema_registry import Schema
     from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-    from schemas.clients import registry_client
+    from passerelle.schemas.clients import registry_client
 
     url = conn.registry_url
     client = registry_client(conn)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deploy.local import stack
-from deploy.local.acls import SCHEMAS_TOPIC
+from passerelle.deploy.local import stack
+from passerelle.deploy.local.acls import SCHEMAS_TOPIC
 from passerelle.errors import PasserelleError
 from passerelle.settings import PasserelleSettings, load
 

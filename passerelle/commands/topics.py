@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from passerelle.schemas.catalog import Catalog, TopicSpec, load_catalog
 from passerelle.settings import load
-from schemas.catalog import Catalog, TopicSpec, load_catalog
 
 EXIT_DRIFT = 3
 
@@ -46,7 +46,7 @@ def catalog_table(catalog: Catalog) -> list[str]:
 
 
 def _create(args: argparse.Namespace) -> int:
-    from schemas.topics_admin import KafkaAdmin, ensure_topics
+    from passerelle.schemas.topics_admin import KafkaAdmin, ensure_topics
 
     settings = load()
     catalog = load_catalog(settings.catalog)

@@ -7,15 +7,15 @@ confluent-kafka clients with the security properties applied the same way
 everywhere.
 """
 
-from schemas.clients.connection import Connection, Connects, parse_properties, read_properties_file
-from schemas.clients.errors import (
+from passerelle.schemas.clients.connection import Connection, Connects, parse_properties, read_properties_file
+from passerelle.schemas.clients.errors import (
     KafkaAccessError,
     KafkaAuthenticationError,
     KafkaConfigError,
     KafkaTlsError,
     KafkaUnreachableError,
 )
-from schemas.clients.kafka import (
+from passerelle.schemas.clients.kafka import (
     DEAD_LETTER_TOPIC,
     ErrorWatch,
     admin_client,
@@ -24,8 +24,8 @@ from schemas.clients.kafka import (
     produce,
     producer,
 )
-from schemas.clients.redact import redact, register_secret
-from schemas.clients.registry import registry_client
+from passerelle.schemas.clients.redact import redact, register_secret
+from passerelle.schemas.clients.registry import registry_client
 
 __all__ = [
     "DEAD_LETTER_TOPIC",

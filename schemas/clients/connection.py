@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas.clients.errors import KafkaConfigError
-from schemas.clients.redact import is_secret_property, redacted_properties, register_secret
+from passerelle.schemas.clients.errors import KafkaConfigError
+from passerelle.schemas.clients.redact import is_secret_property, redacted_properties, register_secret
 
 
 def parse_properties(text: str, origin: str = "properties") -> dict[str, str]:

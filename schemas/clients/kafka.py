@@ -18,8 +18,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from schemas.clients.connection import Connection
-from schemas.clients.errors import (
+from passerelle.schemas.clients.connection import Connection
+from passerelle.schemas.clients.errors import (
     KafkaAccessError,
     KafkaAuthenticationError,
     KafkaClientError,
@@ -27,7 +27,7 @@ from schemas.clients.errors import (
     KafkaTlsError,
     KafkaUnreachableError,
 )
-from schemas.clients.redact import redact
+from passerelle.schemas.clients.redact import redact
 
 DEAD_LETTER_TOPIC = "errors.deadletters"
 """Where every process sends records it cannot decode, process or deliver (one name, one place)."""

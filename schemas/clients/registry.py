@@ -6,9 +6,9 @@ from typing import Any
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from schemas.clients.connection import Connection
-from schemas.clients.errors import KafkaConfigError
-from schemas.clients.redact import redact
+from passerelle.schemas.clients.connection import Connection
+from passerelle.schemas.clients.errors import KafkaConfigError
+from passerelle.schemas.clients.redact import redact
 
 REQUEST_TIMEOUT_S = 10.0
 """Per HTTP request: a registry that hangs is an outage to report and retry, not a loop stuck forever."""

@@ -6,7 +6,7 @@ because clients read the Confluent code, not the HTTP status alone.
 
 With an :class:`~schemas.registry.auth.Authenticator`, every request but
 ``GET /`` needs HTTP basic credentials and the routes that write need role
-``write`` (see :mod:`schemas.registry.auth` for the rules and the file format).
+``write`` (see :mod:`passerelle.schemas.registry.auth` for the rules and the file format).
 
 Limits, so that no request can exhaust the process:
 
@@ -15,7 +15,7 @@ Limits, so that no request can exhaust the process:
   Content-Length says so, or as soon as a chunked body passes the limit; the
   connection is then closed, never drained;
 - a schema may take at most 900 KiB in its ``_schemas`` record, so that it fits
-  in one Kafka record (413, ``error_code`` 41302; see :mod:`schemas.registry.service`);
+  in one Kafka record (413, ``error_code`` 41302; see :mod:`passerelle.schemas.registry.service`);
   the body limit leaves room for that schema indented and escaped in JSON;
 - JSON nested too deeply for the parser is a 400 (``error_code`` 400), like any
   body that is not JSON.
@@ -32,10 +32,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from schemas.registry import errors
-from schemas.registry.auth import REALM, SCOPE_KEY, Authenticator, User, forbidden, is_anonymous
-from schemas.registry.service import SchemaRegistry
-from schemas.registry.state import SchemaVersion
+from passerelle.schemas.registry import errors
+from passerelle.schemas.registry.auth import REALM, SCOPE_KEY, Authenticator, User, forbidden, is_anonymous
+from passerelle.schemas.registry.service import SchemaRegistry
+from passerelle.schemas.registry.state import SchemaVersion
 
 MEDIA_TYPE = "application/vnd.schemaregistry.v1+json"
 MAX_BODY_BYTES = 4 * 1024 * 1024

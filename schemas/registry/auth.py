@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schemas.registry.errors import RegistryError, RegistryStartupError
+from passerelle.schemas.registry.errors import RegistryError, RegistryStartupError
 
 REALM = "passerelle-registry"
 READ = "read"

@@ -7,7 +7,7 @@ are ``ContractError``s so the CLI prints them as one line without a traceback.
 
 from __future__ import annotations
 
-from schemas.errors import ContractError
+from passerelle.schemas.errors import ContractError
 
 
 class RegistryError(Exception):

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import uvicorn
 
-from schemas.clients import Connection
-from schemas.registry.app import MAX_BODY_BYTES, create_app
-from schemas.registry.auth import Authenticator
-from schemas.registry.errors import RegistryStartupError
-from schemas.registry.service import MAX_SCHEMA_BYTES, SchemaRegistry
-from schemas.registry.state import RegistryState
-from schemas.registry.store import KafkaStore
+from passerelle.schemas.clients import Connection
+from passerelle.schemas.registry.app import MAX_BODY_BYTES, create_app
+from passerelle.schemas.registry.auth import Authenticator
+from passerelle.schemas.registry.errors import RegistryStartupError
+from passerelle.schemas.registry.service import MAX_SCHEMA_BYTES, SchemaRegistry
+from passerelle.schemas.registry.state import RegistryState
+from passerelle.schemas.registry.store import KafkaStore
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def run(
 ) -> None:
     """Serve the registry until interrupted; start-up problems raise ``RegistryStartupError`` (one line).
 
-    ``auth_file``: users and roles (see :mod:`schemas.registry.auth`), else no
+    ``auth_file``: users and roles (see :mod:`passerelle.schemas.registry.auth`), else no
     authentication; ``ssl_certfile`` and ``ssl_keyfile`` together: HTTPS.
     ``max_body_bytes`` and ``max_schema_bytes``: the limits (413 over them) the
     app and service modules document.

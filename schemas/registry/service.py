@@ -34,8 +34,8 @@ from typing import Protocol
 
 import avro.schema
 
-from schemas.registry import compatibility, errors, records
-from schemas.registry.state import RegistryState, SchemaVersion
+from passerelle.schemas.registry import compatibility, errors, records
+from passerelle.schemas.registry.state import RegistryState, SchemaVersion
 
 MAX_VERSION = 2**31 - 1
 MAX_SCHEMA_BYTES = 900 * 1024

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from schemas.registry import compatibility, records
+from passerelle.schemas.registry import compatibility, records
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from schemas import clients
-from schemas.clients import Connection, KafkaUnreachableError, redact
-from schemas.clients.kafka import classify, topic_error
-from schemas.registry import errors, records
-from schemas.registry.state import RegistryState
+from passerelle.schemas import clients
+from passerelle.schemas.clients import Connection, KafkaUnreachableError, redact
+from passerelle.schemas.clients.kafka import classify, topic_error
+from passerelle.schemas.registry import errors, records
+from passerelle.schemas.registry.state import RegistryState
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class SchemasTopicError(errors.RegistryStartupError):
 class KafkaStore:
     """Feeds ``state`` from ``topic`` and writes records to it, acknowledging only what was read back.
 
-    Every Kafka client comes from the client layer (:mod:`schemas.clients`), so
+    Every Kafka client comes from the client layer (:mod:`passerelle.schemas.clients`), so
     the registry connects with the same security properties as every process.
     """
 

@@ -34,9 +34,9 @@ from typing import Any
 
 from prometheus_client import Counter as PromCounter
 
-from schemas.timeconv import to_millis
-from streams.campaign_counts.rules import CampaignCounter, CampaignCountsConfig, Counter, VisitorState
-from streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec, Timer
+from passerelle.schemas.timeconv import to_millis
+from passerelle.streams.campaign_counts.rules import CampaignCounter, CampaignCountsConfig, Counter, VisitorState
+from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec, Timer
 
 VISITORS: StoreSpec[VisitorState] = StoreSpec("visitors")
 """Per visitor from a declared campaign (partitions of hits.enriched): last visit and orders counted."""

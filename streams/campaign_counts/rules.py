@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypedDict, cast
 
-from schemas.timeconv import to_millis
+from passerelle.schemas.timeconv import to_millis
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS

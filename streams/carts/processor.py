@@ -18,8 +18,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from streams.carts.tracker import CartConfig, CartState, CartTracker, Step
-from streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec, TableSpec, Timer
+from passerelle.streams.carts.tracker import CartConfig, CartState, CartTracker, Step
+from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec, TableSpec, Timer
 
 CARTS: StoreSpec[CartState] = StoreSpec("carts", person="customer_id")
 """One record per visitor; the runtime indexes it under its customer id, for erasures."""

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from schemas.timeconv import to_millis
+from passerelle.schemas.timeconv import to_millis
 
 MINUTE_MS = 60 * 1000
 ABANDON_AFTER_MS = 30 * MINUTE_MS

@@ -23,11 +23,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 from urllib.parse import quote, urlencode
 
-from schemas.models import TrafficSource
-from streams.enrichment import media
-from streams.enrichment.params import FAMILIES, family_of, normalize_params, parse_campaign_params
-from streams.enrichment.referrer import classify_referrer
-from streams.enrichment.xtor import parse_xtor
+from passerelle.schemas.models import TrafficSource
+from passerelle.streams.enrichment import media
+from passerelle.streams.enrichment.params import FAMILIES, family_of, normalize_params, parse_campaign_params
+from passerelle.streams.enrichment.referrer import classify_referrer
+from passerelle.streams.enrichment.xtor import parse_xtor
 
 __all__ = [
     "DEFAULT",

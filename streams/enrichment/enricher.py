@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.models import age_band
-from schemas.timeconv import to_millis
-from streams.enrichment.attribution import DEFAULT, Attribution, AttributionConfig, attribute_params
+from passerelle.schemas.models import age_band
+from passerelle.schemas.timeconv import to_millis
+from passerelle.streams.enrichment.attribution import DEFAULT, Attribution, AttributionConfig, attribute_params
 
 VISIT_TIMEOUT_MS = 30 * 60 * 1000
 CAMPAIGN_LIFETIME_MS = 30 * 24 * 3600 * 1000

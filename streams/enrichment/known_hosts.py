@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from streams.enrichment import media
+from passerelle.streams.enrichment import media
 
 # ``google.com``, ``google.fr``, ``google.co.uk``, ``google.com.br``: one country TLD pattern.
 _CC = r"(?:com?\.)?[a-z]{2,3}"

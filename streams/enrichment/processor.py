@@ -16,8 +16,8 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from streams.enrichment.enricher import Enricher, EnrichmentConfig
-from streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec, TableSpec
+from passerelle.streams.enrichment.enricher import Enricher, EnrichmentConfig
+from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec, TableSpec
 
 
 @dataclass(frozen=True)

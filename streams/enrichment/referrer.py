@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
-from streams.enrichment import media
-from streams.enrichment.known_hosts import (
+from passerelle.streams.enrichment import media
+from passerelle.streams.enrichment.known_hosts import (
     APP_PACKAGES,
     GOOGLE_NON_SEARCH_SUBDOMAINS,
     SEARCH_ENGINES,

@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Final
 
-from streams.enrichment import media
+from passerelle.streams.enrichment import media
 
 PREFIX_MEDIUM: Final[dict[str, str]] = {
     "AD": media.DISPLAY,

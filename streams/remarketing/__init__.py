@@ -10,7 +10,7 @@ faust wiring) and ``worker`` (running it). ``passerelle remarketing`` is the
 one command line.
 """
 
-from streams.remarketing.sequence import (
+from passerelle.streams.remarketing.sequence import (
     Outcome,
     Profile,
     Promotion,

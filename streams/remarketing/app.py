@@ -37,8 +37,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from schemas.errors import RegistryUnavailableError
-from streams.remarketing.commands import (
+from passerelle.schemas.errors import RegistryUnavailableError
+from passerelle.streams.remarketing.commands import (
     abandoned_command,
     dumps,
     loads,
@@ -47,11 +47,11 @@ from streams.remarketing.commands import (
     profile_command,
     tick_command,
 )
-from streams.remarketing.config import CATALOG_TOPICS, PROCESSOR, RemarketingConfig
-from streams.remarketing.handler import CommandHandler
-from streams.remarketing.metrics import RemarketingMetrics
-from streams.remarketing.sequence import Outcome, Sequencer, next_due
-from streams.runtime.deadletter import DeadLetterRefusedError, ErrorBudgetExceeded
+from passerelle.streams.remarketing.config import CATALOG_TOPICS, PROCESSOR, RemarketingConfig
+from passerelle.streams.remarketing.handler import CommandHandler
+from passerelle.streams.remarketing.metrics import RemarketingMetrics
+from passerelle.streams.remarketing.sequence import Outcome, Sequencer, next_due
+from passerelle.streams.runtime.deadletter import DeadLetterRefusedError, ErrorBudgetExceeded
 
 log = logging.getLogger("passerelle.remarketing")
 
@@ -75,12 +75,12 @@ def build_app(
     """
     import faust
 
-    from schemas.catalog import load_catalog
-    from schemas.clients import ensure_reachable, registry_client
-    from schemas.serde import AvroEncoder, LeadingField, SchemaCache, registry_fetcher
-    from streams.remarketing.credentials import faust_credentials
-    from streams.remarketing.gate import KafkaOffsets, ProfilesGate
-    from streams.remarketing.inputs import DeadLetters, InputDecoder, RegistryWait
+    from passerelle.schemas.catalog import load_catalog
+    from passerelle.schemas.clients import ensure_reachable, registry_client
+    from passerelle.schemas.serde import AvroEncoder, LeadingField, SchemaCache, registry_fetcher
+    from passerelle.streams.remarketing.credentials import faust_credentials
+    from passerelle.streams.remarketing.gate import KafkaOffsets, ProfilesGate
+    from passerelle.streams.remarketing.inputs import DeadLetters, InputDecoder, RegistryWait
 
     metrics = metrics or RemarketingMetrics()
     topics = config.topics

@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from streams.remarketing.sequence import to_ms
+from passerelle.streams.remarketing.sequence import to_ms
 
 ABANDONED = "abandoned"
 ORDER = "order"

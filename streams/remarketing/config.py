@@ -20,10 +20,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from schemas.clients import DEAD_LETTER_TOPIC, Connection, Connects
-from streams.remarketing.sequence import SequencerConfig
-from streams.runtime.config import wall_clock_ms
-from streams.runtime.deadletter import MAX_RECORD_BYTES, ErrorBudget
+from passerelle.schemas.clients import DEAD_LETTER_TOPIC, Connection, Connects
+from passerelle.streams.remarketing.sequence import SequencerConfig
+from passerelle.streams.runtime.config import wall_clock_ms
+from passerelle.streams.runtime.deadletter import MAX_RECORD_BYTES, ErrorBudget
 
 PROCESSOR = "remarketing"  # the ``processor`` label of the runtime's metrics and dead-letter headers
 

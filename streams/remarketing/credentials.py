@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from schemas.clients import Connection, KafkaConfigError
+from passerelle.schemas.clients import Connection, KafkaConfigError
 
 _SUPPORTED_MECHANISMS = {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
 

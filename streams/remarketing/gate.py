@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from confluent_kafka import OFFSET_BEGINNING, ConsumerGroupTopicPartitions, KafkaError, TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
-from schemas import clients
+from passerelle.schemas import clients
 
 log = logging.getLogger("passerelle.remarketing")
 

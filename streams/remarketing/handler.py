@@ -21,9 +21,9 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from streams.remarketing.commands import ABANDONED, ORDER, PRIVACY, PROFILE, TICK, dumps, loads
-from streams.remarketing.metrics import RemarketingMetrics
-from streams.remarketing.sequence import Message, Outcome, Profile, Sequencer, State, profile_from_crm, to_ms
+from passerelle.streams.remarketing.commands import ABANDONED, ORDER, PRIVACY, PROFILE, TICK, dumps, loads
+from passerelle.streams.remarketing.metrics import RemarketingMetrics
+from passerelle.streams.remarketing.sequence import Message, Outcome, Profile, Sequencer, State, profile_from_crm, to_ms
 
 log = logging.getLogger("passerelle.remarketing")
 

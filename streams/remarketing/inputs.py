@@ -8,7 +8,7 @@
 - the registry not answering is not poison: the record waits, with a
   back-off doubling up to ``registry_retry_max_ms``, and goes on in order;
 - poison goes to the dead-letter topic in the runtime's format
-  (``streams.runtime.deadletter``), written with the client layer's
+  (``passerelle.streams.runtime.deadletter``), written with the client layer's
   producer and acknowledged before the input record is;
 - the error budget (``PASSERELLE_MAX_ERROR_RATIO``) stops the worker when
   failures become the rule.
@@ -21,13 +21,13 @@ import logging
 from collections.abc import Collection, Mapping
 from typing import Any, cast
 
-from schemas import clients
-from schemas.serde import AvroDecoder, SchemaCache
-from streams.remarketing.config import PROCESSOR
-from streams.remarketing.metrics import RemarketingMetrics
-from streams.runtime.deadletter import DeadLetterRefusedError, dead_letter_record, write_dead_letter
-from streams.runtime.records import Headers
-from streams.runtime.runner import NullValueError
+from passerelle.schemas import clients
+from passerelle.schemas.serde import AvroDecoder, SchemaCache
+from passerelle.streams.remarketing.config import PROCESSOR
+from passerelle.streams.remarketing.metrics import RemarketingMetrics
+from passerelle.streams.runtime.deadletter import DeadLetterRefusedError, dead_letter_record, write_dead_letter
+from passerelle.streams.runtime.records import Headers
+from passerelle.streams.runtime.runner import NullValueError
 
 log = logging.getLogger("passerelle.remarketing")
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter
 
-from streams.remarketing.config import PROCESSOR
-from streams.runtime.metrics import RuntimeMetrics
+from passerelle.streams.remarketing.config import PROCESSOR
+from passerelle.streams.runtime.metrics import RuntimeMetrics
 
 
 class RemarketingMetrics:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypedDict
 
-from schemas.timeconv import to_millis as to_ms
+from passerelle.schemas.timeconv import to_millis as to_ms
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS

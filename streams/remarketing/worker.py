@@ -6,9 +6,9 @@ import logging
 import os
 import sys
 
-from schemas.clients.redact import redact
-from streams.remarketing.config import RemarketingConfig
-from streams.remarketing.metrics import RemarketingMetrics
+from passerelle.schemas.clients.redact import redact
+from passerelle.streams.remarketing.config import RemarketingConfig
+from passerelle.streams.remarketing.metrics import RemarketingMetrics
 
 log = logging.getLogger("passerelle.remarketing")
 
@@ -33,7 +33,7 @@ def run(config: RemarketingConfig, loglevel: str = "INFO") -> None:
     """Run one worker until SIGINT/SIGTERM (faust leaves the group and commits on the way out)."""
     import faust
 
-    from streams.remarketing.app import build_app
+    from passerelle.streams.remarketing.app import build_app
 
     metrics = RemarketingMetrics()
     if config.metrics_port:

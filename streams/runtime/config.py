@@ -7,9 +7,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.clients import DEAD_LETTER_TOPIC, Connection, Connects
-from streams.runtime.deadletter import ErrorBudget
-from streams.runtime.timers import TimerRetry
+from passerelle.schemas.clients import DEAD_LETTER_TOPIC, Connection, Connects
+from passerelle.streams.runtime.deadletter import ErrorBudget
+from passerelle.streams.runtime.timers import TimerRetry
 
 DEFAULT_DEAD_LETTER_TOPIC = DEAD_LETTER_TOPIC
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from schemas.clients import produce
-from streams.runtime.records import Headers
+from passerelle.schemas.clients import produce
+from passerelle.streams.runtime.records import Headers
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class DeadLetterRefusedError(Exception):
 
 
 def write_dead_letter(producer: Any, dead_letter_topic: str, letter: DeadLetter) -> bool:
-    """Produce ``letter`` with the client layer (``schemas.clients.produce``); False if only its headers went.
+    """Produce ``letter`` with the client layer (``clients.produce``); False if only its headers went.
 
     A record the producer refuses (too large for the broker's limits after
     all, a topic that does not take it) is replaced by its error headers

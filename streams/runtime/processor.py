@@ -2,7 +2,7 @@
 
 A processor declares what it reads, writes and keeps; the runner does all the
 Kafka work. Logic never imports Kafka, so it is tested without a broker:
-``streams.runtime.testing.ProcessorDriver`` feeds it records, moves the clocks
+``passerelle.streams.runtime.testing.ProcessorDriver`` feeds it records, moves the clocks
 and fires its timers in the runner's order.
 """
 
@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
-from streams.runtime.records import InRecord, OutRecord
-from streams.runtime.state import KeyValueStore, StoreSpec
-from streams.runtime.timers import TIMER_STORE, Timer, TimerService
+from passerelle.streams.runtime.records import InRecord, OutRecord
+from passerelle.streams.runtime.state import KeyValueStore, StoreSpec
+from passerelle.streams.runtime.timers import TIMER_STORE, Timer, TimerService
 
 V = TypeVar("V")
 

@@ -30,18 +30,18 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import NewTopic, OffsetSpec
 
-from schemas import clients
-from schemas.clients.kafka import classify, topic_error
-from schemas.errors import RegistryUnavailableError, SerializationError
-from schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
-from streams.runtime.config import RunnerConfig
-from streams.runtime.deadletter import DeadLetterRefusedError, dead_letter_record, write_dead_letter
-from streams.runtime.metrics import RuntimeMetrics
-from streams.runtime.processor import Context, Processor, make_context, partition_restored, table_changed
-from streams.runtime.records import InRecord, OutRecord
-from streams.runtime.state import StoreSpec
-from streams.runtime.tables import LookupTable
-from streams.runtime.timers import TIMER_STORE, Timer, TimerKind, fire
+from passerelle.schemas import clients
+from passerelle.schemas.clients.kafka import classify, topic_error
+from passerelle.schemas.errors import RegistryUnavailableError, SerializationError
+from passerelle.schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
+from passerelle.streams.runtime.config import RunnerConfig
+from passerelle.streams.runtime.deadletter import DeadLetterRefusedError, dead_letter_record, write_dead_letter
+from passerelle.streams.runtime.metrics import RuntimeMetrics
+from passerelle.streams.runtime.processor import Context, Processor, make_context, partition_restored, table_changed
+from passerelle.streams.runtime.records import InRecord, OutRecord
+from passerelle.streams.runtime.state import StoreSpec
+from passerelle.streams.runtime.tables import LookupTable
+from passerelle.streams.runtime.timers import TIMER_STORE, Timer, TimerKind, fire
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-from schemas import clients
-from schemas.errors import RegistryUnavailableError
+from passerelle.schemas import clients
+from passerelle.schemas.errors import RegistryUnavailableError
 
 log = logging.getLogger(__name__)
 

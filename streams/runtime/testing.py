@@ -40,11 +40,18 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
-from schemas.errors import SerializationError
-from streams.runtime.processor import Context, Failure, Processor, make_context, partition_restored, table_changed
-from streams.runtime.records import Headers, InRecord, OutRecord
-from streams.runtime.state import KeyValueStore, StoreSpec
-from streams.runtime.timers import TIMER_STORE, Timer, TimerKind, TimerRetry, fire
+from passerelle.schemas.errors import SerializationError
+from passerelle.streams.runtime.processor import (
+    Context,
+    Failure,
+    Processor,
+    make_context,
+    partition_restored,
+    table_changed,
+)
+from passerelle.streams.runtime.records import Headers, InRecord, OutRecord
+from passerelle.streams.runtime.state import KeyValueStore, StoreSpec
+from passerelle.streams.runtime.timers import TIMER_STORE, Timer, TimerKind, TimerRetry, fire
 
 KINDS: tuple[TimerKind, ...] = ("event", "wall")
 V = TypeVar("V")

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from streams.runtime.records import OutRecord
-from streams.runtime.state import KeyValueStore, StoreSpec
+from passerelle.streams.runtime.records import OutRecord
+from passerelle.streams.runtime.state import KeyValueStore, StoreSpec
 
 TimerKind = Literal["event", "wall"]
 TIMER_STORE: StoreSpec[Any] = StoreSpec("timers")

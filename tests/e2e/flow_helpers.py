@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from deploy.local.stack import free_port
-from schemas import clients
-from schemas.clients import Connection
-from schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
+from passerelle.deploy.local.stack import free_port
+from passerelle.schemas import clients
+from passerelle.schemas.clients import Connection
+from passerelle.schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
 from tests.conftest import component_connection
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local.stack import free_port
+from passerelle.deploy.local.stack import free_port
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

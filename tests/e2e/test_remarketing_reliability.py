@@ -38,10 +38,10 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.generator.send import EventSender, SendOptions, publish_campaigns, publish_profiles
-from connectors.generator.shop import HOUR, Shop
-from deploy.local.stack import free_port
-from streams.remarketing.sequence import message_id, sequence_id, to_ms
+from passerelle.connectors.generator.send import EventSender, SendOptions, publish_campaigns, publish_profiles
+from passerelle.connectors.generator.shop import HOUR, Shop
+from passerelle.deploy.local.stack import free_port
+from passerelle.streams.remarketing.sequence import message_id, sequence_id, to_ms
 from tests.e2e.flow_helpers import (
     Partner,
     TopicTail,

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from schemas.catalog import load_catalog
-from streams.carts.processor import CartTopics, CartTrackerProcessor
-from streams.carts.tracker import CartConfig
-from streams.runtime import Runner, RunnerConfig
+from passerelle.schemas.catalog import load_catalog
+from passerelle.streams.carts.processor import CartTopics, CartTrackerProcessor
+from passerelle.streams.carts.tracker import CartConfig
+from passerelle.streams.runtime import Runner, RunnerConfig
 
 
 def build(args: argparse.Namespace) -> Runner:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from schemas.catalog import load_catalog
-from streams.enrichment.processor import EnrichmentProcessor, EnrichmentTopics
-from streams.runtime import Runner, RunnerConfig
+from passerelle.schemas.catalog import load_catalog
+from passerelle.streams.enrichment.processor import EnrichmentProcessor, EnrichmentTopics
+from passerelle.streams.runtime import Runner, RunnerConfig
 
 
 def topics(prefix: str) -> EnrichmentTopics:

@@ -9,8 +9,8 @@ from typing import Any
 
 from confluent_kafka.admin import NewTopic
 
-from schemas.clients import Connection, admin_client, consumer, produce, producer, registry_client
-from schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
+from passerelle.schemas.clients import Connection, admin_client, consumer, produce, producer, registry_client
+from passerelle.schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
 
 STRING_KEY = '"string"'
 

@@ -19,8 +19,8 @@ import logging
 
 from passerelle.commands.remarketing import remarketing_config
 from passerelle.settings import RemarketingSettings, load
-from streams.remarketing.config import RemarketingTopics
-from streams.remarketing.worker import run
+from passerelle.streams.remarketing.config import RemarketingTopics
+from passerelle.streams.remarketing.worker import run
 
 
 def main() -> None:

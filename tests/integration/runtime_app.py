@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
-from streams.runtime import (
+from passerelle.streams.runtime import (
     Context,
     ErrorBudget,
     InRecord,

@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from schemas.catalog import load_catalog
-from streams.campaign_counts.processor import CampaignCountsProcessor, CampaignCountsTopics
-from streams.campaign_counts.rules import CampaignCounter, CampaignCountsConfig
-from streams.runtime import Runner, RunnerConfig
+from passerelle.schemas.catalog import load_catalog
+from passerelle.streams.campaign_counts.processor import CampaignCountsProcessor, CampaignCountsTopics
+from passerelle.streams.campaign_counts.rules import CampaignCounter, CampaignCountsConfig
+from passerelle.streams.runtime import Runner, RunnerConfig
 from tests.integration.kafka_helpers import TopicReader, create_topics, produce_avro
 
 pytestmark = pytest.mark.integration

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from schemas.catalog import load_catalog
-from streams.carts.processor import CartTopics, CartTrackerProcessor
-from streams.carts.tracker import CartConfig
-from streams.runtime import Runner, RunnerConfig
+from passerelle.schemas.catalog import load_catalog
+from passerelle.streams.carts.processor import CartTopics, CartTrackerProcessor
+from passerelle.streams.carts.tracker import CartConfig
+from passerelle.streams.runtime import Runner, RunnerConfig
 from tests.integration.kafka_helpers import TopicReader, create_topics, produce_avro
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from connectors.collector.app import PIXEL_GIF, create_app
-from connectors.collector.config import CollectorConfig
+from passerelle.connectors.collector.app import PIXEL_GIF, create_app
+from passerelle.connectors.collector.config import CollectorConfig
 from tests.integration.kafka_helpers import TopicReader, create_topics
 
 pytestmark = pytest.mark.integration

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
-from schemas.clients import Connection, produce, producer, registry_client
-from schemas.serde import AvroEncoder
-from streams.runtime import FatalRuntimeError, Runner, RunnerConfig
+from passerelle.schemas.clients import Connection, produce, producer, registry_client
+from passerelle.schemas.serde import AvroEncoder
+from passerelle.streams.runtime import FatalRuntimeError, Runner, RunnerConfig
 from tests.integration.kafka_helpers import STRING_KEY, TopicReader, create_topics
 from tests.integration.runtime_app import COUNTS, IN_SCHEMA, OUT_SCHEMA, build
 

@@ -24,11 +24,11 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.emailing.export import ExportConfig, export_window
-from connectors.emailing.mapping import build_payload
-from deploy.local.stack import free_port
-from schemas.catalog import load_catalog
-from streams.runtime.deadletter import header_dict
+from passerelle.connectors.emailing.export import ExportConfig, export_window
+from passerelle.connectors.emailing.mapping import build_payload
+from passerelle.deploy.local.stack import free_port
+from passerelle.schemas.catalog import load_catalog
+from passerelle.streams.runtime.deadletter import header_dict
 from tests.e2e.flow_helpers import Partner
 from tests.integration.kafka_helpers import TopicReader, create_topics, produce_avro
 
@@ -111,7 +111,7 @@ class StandIn(Partner):
     def __init__(self, tmp: Path) -> None:
         self.port = free_port()
         self.proc = Proc(
-            [sys.executable, "-m", "connectors.emailing.standin", "--port", str(self.port), "--seed", "11"],
+            [sys.executable, "-m", "passerelle.connectors.emailing.standin", "--port", str(self.port), "--seed", "11"],
             tmp / "standin.log",
         )
         super().__init__(f"http://127.0.0.1:{self.port}")
@@ -176,7 +176,8 @@ def bridge_config(bootstrap: str, registry: str, topics: dict[str, str], url: st
 def start_bridge(config: dict[str, Any], tmp: Path, name: str = "bridge") -> Proc:
     path = tmp / f"{name}.json"
     path.write_text(json.dumps(config))
-    return Proc([sys.executable, "-m", "connectors.emailing", "bridge", "--config", str(path)], tmp / f"{name}.log")
+    return Proc([sys.executable, "-m", "passerelle.connectors.emailing", "bridge", "--config", str(path)],
+                tmp / f"{name}.log")  # fmt: skip
 
 
 class Outcomes:
@@ -356,7 +357,16 @@ def test_export_writes_a_csv_and_a_jsonl_file_per_window(
         )
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "connectors.emailing", "--log-level", "WARNING", "export", "--config", str(config_path)],
+        [
+            sys.executable,
+            "-m",
+            "passerelle.connectors.emailing",
+            "--log-level",
+            "WARNING",
+            "export",
+            "--config",
+            str(config_path),
+        ],
         cwd=ROOT,
         capture_output=True,
         timeout=60,
@@ -470,7 +480,16 @@ def test_hostile_message_fields_reach_the_partner_neutralised(
         )
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "connectors.emailing", "--log-level", "WARNING", "export", "--config", str(config_path)],
+        [
+            sys.executable,
+            "-m",
+            "passerelle.connectors.emailing",
+            "--log-level",
+            "WARNING",
+            "export",
+            "--config",
+            str(config_path),
+        ],
         cwd=ROOT,
         capture_output=True,
         timeout=60,

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from schemas.catalog import load_catalog
-from streams.enrichment.processor import EnrichmentProcessor, EnrichmentTopics
-from streams.runtime import Runner, RunnerConfig
+from passerelle.schemas.catalog import load_catalog
+from passerelle.streams.enrichment.processor import EnrichmentProcessor, EnrichmentTopics
+from passerelle.streams.runtime import Runner, RunnerConfig
 from tests.integration.kafka_helpers import TopicReader, create_topics, produce_avro
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from connectors.generator.send import EventSender, SendOptions, publish_campaigns, publish_profiles
-from connectors.generator.shop import HOUR, Shop
-from schemas.clients import Connection
+from passerelle.connectors.generator.send import EventSender, SendOptions, publish_campaigns, publish_profiles
+from passerelle.connectors.generator.shop import HOUR, Shop
+from passerelle.schemas.clients import Connection
 from tests.integration.kafka_helpers import TopicReader, create_topics
 
 pytestmark = pytest.mark.integration

@@ -46,11 +46,11 @@ from typing import Any, BinaryIO
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
-from deploy.local.stack import free_port
-from schemas.catalog import load_catalog
-from schemas.clients import Connection, admin_client, consumer, produce, producer, registry_client
-from schemas.serde import AvroEncoder
-from streams.runtime.deadletter import header_dict
+from passerelle.deploy.local.stack import free_port
+from passerelle.schemas.catalog import load_catalog
+from passerelle.schemas.clients import Connection, admin_client, consumer, produce, producer, registry_client
+from passerelle.schemas.serde import AvroEncoder
+from passerelle.streams.runtime.deadletter import header_dict
 from tests.conftest import start_registry_process, stop_process
 from tests.integration.enrich_app import topics
 from tests.integration.kafka_helpers import STRING_KEY, TopicReader, create_topics

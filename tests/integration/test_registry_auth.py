@@ -2,7 +2,7 @@
 
 The registry runs as a real process (``python -m passerelle registry``) over
 the session's broker, with an auth file written by ``write_users_file`` and the
-certificate a throwaway CA issues (``deploy.local.secure.ensure_material``);
+certificate a throwaway CA issues (``passerelle.deploy.local.secure.ensure_material``);
 clients verify it with that CA as ``ssl.ca.location`` and authenticate with
 ``basic.auth.user.info``, as a deployment would.
 """
@@ -25,11 +25,11 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from deploy.local import stack
-from deploy.local.secure import ensure_material
-from schemas.clients import Connection, registry_client
-from schemas.registry.auth import write_users_file
-from schemas.registry.server import wait_ready
+from passerelle.deploy.local import stack
+from passerelle.deploy.local.secure import ensure_material
+from passerelle.schemas.clients import Connection, registry_client
+from passerelle.schemas.registry.auth import write_users_file
+from passerelle.schemas.registry.server import wait_ready
 from tests.conftest import ROOT, registry_env, stop_process
 from tests.integration.test_registry_conformance import ID, V1, V2, avro
 from tests.integration.test_registry_conformance import error_of as refused

@@ -27,7 +27,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from schemas.registry.server import wait_ready
+from passerelle.schemas.registry.server import wait_ready
 
 pytestmark = pytest.mark.integration
 

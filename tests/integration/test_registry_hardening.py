@@ -27,7 +27,7 @@ import httpx
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
-from deploy.local import stack
+from passerelle.deploy.local import stack
 from tests.conftest import start_registry_process, stop_process
 from tests.integration.test_registry_conformance import error_of
 

@@ -20,10 +20,10 @@ import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
-from deploy.local.stack import free_port
-from schemas.catalog import load_catalog
-from schemas.clients import Connection, admin_client
-from streams.runtime.deadletter import header_dict
+from passerelle.deploy.local.stack import free_port
+from passerelle.schemas.catalog import load_catalog
+from passerelle.schemas.clients import Connection, admin_client
+from passerelle.streams.runtime.deadletter import header_dict
 from tests.integration.kafka_helpers import TopicReader, create_topics, produce_avro
 
 pytestmark = pytest.mark.integration

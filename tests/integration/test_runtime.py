@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from deploy.local.stack import free_port
-from schemas.serde import AvroEncoder
-from streams.runtime import Runner, header_dict
+from passerelle.deploy.local.stack import free_port
+from passerelle.schemas.serde import AvroEncoder
+from passerelle.streams.runtime import Runner, header_dict
 from tests.integration.kafka_helpers import TopicReader, create_topics, produce_avro
 from tests.integration.runtime_app import IN_SCHEMA, LABEL_SCHEMA, build, config
 

@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
-from schemas.catalog import load_catalog
-from schemas.clients import Connection, producer, registry_client
-from schemas.serde import AvroEncoder
-from streams.enrichment.processor import EnrichmentProcessor, EnrichmentTopics
-from streams.runtime import Runner, RunnerConfig
-from streams.runtime.deadletter import header_dict
+from passerelle.schemas.catalog import load_catalog
+from passerelle.schemas.clients import Connection, producer, registry_client
+from passerelle.schemas.serde import AvroEncoder
+from passerelle.streams.enrichment.processor import EnrichmentProcessor, EnrichmentTopics
+from passerelle.streams.runtime import Runner, RunnerConfig
+from passerelle.streams.runtime.deadletter import header_dict
 from tests.conftest import start_registry_process, stop_process
 from tests.integration.kafka_helpers import TopicReader, create_topics, produce_avro
 
@@ -205,7 +205,7 @@ def test_a_registry_outage_delays_records_and_dead_letters_none(
     flow: Callable[..., Flow], kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     """With the registry down, a record whose schema id is not cached yet waits; nothing is dead-lettered."""
-    from deploy.local.stack import free_port
+    from passerelle.deploy.local.stack import free_port
 
     port, topic = free_port(), f"_schemas-outage-{uuid.uuid4().hex[:8]}"
     registry = start_registry_process(kafka_bootstrap, port, topic, tmp_path / "registry.log")

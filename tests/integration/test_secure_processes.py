@@ -16,9 +16,9 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from connectors.generator.send import publish_profiles
-from connectors.generator.shop import Shop
-from schemas.clients import KafkaAccessError
+from passerelle.connectors.generator.send import publish_profiles
+from passerelle.connectors.generator.shop import Shop
+from passerelle.schemas.clients import KafkaAccessError
 from tests.conftest import ROOT, SecureStack, component_connection
 
 pytestmark = pytest.mark.integration

@@ -39,7 +39,7 @@ from confluent_kafka.admin import (
     UserScramCredentialDeletion,
 )
 
-from deploy.local import acls, secure, stack
+from passerelle.deploy.local import acls, secure, stack
 from tests.conftest import ROOT, SecureStack
 
 pytestmark = pytest.mark.integration
@@ -414,8 +414,8 @@ def test_a_component_env_is_all_a_process_needs(
     secure_stack: SecureStack, registry: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The settings and client layer every process uses, fed with nothing but ``<component>.env``."""
+    from passerelle.schemas.clients import admin_client, registry_client
     from passerelle.settings import PasserelleSettings
-    from schemas.clients import admin_client, registry_client
 
     for key in [k for k in os.environ if k.startswith("PASSERELLE_")]:
         monkeypatch.delenv(key)
@@ -430,7 +430,7 @@ def test_a_component_env_is_all_a_process_needs(
 @pytest.mark.unit
 def test_acl_table_names_the_catalog_topics() -> None:
     """deploy/ cannot import the catalog: its copy of the topic names must agree with it."""
-    from schemas.catalog import load_catalog
+    from passerelle.schemas.catalog import load_catalog
 
     assert set(load_catalog(None).names) == set(acls.CATALOG_TOPICS)
     for component, grants in acls.GRANTS.items():

@@ -16,7 +16,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
+from passerelle.schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
 
 pytestmark = pytest.mark.integration
 

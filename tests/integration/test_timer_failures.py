@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from deploy.local.stack import free_port
-from streams.runtime import (
+from passerelle.deploy.local.stack import free_port
+from passerelle.streams.runtime import (
     Context,
     OutRecord,
     Processor,
@@ -37,8 +37,8 @@ from streams.runtime import (
     header_dict,
     make_context,
 )
-from streams.runtime.state import KeyValueStore
-from streams.runtime.timers import TIMER_STORE, TimerRetry, TimerService, fire
+from passerelle.streams.runtime.state import KeyValueStore
+from passerelle.streams.runtime.timers import TIMER_STORE, TimerRetry, TimerService, fire
 from tests.integration.kafka_helpers import TopicReader, create_topics, produce_avro
 from tests.integration.runtime_app import IN_SCHEMA, build, config
 

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from schemas.catalog import Catalog, load_catalog
-from schemas.clients import Connection
-from schemas.topics_admin import AdminError, KafkaAdmin, ensure_topics
+from passerelle.schemas.catalog import Catalog, load_catalog
+from passerelle.schemas.clients import Connection
+from passerelle.schemas.topics_admin import AdminError, KafkaAdmin, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,7 @@ def test_only_named_topics_are_created(admin: KafkaAdmin, prefix: str) -> None:
 
 
 def test_unknown_topic_fails_before_creating_anything(admin: KafkaAdmin, prefix: str) -> None:
-    from schemas.errors import ContractError
+    from passerelle.schemas.errors import ContractError
 
     catalog = prefixed_catalog(prefix)
     with pytest.raises(ContractError, match=r"no\.such\.topic"):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.models import TrafficSource
-from streams.enrichment.attribution import (
+from passerelle.schemas.models import TrafficSource
+from passerelle.streams.enrichment.attribution import (
     DEFAULT,
     Attribution,
     AttributionConfig,

@@ -14,8 +14,8 @@ import fastavro
 import fastavro.validation
 import pytest
 
-from schemas.catalog import DEFAULT_SCHEMA_DIR, load_catalog, load_schema_text, parsed_schema
-from schemas.models import MODELS, AvroModel, Hit, HitType, model_for
+from passerelle.schemas.catalog import DEFAULT_SCHEMA_DIR, load_catalog, load_schema_text, parsed_schema
+from passerelle.schemas.models import MODELS, AvroModel, Hit, HitType, model_for
 
 pytestmark = pytest.mark.unit
 

@@ -18,14 +18,14 @@ import fastavro
 import pytest
 
 from passerelle.commands import processor as command
+from passerelle.schemas.catalog import load_catalog
+from passerelle.schemas.models import CampaignCounts
 from passerelle.settings import CampaignCountsSettings, load
-from schemas.catalog import load_catalog
-from schemas.models import CampaignCounts
-from streams.campaign_counts.processor import COUNTERS, VISITORS, CampaignCountsProcessor
-from streams.campaign_counts.rules import DAY_MS, HOUR_MS, MINUTE_MS, CampaignCounter, CampaignCountsConfig
-from streams.runtime import OutRecord
-from streams.runtime.testing import ProcessorDriver, Step
-from streams.runtime.timers import TIMER_STORE
+from passerelle.streams.campaign_counts.processor import COUNTERS, VISITORS, CampaignCountsProcessor
+from passerelle.streams.campaign_counts.rules import DAY_MS, HOUR_MS, MINUTE_MS, CampaignCounter, CampaignCountsConfig
+from passerelle.streams.runtime import OutRecord
+from passerelle.streams.runtime.testing import ProcessorDriver, Step
+from passerelle.streams.runtime.timers import TIMER_STORE
 
 pytestmark = pytest.mark.unit
 

@@ -8,12 +8,12 @@ from typing import Any
 import fastavro
 import pytest
 
-from schemas.catalog import load_catalog
-from schemas.models import CartAbandoned
-from streams.carts.processor import CARTS, CartTrackerProcessor
-from streams.carts.tracker import CartConfig, CartTracker, cart_value, episode_event_id
-from streams.runtime import OutRecord
-from streams.runtime.testing import ProcessorDriver
+from passerelle.schemas.catalog import load_catalog
+from passerelle.schemas.models import CartAbandoned
+from passerelle.streams.carts.processor import CARTS, CartTrackerProcessor
+from passerelle.streams.carts.tracker import CartConfig, CartTracker, cart_value, episode_event_id
+from passerelle.streams.runtime import OutRecord
+from passerelle.streams.runtime.testing import ProcessorDriver
 
 pytestmark = pytest.mark.unit
 

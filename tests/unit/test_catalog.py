@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.catalog import (
+from passerelle.schemas.catalog import (
     DEFAULT_CATALOG,
     DEFAULT_SCHEMA_DIR,
     TopicSpec,
@@ -16,8 +16,8 @@ from schemas.catalog import (
     load_schema_text,
     parsed_schema,
 )
-from schemas.errors import ContractError
-from schemas.topics_admin import TopicState, diff_topic, plan, replication_factor
+from passerelle.schemas.errors import ContractError
+from passerelle.schemas.topics_admin import TopicState, diff_topic, plan, replication_factor
 
 pytestmark = pytest.mark.unit
 

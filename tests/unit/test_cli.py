@@ -126,7 +126,7 @@ def test_bench_collector_passes_its_options_through(monkeypatch: pytest.MonkeyPa
 
 def test_cluster_ids_never_start_with_a_dash() -> None:
     """A leading "-" made StorageTool read the id as an option: one `up` in 64 failed to format storage."""
-    from deploy.local.stack import new_cluster_id
+    from passerelle.deploy.local.stack import new_cluster_id
 
     ids = [new_cluster_id() for _ in range(5000)]
     assert not [i for i in ids if i.startswith("-")]

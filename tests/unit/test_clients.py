@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError
 
-from passerelle.settings import PasserelleSettings, check_environment, kafka_env_properties
-from schemas.clients import (
+from passerelle.schemas.clients import (
     Connection,
     KafkaAccessError,
     KafkaAuthenticationError,
@@ -22,9 +21,10 @@ from schemas.clients import (
     redact,
     registry_client,
 )
-from schemas.clients.kafka import classify
-from schemas.clients.redact import RedactingFilter
-from schemas.clients.registry import registry_config
+from passerelle.schemas.clients.kafka import classify
+from passerelle.schemas.clients.redact import RedactingFilter
+from passerelle.schemas.clients.registry import registry_config
+from passerelle.settings import PasserelleSettings, check_environment, kafka_env_properties
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,7 +119,7 @@ def test_an_unreachable_cluster_is_one_error_naming_it() -> None:
 
 def test_faust_gets_the_same_credentials() -> None:
     pytest.importorskip("faust")
-    from streams.remarketing.credentials import faust_credentials
+    from passerelle.streams.remarketing.credentials import faust_credentials
 
     assert faust_credentials(Connection("b:1")) is None
     props = {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "rm",

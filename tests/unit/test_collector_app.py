@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.collector.app import create_app
-from connectors.collector.config import CollectorConfig
+from passerelle.connectors.collector.app import create_app
+from passerelle.connectors.collector.config import CollectorConfig
 
 pytestmark = pytest.mark.unit
 

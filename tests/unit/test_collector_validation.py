@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from connectors.collector.config import CollectorConfig, CollectorStartupError, trusted_networks
-from connectors.collector.validation import (
+from passerelle.connectors.collector.config import CollectorConfig, CollectorStartupError, trusted_networks
+from passerelle.connectors.collector.validation import (
     MAX_CAMPAIGN_VALUE,
     HitRules,
     InvalidEvent,
@@ -19,7 +19,7 @@ from connectors.collector.validation import (
     resolve_event_time,
     truncate_ip,
 )
-from schemas.models import HitType
+from passerelle.schemas.models import HitType
 
 pytestmark = pytest.mark.unit
 

@@ -20,16 +20,22 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from connectors.emailing.bridge import delivery_record, failure_message, partner_headers
-from connectors.emailing.client import IDEMPOTENCY_HEADER, DeliveryResult, Interrupted, PartnerClient, encode_body
-from connectors.emailing.config import (
+from passerelle.connectors.emailing.bridge import delivery_record, failure_message, partner_headers
+from passerelle.connectors.emailing.client import (
+    IDEMPOTENCY_HEADER,
+    DeliveryResult,
+    Interrupted,
+    PartnerClient,
+    encode_body,
+)
+from passerelle.connectors.emailing.config import (
     EmailingConfig,
     EmailingStartupError,
     PartnerAuth,
     RetryPolicy,
     config_from_mapping,
 )
-from connectors.emailing.export import (
+from passerelle.connectors.emailing.export import (
     CSV_COLUMNS,
     Exported,
     atomic_write,
@@ -38,9 +44,9 @@ from connectors.emailing.export import (
     window_name,
     write_window,
 )
-from connectors.emailing.mapping import PayloadMapping, build_payload, lookup
-from connectors.emailing.metrics import EmailingMetrics
-from connectors.emailing.retry import (
+from passerelle.connectors.emailing.mapping import PayloadMapping, build_payload, lookup
+from passerelle.connectors.emailing.metrics import EmailingMetrics
+from passerelle.connectors.emailing.retry import (
     Verdict,
     backoff_delay,
     classify,
@@ -48,10 +54,10 @@ from connectors.emailing.retry import (
     parse_retry_after,
     request_outcome,
 )
-from connectors.emailing.standin import create_app, draw
-from schemas.catalog import parsed_schema
-from schemas.models import RemarketingDelivery
-from streams.runtime.deadletter import header_dict
+from passerelle.connectors.emailing.standin import create_app, draw
+from passerelle.schemas.catalog import parsed_schema
+from passerelle.schemas.models import RemarketingDelivery
+from passerelle.streams.runtime.deadletter import header_dict
 
 pytestmark = pytest.mark.unit
 
@@ -566,6 +572,9 @@ def test_standin_can_require_credentials() -> None:
 
 def test_standin_runs_as_a_module() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "connectors.emailing.standin", "--help"], cwd=ROOT, capture_output=True, timeout=60
+        [sys.executable, "-m", "passerelle.connectors.emailing.standin", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
     )
     assert proc.returncode == 0 and b"--port" in proc.stdout

@@ -14,18 +14,18 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.emailing.bridge import EmailingBridge
-from connectors.emailing.client import PartnerClient, encode_body
-from connectors.emailing.config import EmailingConfig, RetryPolicy
-from connectors.emailing.export import CSV_COLUMNS, Exported, csv_cell, write_window
-from connectors.emailing.mapping import (
+from passerelle.connectors.emailing.bridge import EmailingBridge
+from passerelle.connectors.emailing.client import PartnerClient, encode_body
+from passerelle.connectors.emailing.config import EmailingConfig, RetryPolicy
+from passerelle.connectors.emailing.export import CSV_COLUMNS, Exported, csv_cell, write_window
+from passerelle.connectors.emailing.mapping import (
     PayloadMapping,
     build_payload,
     is_safe_url,
     report_unsafe_urls,
     unsafe_urls,
 )
-from connectors.emailing.metrics import EmailingMetrics
+from passerelle.connectors.emailing.metrics import EmailingMetrics
 
 pytestmark = pytest.mark.unit
 
@@ -307,7 +307,7 @@ def test_the_bridge_sends_the_message_without_the_unsafe_urls_and_counts_them_on
     bridge._encode_key = lambda key: key.encode()  # type: ignore[method-assign]
     bridge._encode_value = lambda record: record  # type: ignore[method-assign,assignment,return-value]
     bridge._produce = lambda topic, value, key, **kw: outputs.append(value)  # type: ignore[method-assign]
-    with caplog.at_level(logging.WARNING, logger="connectors.emailing"):
+    with caplog.at_level(logging.WARNING, logger="passerelle.connectors.emailing"):
         bridge._decide(FakeMessage(5))  # type: ignore[arg-type]
     assert len(seen) == 2
     for request in seen:

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from schemas.models import EnrichedHit, age_band
-from streams.enrichment.enricher import crm_attributes
-from streams.enrichment.processor import VISITORS, EnrichmentProcessor
-from streams.runtime import OutRecord
-from streams.runtime.testing import ProcessorDriver
+from passerelle.schemas.models import EnrichedHit, age_band
+from passerelle.streams.enrichment.enricher import crm_attributes
+from passerelle.streams.enrichment.processor import VISITORS, EnrichmentProcessor
+from passerelle.streams.runtime import OutRecord
+from passerelle.streams.runtime.testing import ProcessorDriver
 
 pytestmark = pytest.mark.unit
 

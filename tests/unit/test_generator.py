@@ -13,8 +13,10 @@ import fastavro.validation
 import httpx
 import pytest
 
-from connectors.collector.validation import HitRules, RequestContext, event_to_hit
-from connectors.generator.send import (
+from passerelle.cli import main
+from passerelle.commands.generate import resolve_site
+from passerelle.connectors.collector.validation import HitRules, RequestContext, event_to_hit
+from passerelle.connectors.generator.send import (
     CollectorRefused,
     CollectorUnavailable,
     CollectorUnreachable,
@@ -22,13 +24,20 @@ from connectors.generator.send import (
     SendOptions,
     retry_after,
 )
-from connectors.generator.shop import CHANNELS, DECLARATIONS, HOUR, MINUTE, VISIT_TIMEOUT_MS, Journey, Shop, mix
-from passerelle.cli import main
-from passerelle.commands.generate import resolve_site
+from passerelle.connectors.generator.shop import (
+    CHANNELS,
+    DECLARATIONS,
+    HOUR,
+    MINUTE,
+    VISIT_TIMEOUT_MS,
+    Journey,
+    Shop,
+    mix,
+)
+from passerelle.schemas.catalog import load_catalog
+from passerelle.schemas.models import Campaign, CrmProfile
 from passerelle.settings import CollectorSettings
-from schemas.catalog import load_catalog
-from schemas.models import Campaign, CrmProfile
-from streams.enrichment.attribution import attribute
+from passerelle.streams.enrichment.attribution import attribute
 
 pytestmark = pytest.mark.unit
 

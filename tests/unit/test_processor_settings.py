@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from passerelle.commands import processor as command
 from passerelle.errors import PasserelleError
+from passerelle.schemas.catalog import load_catalog
 from passerelle.settings import (
     CartSettings,
     EnrichmentSettings,
@@ -21,7 +22,6 @@ from passerelle.settings import (
     RemarketingSettings,
     load,
 )
-from schemas.catalog import load_catalog
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ def test_enrichment_settings_count_in_milliseconds() -> None:
 
 
 def test_enrichment_defaults_are_the_enricher_defaults() -> None:
-    from streams.enrichment.enricher import EnrichmentConfig
+    from passerelle.streams.enrichment.enricher import EnrichmentConfig
 
     config, default = EnrichmentSettings().to_config(), EnrichmentConfig()
     assert config.visit_timeout_ms == default.visit_timeout_ms
@@ -108,7 +108,7 @@ def test_runtime_settings_keep_only_the_runtime_fields() -> None:
 
 
 def test_runner_config_takes_the_schemas_from_the_catalog() -> None:
-    from streams.enrichment.processor import EnrichmentProcessor
+    from passerelle.streams.enrichment.processor import EnrichmentProcessor
 
     catalog = load_catalog()
     processor = EnrichmentProcessor()
@@ -150,7 +150,7 @@ def test_runner_config_takes_the_schemas_from_the_catalog() -> None:
 
 
 def test_runner_config_of_the_cart_tracker() -> None:
-    from streams.carts.processor import CartTrackerProcessor
+    from passerelle.streams.carts.processor import CartTrackerProcessor
 
     catalog = load_catalog()
     config = CartSettings().runner_config("carts", CartTrackerProcessor(), catalog)
@@ -234,7 +234,7 @@ def test_help_lists_the_processor_and_runtime_variables(name: str, own: str) -> 
 def test_help_does_not_load_the_runtime() -> None:
     code = (
         "import sys\nfrom passerelle.cli import build_parser\nbuild_parser()\n"
-        "print(sorted(m for m in sys.modules if m.startswith('streams')))"
+        "print(sorted(m for m in sys.modules if m.startswith('passerelle.streams')))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert proc.stdout.strip() == "[]"
@@ -251,7 +251,7 @@ def test_commands_build_their_processor_and_run_it(
     monkeypatch: pytest.MonkeyPatch, argv: list[str], settings_cls: type[ProcessorSettings], what: str, app_id: str
 ) -> None:
     from passerelle.cli import build_parser
-    from streams.runtime import Processor
+    from passerelle.streams.runtime import Processor
 
     seen: list[tuple[Any, ...]] = []
     monkeypatch.setattr(command, "run_processor", lambda *a: seen.append(a) or 0)

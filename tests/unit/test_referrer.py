@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.enrichment.referrer import ReferrerClass, classify_referrer, referrer_host
+from passerelle.streams.enrichment.referrer import ReferrerClass, classify_referrer, referrer_host
 
 pytestmark = pytest.mark.unit
 

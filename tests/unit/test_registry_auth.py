@@ -22,16 +22,16 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from deploy.local.secure import ensure_material
-from schemas.clients import Connection, KafkaUnreachableError
-from schemas.registry import auth
-from schemas.registry.app import create_app, require_write
-from schemas.registry.auth import Authenticator, AuthFileError, load_users, write_users_file
-from schemas.registry.errors import RegistryError, RegistryStartupError
-from schemas.registry.server import TlsConfigError, check_tls
-from schemas.registry.service import MemoryWriter, SchemaRegistry
-from schemas.registry.state import RegistryState
-from schemas.registry.store import KafkaStore, KafkaUnavailableError
+from passerelle.deploy.local.secure import ensure_material
+from passerelle.schemas.clients import Connection, KafkaUnreachableError
+from passerelle.schemas.registry import auth
+from passerelle.schemas.registry.app import create_app, require_write
+from passerelle.schemas.registry.auth import Authenticator, AuthFileError, load_users, write_users_file
+from passerelle.schemas.registry.errors import RegistryError, RegistryStartupError
+from passerelle.schemas.registry.server import TlsConfigError, check_tls
+from passerelle.schemas.registry.service import MemoryWriter, SchemaRegistry
+from passerelle.schemas.registry.state import RegistryState
+from passerelle.schemas.registry.store import KafkaStore, KafkaUnavailableError
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from schemas.registry import compatibility as c
+from passerelle.schemas.registry import compatibility as c
 
 pytestmark = pytest.mark.unit
 

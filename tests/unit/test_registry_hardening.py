@@ -25,11 +25,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from passerelle.commands import registry as command
-from schemas.registry import app as app_module
-from schemas.registry import compatibility, errors, records, service
-from schemas.registry.app import create_app
-from schemas.registry.service import MemoryWriter, SchemaRegistry
-from schemas.registry.state import RegistryState
+from passerelle.schemas.registry import app as app_module
+from passerelle.schemas.registry import compatibility, errors, records, service
+from passerelle.schemas.registry.app import create_app
+from passerelle.schemas.registry.service import MemoryWriter, SchemaRegistry
+from passerelle.schemas.registry.state import RegistryState
 
 pytestmark = pytest.mark.unit
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from schemas.registry import errors, records
-from schemas.registry.service import MemoryWriter, SchemaRegistry, parse_version
-from schemas.registry.state import RegistryState
+from passerelle.schemas.registry import errors, records
+from passerelle.schemas.registry.service import MemoryWriter, SchemaRegistry, parse_version
+from passerelle.schemas.registry.state import RegistryState
 
 pytestmark = pytest.mark.unit
 

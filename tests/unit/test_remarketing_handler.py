@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from streams.remarketing.commands import (
+from passerelle.streams.remarketing.commands import (
     abandoned_command,
     dumps,
     loads,
@@ -16,9 +16,9 @@ from streams.remarketing.commands import (
     profile_command,
     tick_command,
 )
-from streams.remarketing.handler import PARKED, CommandHandler
-from streams.remarketing.metrics import RemarketingMetrics
-from streams.remarketing.sequence import HOUR_MS, Outcome, Sequencer, SequencerConfig
+from passerelle.streams.remarketing.handler import PARKED, CommandHandler
+from passerelle.streams.remarketing.metrics import RemarketingMetrics
+from passerelle.streams.remarketing.sequence import HOUR_MS, Outcome, Sequencer, SequencerConfig
 from tests.unit.test_remarketing_sequence import T0, cart
 
 pytestmark = pytest.mark.unit

@@ -9,8 +9,8 @@ from typing import Any
 import fastavro
 import pytest
 
-from schemas.catalog import load_catalog
-from streams.remarketing.sequence import (
+from passerelle.schemas.catalog import load_catalog
+from passerelle.streams.remarketing.sequence import (
     DAY_MS,
     HOUR_MS,
     Outcome,

@@ -14,21 +14,21 @@ import pytest
 
 from passerelle.commands.remarketing import remarketing_config
 from passerelle.errors import PasserelleError
+from passerelle.schemas.catalog import load_catalog
+from passerelle.schemas.errors import RegistryUnavailableError
+from passerelle.schemas.serde import AvroEncoder, LeadingField, SchemaCache, parse
 from passerelle.settings import RemarketingSettings
-from schemas.catalog import load_catalog
-from schemas.errors import RegistryUnavailableError
-from schemas.serde import AvroEncoder, LeadingField, SchemaCache, parse
-from streams.remarketing.config import RemarketingTopics
-from streams.remarketing.gate import Ends, ProfilesGate
-from streams.remarketing.inputs import InputDecoder, message_headers
-from streams.runtime.deadletter import (
+from passerelle.streams.remarketing.config import RemarketingTopics
+from passerelle.streams.remarketing.gate import Ends, ProfilesGate
+from passerelle.streams.remarketing.inputs import InputDecoder, message_headers
+from passerelle.streams.runtime.deadletter import (
     DEAD_LETTER_PREFIX,
     KEPT_BYTES,
     dead_letter_headers,
     dead_letter_record,
     header_dict,
 )
-from streams.runtime.runner import NullValueError
+from passerelle.streams.runtime.runner import NullValueError
 
 pytestmark = pytest.mark.unit
 CATALOG = load_catalog()

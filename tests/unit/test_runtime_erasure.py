@@ -7,8 +7,8 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from streams.runtime import Context, InRecord, KeyValueStore, OutRecord, Processor, StoreSpec, TableSpec
-from streams.runtime.testing import ProcessorDriver
+from passerelle.streams.runtime import Context, InRecord, KeyValueStore, OutRecord, Processor, StoreSpec, TableSpec
+from passerelle.streams.runtime.testing import ProcessorDriver
 
 PROFILES: StoreSpec[dict[str, Any]] = StoreSpec("profiles", person="customer_id")
 NOTES: StoreSpec[str] = StoreSpec("notes")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from streams.runtime import (
+from passerelle.streams.runtime import (
     Context,
     ErrorBudget,
     ErrorBudgetExceeded,
@@ -20,9 +20,9 @@ from streams.runtime import (
     Timer,
     header_dict,
 )
-from streams.runtime.deadletter import dead_letter_headers
-from streams.runtime.testing import ProcessorDriver
-from streams.runtime.timers import TIMER_STORE, TimerRetry, TimerService
+from passerelle.streams.runtime.deadletter import dead_letter_headers
+from passerelle.streams.runtime.testing import ProcessorDriver
+from passerelle.streams.runtime.timers import TIMER_STORE, TimerRetry, TimerService
 
 COUNTS: StoreSpec[Any] = StoreSpec("counts")
 SEEN: StoreSpec[Any] = StoreSpec("seen")
@@ -146,7 +146,7 @@ def test_a_failing_record_becomes_a_dead_letter_and_the_others_go_on() -> None:
 
 
 def test_commit_due_per_interval_and_early_only_when_caught_up() -> None:
-    from streams.runtime import RunnerConfig
+    from passerelle.streams.runtime import RunnerConfig
 
     cfg = RunnerConfig("app", "b", "r", {}, commit_interval_ms=100, min_commit_interval_ms=30)
     assert cfg.commit_due(100, caught_up=False, uncommitted=False)  # the interval always commits
@@ -159,7 +159,7 @@ def test_commit_due_per_interval_and_early_only_when_caught_up() -> None:
 
 
 def test_a_batch_that_did_not_fill_up_means_caught_up() -> None:
-    from streams.runtime import RunnerConfig
+    from passerelle.streams.runtime import RunnerConfig
 
     # A steady flow keeps a few records queued at every turn: still caught up.
     assert RunnerConfig.caught_up(queued_batch=37, batch_size=2000)

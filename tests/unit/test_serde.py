@@ -8,8 +8,8 @@ import struct
 import pytest
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from schemas.errors import RegistryUnavailableError, SerializationError
-from schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, frame, split
+from passerelle.schemas.errors import RegistryUnavailableError, SerializationError
+from passerelle.schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, frame, split
 
 pytestmark = pytest.mark.unit
 
@@ -119,7 +119,7 @@ def test_long_reader_and_writer_match_fastavro(value: int) -> None:
 
     import fastavro
 
-    from schemas.serde import read_long, write_long
+    from passerelle.schemas.serde import read_long, write_long
 
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, "long", value)
