@@ -197,6 +197,12 @@ class Outcomes:
         self.reader.close()
 
 
+def run_export(config_path: Path) -> subprocess.CompletedProcess[bytes]:
+    """One batch export, as an operator's scheduler runs it."""
+    cmd = [sys.executable, "-m", "passerelle.connectors.emailing", "--log-level", "WARNING", "export", "--config"]
+    return subprocess.run([*cmd, str(config_path)], cwd=ROOT, capture_output=True, timeout=60)
+
+
 def assert_same_key_and_body(requests: list[dict[str, Any]], messages: list[dict[str, Any]]) -> None:
     """Every request for a message carries its id as idempotency key and the very same body."""
     bodies: dict[str, list[Any]] = defaultdict(list)
@@ -356,21 +362,7 @@ def test_export_writes_a_csv_and_a_jsonl_file_per_window(
             }
         )
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "passerelle.connectors.emailing",
-            "--log-level",
-            "WARNING",
-            "export",
-            "--config",
-            str(config_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=60,
-    )
+    proc = run_export(config_path)
     assert proc.returncode == 0, proc.stderr.decode()
     summary = json.loads(proc.stdout)
     assert summary["count"] == 20 and summary["committed"] is True
@@ -479,21 +471,7 @@ def test_hostile_message_fields_reach_the_partner_neutralised(
             }
         )
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "passerelle.connectors.emailing",
-            "--log-level",
-            "WARNING",
-            "export",
-            "--config",
-            str(config_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=60,
-    )
+    proc = run_export(config_path)
     assert proc.returncode == 0, proc.stderr.decode()
     summary = json.loads(proc.stdout)
     assert (summary["count"], summary["unsafe_urls"]) == (2, 2)
