@@ -331,6 +331,7 @@ class CartAbandoned(AvroModel):
     viewed_products: list[Product] = Field(default_factory=list)
     crm: CrmAttributes | None = None
     marketing_consent: bool
+    site_marketing_consent: bool | None = None
     last_activity_at: EpochMillis
     detected_at: EpochMillis
 

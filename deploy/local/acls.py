@@ -125,9 +125,9 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
         Grant(TOPIC, ("hits.raw",), ("READ",), "its input"),
         Grant(
             TOPIC,
-            ("campaigns", "crm.profiles", "campaigns.undeclared"),
+            ("campaigns", "crm.profiles", "campaigns.undeclared", "privacy.requests"),
             ("READ",),
-            "lookup tables: declared campaigns, CRM profiles, the undeclared-campaign inbox",
+            "lookup tables: declared campaigns, CRM profiles, the undeclared-campaign inbox, privacy requests",
         ),
         Grant(
             TOPIC,
@@ -150,7 +150,12 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
         ),
         Grant(
             GROUP,
-            ("passerelle-table-campaigns", "passerelle-table-crm.profiles", "passerelle-table-campaigns.undeclared"),
+            (
+                "passerelle-table-campaigns",
+                "passerelle-table-crm.profiles",
+                "passerelle-table-campaigns.undeclared",
+                "passerelle-table-privacy.requests",
+            ),
             ("READ",),
             "the lookup tables' readers name a `passerelle-table-<topic>` group (assign only)",
         ),
@@ -164,7 +169,7 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
     ),
     "carts": (
         Grant(TOPIC, ("hits.enriched",), ("READ",), "its input"),
-        Grant(TOPIC, ("crm.profiles",), ("READ",), "lookup table: CRM profiles"),
+        Grant(TOPIC, ("crm.profiles", "privacy.requests"), ("READ",), "lookup tables: CRM profiles, privacy requests"),
         Grant(TOPIC, ("carts.abandoned", DEAD_LETTERS), ("WRITE",), "its output, and dead letters"),
         Grant(
             TOPIC,
@@ -175,9 +180,14 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
         ),
         Grant(
             GROUP,
-            ("passerelle-carts", "passerelle-carts-restore", "passerelle-table-crm.profiles"),
+            (
+                "passerelle-carts",
+                "passerelle-carts-restore",
+                "passerelle-table-crm.profiles",
+                "passerelle-table-privacy.requests",
+            ),
             ("READ",),
-            "its consumer group, the restore reader's and the CRM table reader's groups",
+            "its consumer group, the restore reader's and the lookup tables' readers' groups",
         ),
         Grant(
             TRANSACTIONAL_ID,
@@ -224,16 +234,18 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
     "remarketing": (
         Grant(
             TOPIC,
-            ("carts.abandoned", "hits.enriched", "privacy.requests", "crm.profiles"),
+            ("carts.abandoned", "hits.enriched", "privacy.requests", "crm.profiles", "identity.links"),
             ("READ",),
-            "its inputs: abandoned carts, orders (in enriched hits), consent and erasure requests, profiles",
+            "its inputs: abandoned carts, orders (in enriched hits), consent and erasure requests, profiles, "
+            "identity links (to route a request naming only a visitor to its customer)",
         ),
         Grant(TOPIC, ("remarketing.messages", DEAD_LETTERS), ("WRITE",), "its output, and dead letters"),
         Grant(
             TOPIC,
             ("passerelle-remarketing-",),
             ("CREATE", "READ", "WRITE"),
-            "faust's internal topics: `passerelle-remarketing-commands` and its tables' changelogs",
+            "faust's internal topics: `passerelle-remarketing-commands`, `passerelle-remarketing-visitors` "
+            "and its tables' changelogs",
             prefixed=True,
         ),
         Grant(GROUP, ("passerelle-remarketing",), ("READ",), "the faust app's consumer group"),

@@ -6,8 +6,10 @@ the runtime under its customer id so that a CRM erasure finds every visitor
 of the person. One wall-clock timer per visitor, re-armed
 by each hit (rescheduling replaces it), fires the abandonment deadline or
 forgets an idle visitor; timers live in the runtime's ``timers`` store, so a
-deadline set before a crash fires once after the restart. Table: CRM
-profiles, for the email address (hits do not carry it) and erasures.
+deadline set before a crash fires once after the restart. Tables: CRM
+profiles, for the email address (hits do not carry it) and erasures; privacy
+requests (an erasure by customer or by visitor id forgets the person's carts:
+``passerelle.streams.privacy``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from passerelle.streams.carts.tracker import CartConfig, CartState, CartTracker, Step
+from passerelle.streams.privacy import PRIVACY, erased, honour, honour_all, privacy_table
 from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec, TableSpec, Timer
 
 CARTS: StoreSpec[CartState] = StoreSpec("carts", person="customer_id")
@@ -33,6 +36,8 @@ class CartTopics:
     hits_enriched: str = "hits.enriched"
     carts_abandoned: str = "carts.abandoned"
     crm_profiles: str = "crm.profiles"
+    privacy_requests: str | None = "privacy.requests"
+    """None: privacy requests are not read (tests of other behaviour on topics of their own)."""
 
 
 class CartTrackerProcessor(Processor):
@@ -45,14 +50,18 @@ class CartTrackerProcessor(Processor):
         self.topics = t = topics or CartTopics()
         self.inputs = (t.hits_enriched,)
         self.outputs = (t.carts_abandoned,)
-        self.tables = (TableSpec(CRM, t.crm_profiles, erases=True),)
+        self.tables = (
+            TableSpec(CRM, t.crm_profiles, erases=True),
+            *((privacy_table(t.privacy_requests),) if t.privacy_requests else ()),
+        )
         self.tracker = CartTracker(config)
         self._open: dict[int, int] = {}  # open carts per partition held (read by the metrics thread)
         gauge = Gauge("passerelle_carts_open", "Carts with lines not yet reported abandoned", registry=None)
         gauge.set_function(self.open_carts)
         self.abandoned = Counter("passerelle_carts_abandoned_total", "CartAbandoned events emitted", registry=None)
         self.erasures = Counter(
-            "passerelle_carts_erasures_total", "Visitors forgotten because their CRM profile was erased",
+            "passerelle_carts_erasures_total",
+            "Visitors forgotten because their person was erased (CRM tombstone or privacy request)",
             registry=None,
         )  # fmt: skip
         self.metrics = (gauge, self.abandoned, self.erasures)
@@ -68,6 +77,8 @@ class CartTrackerProcessor(Processor):
     # --- partitions -------------------------------------------------------------------
 
     def on_partition_restored(self, ctx: Context) -> Iterable[OutRecord] | None:
+        """Erasure requests held apply again to the state just restored; then the open carts are counted."""
+        honour_all(self, ctx, ctx.tables.get(PRIVACY, {}).values())  # on_erased retracts nothing here
         self._open[ctx.partition] = sum(1 for _, state in ctx.store(CARTS).items() if self.tracker.is_open(state))
         return None
 
@@ -84,6 +95,8 @@ class CartTrackerProcessor(Processor):
         if customer is not None and customer in ctx.deleted.get(CRM, ()):
             return None  # a hit enriched before the person's erasure: do not track them again
         visitor = str(hit["visitor_id"])
+        if erased(ctx.tables.get(PRIVACY, {}), visitor, customer):
+            return None  # the same for an erasure requested on privacy.requests (while the topic keeps it)
         old = ctx.store(CARTS).get(visitor)
         self._apply(ctx, visitor, old, self.tracker.on_hit(old, hit, ctx.now()))
         return None
@@ -125,8 +138,12 @@ class CartTrackerProcessor(Processor):
 
     # --- erasure ------------------------------------------------------------------
 
+    def on_table_change(self, table: str, key: Any, old: Any, new: Any, ctx: Context) -> Iterable[OutRecord]:
+        return honour(self, ctx, new) if table == PRIVACY else ()
+
     def on_erased(self, store: StoreSpec[Any], key: str, value: Any, ctx: Context) -> Iterable[OutRecord] | None:
-        """Erasure: the runtime deleted the visitor's cart and viewed products; its timer goes too."""
+        """Erasure (CRM tombstone or privacy request): the visitor's cart and viewed products are deleted;
+        its timer goes too."""
         self._bump(ctx, self.tracker.is_open(value), False)
         ctx.timers.cancel(key, kind="wall")
         self.erasures.inc()

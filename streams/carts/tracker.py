@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from passerelle.schemas.timeconv import to_millis
+from passerelle.streams.consent import marketing_allowed
 
 MINUTE_MS = 60 * 1000
 ABANDON_AFTER_MS = 30 * MINUTE_MS
@@ -265,8 +266,10 @@ class CartTracker:
             "currency": currency or self.config.default_currency,
             "viewed_products": [dict(v) for v in s["viewed"]],
             "crm": dict(crm) if crm else None,
-            # Consent of the hit, unless the CRM records a refusal.
-            "marketing_consent": s["consent"] and not (crm is not None and crm.get("marketing_consent") is False),
+            # The one consent rule (site and CRM both yes); the site's own choice travels too, so the
+            # sequencer can combine it with the CRM's latest consent rather than the one copied on the hits.
+            "marketing_consent": marketing_allowed(s["consent"], crm.get("marketing_consent") if crm else None),
+            "site_marketing_consent": s["consent"],
             "last_activity_at": s["last_activity"],
             "detected_at": now,
         }

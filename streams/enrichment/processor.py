@@ -4,8 +4,9 @@ Wiring only; the rules are in ``enricher.py``. State: ``visitors`` (one
 record per visitor, indexed by the runtime under its customer id so that a
 CRM erasure finds every visitor of the person) and ``undeclared`` (tags
 already sent to the declaration inbox). Tables: declared campaigns, CRM
-profiles (a tombstone erases the person), and the inbox itself (so another
-instance's report counts).
+profiles (a tombstone erases the person), the inbox itself (so another
+instance's report counts) and privacy requests (an erasure by customer or by
+visitor id purges the person's visitors: ``passerelle.streams.privacy``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from passerelle.streams.enrichment.enricher import Enricher, EnrichmentConfig
+from passerelle.streams.privacy import PRIVACY, honour, honour_all, privacy_table
 from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec, TableSpec
 
 
@@ -30,6 +32,8 @@ class EnrichmentTopics:
     campaigns: str = "campaigns"
     undeclared: str = "campaigns.undeclared"
     crm_profiles: str = "crm.profiles"
+    privacy_requests: str | None = "privacy.requests"
+    """None: privacy requests are not read (tests of other behaviour on topics of their own)."""
 
 
 VISITORS: StoreSpec[dict[str, Any]] = StoreSpec("visitors", person="customer_id")
@@ -53,6 +57,7 @@ class EnrichmentProcessor(Processor):
             TableSpec("campaigns", t.campaigns),
             TableSpec(CRM, t.crm_profiles, erases=True),
             TableSpec("undeclared", t.undeclared),
+            *((privacy_table(t.privacy_requests),) if t.privacy_requests else ()),
         )
         self.enricher = Enricher(config)
         self.undeclared_hits = Counter(
@@ -61,7 +66,8 @@ class EnrichmentProcessor(Processor):
             registry=None,
         )
         self.erasures = Counter(
-            "passerelle_enrichment_erasures_total", "Visitors purged because their CRM profile was erased",
+            "passerelle_enrichment_erasures_total",
+            "Visitors purged because their person was erased (CRM tombstone or privacy request)",
             registry=None,
         )  # fmt: skip
         self.metrics = (self.undeclared_hits, self.erasures)
@@ -88,7 +94,14 @@ class EnrichmentProcessor(Processor):
                 out.append(OutRecord(self.topics.undeclared, key, result.undeclared))
         return out
 
+    def on_table_change(self, table: str, key: Any, old: Any, new: Any, ctx: Context) -> Iterable[OutRecord]:
+        return honour(self, ctx, new) if table == PRIVACY else ()
+
+    def on_partition_restored(self, ctx: Context) -> Iterable[OutRecord] | None:
+        """Erasure requests held apply again to the state just restored."""
+        return honour_all(self, ctx, ctx.tables.get(PRIVACY, {}).values())
+
     def on_erased(self, store: StoreSpec[Any], key: str, value: Any, ctx: Context) -> Iterable[OutRecord]:
-        """Erasure: the visitor is forgotten by the runtime; retract its identity link."""
+        """Erasure (CRM tombstone or privacy request): the visitor is forgotten; retract its identity link."""
         self.erasures.inc()
         return [OutRecord(self.topics.identity_links, key, None)]

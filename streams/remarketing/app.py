@@ -16,6 +16,12 @@ profiles to be read, ``gate.py``). The tables are co-partitioned with the
 command topic, so each customer's commands are applied in order, by the
 instance that owns the customer's state, whatever the number of instances.
 
+Privacy requests naming only a visitor. ``identity.links`` (keyed by
+visitor) and such requests are forwarded, keyed by visitor id, to a second
+internal topic, ``<app id>-visitors``; its agent keeps the ``links`` table
+(visitor -> customer, a tombstone forgets the link) and sends each request
+on to the command topic as its customer's (``handler.VisitorRouter``).
+
 The timer scans the local ``sequences`` and ``parked`` tables and, for every
 customer due (step 2, expiry, parked carts to judge), sends a ``tick``
 command instead of mutating the tables itself: faust only allows table writes
@@ -34,21 +40,23 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from passerelle.schemas.errors import RegistryUnavailableError
 from passerelle.streams.remarketing.commands import (
     abandoned_command,
     dumps,
+    link_command,
     loads,
     order_command,
     privacy_command,
     profile_command,
     tick_command,
+    visitor_privacy_command,
 )
 from passerelle.streams.remarketing.config import CATALOG_TOPICS, PROCESSOR, RemarketingConfig
-from passerelle.streams.remarketing.handler import CommandHandler
+from passerelle.streams.remarketing.handler import CommandHandler, VisitorRouter
 from passerelle.streams.remarketing.metrics import RemarketingMetrics
 from passerelle.streams.remarketing.sequence import Outcome, Sequencer, next_due
 from passerelle.streams.runtime.deadletter import DeadLetterRefusedError, ErrorBudgetExceeded
@@ -58,7 +66,44 @@ log = logging.getLogger("passerelle.remarketing")
 STRING_KEY = '"string"'
 HITS_BATCH_WAIT_MS = 200  # longest wait to fill a batch of hits
 TICK_RESEND_MIN_MS = 30_000  # a tick not answered within max(this, 5 ticks) is sent again
-STORES = ("sequences", "profiles", "parked")
+STORES = ("sequences", "profiles", "parked", "links")
+
+
+def create_internal_topics(
+    conn: Any, names: list[str], partitions: int, replication_factor: int, timeout_s: float = 30.0
+) -> None:
+    """Create the internal topics the agents read before faust subscribes, and wait until the metadata has them.
+
+    faust creates them itself, one after the other, just before its consumer
+    subscribes; a topic created a moment before that may not be in the
+    consumer's metadata yet, and aiokafka then ignores it ("Ignoring missing
+    topic") until its next metadata refresh, minutes later: that agent reads
+    nothing meanwhile. Created here, they are there when faust starts.
+    """
+    import time
+
+    from confluent_kafka.admin import NewTopic
+
+    from passerelle.schemas.clients import admin_client
+
+    admin = admin_client(conn)
+    missing = [name for name in names if name not in admin.list_topics(timeout=10).topics]
+    if missing:
+        futures = admin.create_topics([NewTopic(name, partitions, replication_factor) for name in missing])
+        for name, future in futures.items():
+            try:
+                future.result(timeout_s)
+            except Exception as exc:  # created meanwhile by another instance: fine; else faust reports it
+                log.debug("remarketing: internal topic %s not created here: %s", name, exc)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        topics = admin.list_topics(timeout=10).topics
+        if all(name in topics and topics[name].partitions for name in names):
+            return
+        if time.monotonic() > deadline:
+            log.warning("remarketing: internal topics %s not in the metadata after %.0f s", names, timeout_s)
+            return
+        time.sleep(0.1)
 
 
 def build_app(
@@ -87,6 +132,8 @@ def build_app(
     catalog = load_catalog()
     conn = config.conn
     ensure_reachable(conn)  # wrong address or credentials: one clear error, not aiokafka retrying forever
+    create_internal_topics(conn, [config.command_topic, config.visitor_topic], config.partitions,
+                           config.replication_factor)  # fmt: skip
     registry = registry_client(conn)
     cache = SchemaCache(registry_fetcher(registry))
 
@@ -100,8 +147,10 @@ def build_app(
             topics.hits_enriched: reader_schema(CATALOG_TOPICS.hits_enriched),
             topics.privacy_requests: reader_schema(CATALOG_TOPICS.privacy_requests),
             topics.crm_profiles: reader_schema(CATALOG_TOPICS.crm_profiles),
+            topics.identity_links: reader_schema(CATALOG_TOPICS.identity_links),
         },
-        tombstone_topics=[topics.crm_profiles],  # compacted: a tombstone is the CRM's erasure
+        # compacted: a tombstone is the CRM's erasure, or a link forgotten
+        tombstone_topics=[topics.crm_profiles, topics.identity_links],
     )
     out_value = AvroEncoder.for_subject(
         registry, f"{topics.remarketing_messages}-value", reader_schema(CATALOG_TOPICS.remarketing_messages),
@@ -147,8 +196,10 @@ def build_app(
     hits = raw_topic(topics.hits_enriched)
     privacy = raw_topic(topics.privacy_requests)
     crm = raw_topic(topics.crm_profiles)
+    identity = raw_topic(topics.identity_links)
     output = raw_topic(topics.remarketing_messages)
     commands = raw_topic(config.command_topic, partitions=config.partitions, internal=True)
+    visitors = raw_topic(config.visitor_topic, partitions=config.partitions, internal=True)
     tables = {name: app.Table(name, partitions=config.partitions, key_type=str, value_type=bytes) for name in STORES}
 
     async def send_message(customer: str, message: dict[str, Any]) -> None:
@@ -161,6 +212,11 @@ def build_app(
         metrics, config.clock, profiles_ready=gate.is_ready,
     )  # fmt: skip
 
+    async def to_customer(customer: str, command: dict[str, Any]) -> None:
+        await commands.send(key=customer.encode(), value=dumps(command), force=True)
+
+    router = VisitorRouter(tables["links"], to_customer, metrics)
+
     def fatal(error: BaseException) -> None:
         if on_fatal is None:
             raise error
@@ -172,10 +228,11 @@ def build_app(
         except DeadLetterRefusedError as refused:
             fatal(refused)
 
-    async def forward(routed: tuple[str, dict[str, Any]] | None) -> None:
+    async def forward(routed: tuple[str, dict[str, Any]] | None, to: Any = commands) -> None:
+        """Send a routed command on: to the command topic (keyed by customer), or to the visitor topic."""
         if routed is not None:
-            customer, command = routed
-            await commands.send(key=customer.encode(), value=dumps(command), force=True)
+            key, command = routed
+            await to.send(key=key.encode(), value=dumps(command), force=True)
 
     async def decoded(event: Any) -> tuple[bool, Any]:
         """(True, value), or (False, None) once the record is dead-lettered; waits out registry outages."""
@@ -197,10 +254,14 @@ def build_app(
         except ErrorBudgetExceeded as exc:
             fatal(exc)
 
-    def input_agent(
-        topic: Any, route: Callable[[Any, Any], tuple[str, dict[str, Any]] | None], kind: str, unroutable: str
-    ) -> None:
-        """One record at a time: decode, route to a customer's command (None: ``unroutable``), forward."""
+    Routed = tuple[str, dict[str, Any]] | None
+
+    def input_agent(topic: Any, route: Callable[[Any, Any], tuple[Any, Routed]], kind: str, unroutable: str) -> None:
+        """One record at a time: decode, route (None: ``unroutable``), forward.
+
+        ``route`` answers ``(destination topic, routed)``: the command topic and a customer's command, or the
+        visitor topic and a command keyed by visitor.
+        """
 
         async def agent(stream: Any) -> None:
             async for event in stream.events():
@@ -208,25 +269,59 @@ def build_app(
                 ok, value = await decoded(event)
                 if ok:
                     try:
-                        routed = route(event, value)
+                        routed_to = route(event, value)
                     except Exception as exc:
                         await dead_letter(event.message, "process", exc)
                         ok = False
                     else:
+                        to, routed = routed_to
                         if routed is None:
                             metrics.inputs.labels(kind, unroutable).inc()
-                        await forward(routed)
+                        await forward(routed, to)
                 await counted(1, 0 if ok else 1)
 
         agent.__name__ = agent.__qualname__ = f"{kind}_input"
         app.agent(topic, name=f"{PROCESSOR}.{kind}")(agent)
 
-    def crm_route(event: Any, record: Any) -> tuple[str, dict[str, Any]] | None:
-        return profile_command(inputs.key(event.message.key), record)
+    def cart_route(event: Any, cart: Any) -> tuple[Any, Routed]:
+        return commands, abandoned_command(cart)
 
-    input_agent(carts, lambda event, cart: abandoned_command(cart), "abandoned", Outcome.ANONYMOUS.value)
-    input_agent(privacy, lambda event, request: privacy_command(request), "privacy", "unroutable")  # visitor only
+    def crm_route(event: Any, record: Any) -> tuple[Any, Routed]:
+        return commands, profile_command(inputs.key(event.message.key), record)
+
+    def privacy_route(event: Any, request: Any) -> tuple[Any, Routed]:
+        """By customer when the request names one, else by visitor (the link to its customer is looked up)."""
+        by_customer = privacy_command(request)
+        if by_customer is not None:
+            return commands, by_customer
+        return visitors, visitor_privacy_command(request)  # None: neither id, unroutable
+
+    def link_route(event: Any, record: Any) -> tuple[Any, Routed]:
+        return visitors, link_command(inputs.key(event.message.key), record)
+
+    input_agent(carts, cart_route, "abandoned", Outcome.ANONYMOUS.value)
+    input_agent(privacy, privacy_route, "privacy", "unroutable")  # neither a customer nor a visitor id
     input_agent(crm, crm_route, "profile", "unroutable")
+    input_agent(identity, link_route, "link", "unroutable")
+
+    def command_agent(topic: Any, name: str, handle: Callable[[str, Any], Awaitable[Any]]) -> None:
+        """One internal command at a time, keyed by visitor or customer; one that fails is a dead letter."""
+
+        async def agent(stream: Any) -> None:
+            async for event in stream.events():
+                key = event.message.key
+                failed = 0
+                try:
+                    await handle(key.decode() if isinstance(key, bytes) else str(key), loads(event.message.value))
+                except Exception as exc:
+                    await dead_letter(event.message, "process", exc)
+                    failed = 1
+                await counted(1, failed)
+
+        agent.__name__ = agent.__qualname__ = f"{name}_commands"
+        app.agent(topic, name=f"{PROCESSOR}.{name}")(agent)
+
+    command_agent(visitors, "visitors", router.handle)
 
     @app.agent(hits, name=f"{PROCESSOR}.order")
     async def order_hits(stream: Any) -> None:
@@ -250,18 +345,7 @@ def build_app(
                 await forward(routed)
             await counted(len(batch), failures)
 
-    @app.agent(commands, name=f"{PROCESSOR}.commands")
-    async def sequence_commands(stream: Any) -> None:
-        async for event in stream.events():
-            key = event.message.key
-            failed = 0
-            try:
-                customer = key.decode() if isinstance(key, bytes) else str(key)
-                await handler.handle(customer, loads(event.message.value))
-            except Exception as exc:
-                await dead_letter(event.message, "process", exc)
-                failed = 1
-            await counted(1, failed)
+    command_agent(commands, "commands", handler.handle)
 
     @app.task
     async def profiles_gate() -> None:
@@ -293,5 +377,7 @@ def build_app(
             pending_ticks[customer] = now
             await forward((customer, tick_command()))
 
-    app.remarketing = {"handler": handler, "metrics": metrics, "gate": gate, "dead_letters": dead_letters, **tables}
+    app.remarketing = {
+        "handler": handler, "router": router, "metrics": metrics, "gate": gate, "dead_letters": dead_letters, **tables,
+    }  # fmt: skip
     return app

@@ -10,6 +10,14 @@ applies the commands of one customer in order (``handler.py``). The kinds:
 - ``profile``: ``{"profile": CrmProfile | None}`` (None: the CRM's tombstone, an erasure)
 - ``privacy``: ``{"request": {"kind", "marketing_consent", "requested_at"}}``
 - ``tick``: ``{}``, sent by the timer when a state is due (step 2, expiry, parked carts)
+
+What names only a visitor goes first to a second internal topic keyed by
+visitor id (``<app id>-visitors``), whose agent keeps the visitor -> customer
+links read from ``identity.links`` and routes to the command topic
+(``handler.VisitorRouter``):
+
+- ``link``: ``{"customer_id", "linked_at"}`` (``customer_id`` None: the link's tombstone)
+- ``privacy``: ``{"request": {"kind", "marketing_consent", "requested_at", "visitor_id"}}``
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ ORDER = "order"
 PROFILE = "profile"
 PRIVACY = "privacy"
 TICK = "tick"
+LINK = "link"
 
 Command = dict[str, Any]
 
@@ -75,7 +84,7 @@ def profile_command(key: Any, record: Mapping[str, Any] | None) -> tuple[str, Co
 
 
 def privacy_command(request: Mapping[str, Any]) -> tuple[str, Command] | None:
-    """(customer id, command) of a privacy request; None when it names no customer (no state is kept by visitor)."""
+    """(customer id, command) of a privacy request; None when it names no customer (``visitor_privacy_command``)."""
     customer = request.get("customer_id")
     if not customer:
         return None
@@ -83,6 +92,28 @@ def privacy_command(request: Mapping[str, Any]) -> tuple[str, Command] | None:
         "kind": request["kind"], "marketing_consent": request.get("marketing_consent"),
         "requested_at": request.get("requested_at"),
     }}  # fmt: skip
+
+
+def visitor_privacy_command(request: Mapping[str, Any]) -> tuple[str, Command] | None:
+    """(visitor id, command) of a privacy request naming a visitor but no customer; None otherwise."""
+    visitor = request.get("visitor_id")
+    if request.get("customer_id") or not visitor:
+        return None
+    return str(visitor), {"kind": PRIVACY, "request": {
+        "kind": request["kind"], "marketing_consent": request.get("marketing_consent"),
+        "requested_at": request.get("requested_at"), "visitor_id": str(visitor),
+    }}  # fmt: skip
+
+
+def link_command(key: Any, record: Mapping[str, Any] | None) -> tuple[str, Command] | None:
+    """(visitor id, command) of an ``IdentityLink`` or its tombstone (whose visitor is the record key)."""
+    visitor = (record or {}).get("visitor_id") or key
+    if not visitor:
+        return None
+    if record is None:
+        return str(visitor), {"kind": LINK, "customer_id": None, "linked_at": None}
+    return str(visitor), {"kind": LINK, "customer_id": str(record["customer_id"]),
+                          "linked_at": to_ms(record.get("linked_at") or 0)}  # fmt: skip
 
 
 def tick_command() -> Command:

@@ -36,6 +36,7 @@ class RemarketingTopics:
     hits_enriched: str = "hits.enriched"
     privacy_requests: str = "privacy.requests"
     crm_profiles: str = "crm.profiles"
+    identity_links: str = "identity.links"
     remarketing_messages: str = "remarketing.messages"
     dead_letters: str = DEAD_LETTER_TOPIC
 
@@ -77,6 +78,11 @@ class RemarketingConfig(Connects):
     @property
     def command_topic(self) -> str:
         return f"{self.app_id}-commands"
+
+    @property
+    def visitor_topic(self) -> str:
+        """What is keyed by visitor (identity links, requests naming only a visitor), routed to a customer."""
+        return f"{self.app_id}-visitors"
 
     @property
     def client_id(self) -> str:

@@ -21,13 +21,24 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from passerelle.streams.remarketing.commands import ABANDONED, ORDER, PRIVACY, PROFILE, TICK, dumps, loads
+from passerelle.streams.remarketing.commands import (
+    ABANDONED,
+    LINK,
+    ORDER,
+    PRIVACY,
+    PROFILE,
+    TICK,
+    Command,
+    dumps,
+    loads,
+)
 from passerelle.streams.remarketing.metrics import RemarketingMetrics
 from passerelle.streams.remarketing.sequence import Message, Outcome, Profile, Sequencer, State, profile_from_crm, to_ms
 
 log = logging.getLogger("passerelle.remarketing")
 
 PARKED = "parked"  # outcome of a cart kept until the profiles are read
+VISITOR_PRIVACY = "visitor_privacy"  # the metric kind of a privacy request naming only a visitor
 
 
 class CommandHandler:
@@ -168,3 +179,68 @@ class CommandHandler:
     def _forget_profile(self, customer: str) -> None:
         if self.profiles.get(customer) is not None:
             del self.profiles[customer]
+
+
+class VisitorRouter:
+    """Keeps the visitor -> customer links of ``identity.links``; routes a request naming only a visitor.
+
+    The only writer of the ``links`` table (visitor id -> ``{"customer_id",
+    "linked_at"}``), which is co-partitioned with the visitor topic: a link
+    and a request of the same visitor are applied in the order they were
+    forwarded. A privacy request is sent on to the customer the visitor is
+    linked to, as a ``privacy`` command (the same as one naming the customer);
+    an erasure also forgets the link. A visitor with no link known (never
+    identified, or the link not read yet) leaves nothing to erase here: the
+    request is counted (``outcome="unlinked"``) and the first one logged.
+    """
+
+    def __init__(
+        self,
+        links: MutableMapping[str, bytes],
+        forward: Callable[[str, Command], Awaitable[None]],
+        metrics: RemarketingMetrics,
+    ) -> None:
+        self.links = links
+        self.forward = forward
+        self.metrics = metrics
+        self._warned = False
+
+    async def handle(self, visitor: str, command: Mapping[str, Any]) -> str:
+        """Apply ``command``; returns the outcome label counted."""
+        kind = command.get("kind")
+        if kind == LINK:
+            customer = command.get("customer_id")
+            if customer is None:
+                if self.links.get(visitor) is not None:
+                    del self.links[visitor]
+                outcome, label = "forgotten", LINK
+            else:
+                self.links[visitor] = dumps({"customer_id": str(customer), "linked_at": command.get("linked_at")})
+                outcome, label = "linked", LINK
+        elif kind == PRIVACY:
+            label = VISITOR_PRIVACY
+            link = loads(self.links.get(visitor))
+            request = command["request"]
+            if link is None:
+                outcome = "unlinked"
+                if not self._warned:
+                    self._warned = True
+                    log.warning(
+                        "remarketing: a privacy request names visitor %s, linked to no customer known here: nothing "
+                        "to apply (further ones are only counted: passerelle_remarketing_inputs_total"
+                        '{kind="visitor_privacy",outcome="unlinked"})',
+                        visitor,
+                    )
+            else:
+                customer = str(link["customer_id"])
+                await self.forward(customer, {"kind": PRIVACY, "request": {
+                    key: request.get(key) for key in ("kind", "marketing_consent", "requested_at")
+                }})  # fmt: skip
+                if request.get("kind") == "erasure":
+                    del self.links[visitor]
+                outcome = "routed"
+                log.info("remarketing: privacy request of visitor %s routed to customer %s", visitor, customer)
+        else:
+            raise ValueError(f"unknown visitor command kind {kind!r}")
+        self.metrics.inputs.labels(label, outcome).inc()
+        return outcome

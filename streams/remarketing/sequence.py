@@ -35,6 +35,7 @@ from enum import StrEnum
 from typing import Any, TypedDict
 
 from passerelle.schemas.timeconv import to_millis as to_ms
+from passerelle.streams.consent import marketing_allowed
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -66,7 +67,7 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"  # the same abandonment again (redelivery or replay): nothing new
     ANONYMOUS = "anonymous"  # no customer id: nobody to write to
     NO_EMAIL = "no_email"  # neither the event nor the CRM profile has an email address
-    NO_CONSENT = "no_consent"  # marketing consent false or unknown
+    NO_CONSENT = "no_consent"  # the site or the CRM refused marketing, or one of them is unknown
     CAPPED = "capped"  # a sequence already started for this customer within the cap window
     STALE = "stale"  # abandonment detected too long ago to still be worth an email
     RECOVERED = "recovered"  # an order after step 1 (or 2): counted, the rest cancelled
@@ -120,6 +121,23 @@ def profile_from_crm(record: Mapping[str, Any]) -> Profile:
         "marketing_consent": record.get("marketing_consent"),
         "updated_at": to_ms(record.get("updated_at") or 0),
     }
+
+
+def consents(event: Mapping[str, Any], profile: Profile | None) -> tuple[bool | None, bool | None]:
+    """(site, CRM) marketing consent of an abandoned cart, for ``marketing_allowed``.
+
+    Site: the event's ``site_marketing_consent``; an event written before that
+    field existed only has the combined ``marketing_consent`` (site and CRM as
+    the tracker saw them), which then stands for the site's: conservative, it
+    is false whenever either refused. CRM: the cached profile's consent (the
+    latest record, privacy requests included), else the copy the hits carried
+    (``crm.marketing_consent``); unknown stays ``None``, which is not consent.
+    """
+    site = event.get("site_marketing_consent")
+    if site is None:
+        site = event.get("marketing_consent")
+    crm = profile.get("marketing_consent") if profile is not None else (event.get("crm") or {}).get("marketing_consent")
+    return site, crm
 
 
 def sequence_id(customer_id: str, event_id: str) -> str:
@@ -202,9 +220,10 @@ class Sequencer:
     ) -> tuple[State | None, list[Message], Outcome]:
         """A cart was abandoned: start a sequence and emit step 1 when the person may and can be written to.
 
-        The email comes from the event, else from the CRM profile; consent from
-        the CRM profile (the more recent, authoritative record), else from the
-        event. A replayed event (same sequence id) changes nothing, because the
+        The email comes from the event, else from the CRM profile. Consent is
+        the one rule (``passerelle.streams.consent.marketing_allowed``) over
+        the site's consent carried by the event and the CRM's latest consent
+        (``consents``). A replayed event (same sequence id) changes nothing, because the
         wiring stores the state only after step 1 was acknowledged.
         """
         customer = event.get("customer_id")
@@ -224,10 +243,7 @@ class Sequencer:
         email = event.get("email") or (profile["email"] if profile is not None else None)
         if not email:
             return state, [], Outcome.NO_EMAIL
-        consent = profile.get("marketing_consent") if profile is not None else None
-        if consent is None:
-            consent = event.get("marketing_consent")
-        if consent is not True:
+        if not marketing_allowed(*consents(event, profile)):
             return state, [], Outcome.NO_CONSENT
         step1_at = state.get("step1_at") if state is not None else None
         if step1_at is not None and now - int(step1_at) < self.config.cap_ms:

@@ -166,17 +166,22 @@ class Processor:
         return ()
 
 
-def erase(processor: Processor, ctx: Context, person: str) -> list[OutRecord]:
-    """Delete every key of ``person`` in the partition's ``person`` stores; ``on_erased`` for each."""
+def erase(processor: Processor, ctx: Context, person: str | None = None, *, key: str | None = None) -> list[OutRecord]:
+    """Delete every key of ``person`` (or the one ``key``) in the partition's ``person`` stores; ``on_erased`` for each.
+
+    ``key`` serves requests that name one visitor rather than a person: in
+    the stores keyed by visitor id, that visitor's record alone.
+    """
     out: list[OutRecord] = []
     for spec in processor.stores:
         if spec.person is None:
             continue
         store = ctx.stores[spec.name]
-        for key in store.keys_of(person):
-            value = store.get(key)
-            store.delete(key)
-            out.extend(processor.on_erased(spec, key, value, ctx) or ())
+        keys = store.keys_of(person) if person is not None else [key] if key is not None and key in store else []
+        for erased in keys:
+            value = store.get(erased)
+            store.delete(erased)
+            out.extend(processor.on_erased(spec, erased, value, ctx) or ())
     return out
 
 

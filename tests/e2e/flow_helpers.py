@@ -20,6 +20,7 @@ from passerelle.deploy.local.stack import free_port
 from passerelle.schemas import clients
 from passerelle.schemas.clients import Connection
 from passerelle.schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
+from passerelle.streams.consent import marketing_allowed
 from tests.conftest import component_connection
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,9 +81,32 @@ def start_stack(env: dict[str, str], secure: bool = False) -> FlowStack:
     return stack
 
 
-def may_be_emailed(profile: dict[str, Any] | None) -> bool:
-    """The sequencer's rule for who may receive a remarketing email: CRM consent and an address."""
-    return bool(profile and profile["marketing_consent"] is True and profile["email"])
+def may_be_emailed(profile: dict[str, Any] | None, site_consent: bool | None) -> bool:
+    """The sequencer's rule for who may receive a remarketing email: the site's and the CRM's consent, an address."""
+    crm = profile["marketing_consent"] if profile else None
+    return bool(profile and marketing_allowed(site_consent, crm) and profile["email"])
+
+
+def latest_by_key(conn: Connection, topic: str, timeout: float = 10) -> dict[bytes, bytes | None]:
+    """The last value of each key of a whole topic (``read_committed``), raw: a changelog as a restore sees it."""
+    consumer = clients.consumer(conn, f"e2e-latest-{topic}-{time.monotonic_ns()}",
+                                {"isolation.level": "read_committed", "enable.partition.eof": True})  # fmt: skip
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(partitions)])
+        latest: dict[bytes, bytes | None] = {}
+        ended: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(ended) < len(partitions) and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=0.5):
+                if msg.error() is not None:
+                    ended.add(msg.partition())
+                elif msg.key() is not None:
+                    latest[msg.key()] = msg.value()
+        assert len(ended) == len(partitions), f"{topic} not read to its end within {timeout:.0f}s"
+        return latest
+    finally:
+        consumer.close()
 
 
 class Proc:

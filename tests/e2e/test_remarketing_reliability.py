@@ -81,8 +81,9 @@ def test_remarketing_survives_sigkills_and_partner_failures(stack_env: dict[str,
     shop = Shop(SHOP_SEED, int(time.time() * 1000) - 8 * HOUR, site=SITE, span_ms=8 * HOUR, customers=CUSTOMERS)
     journeys = list(shop.journeys(VISITORS))
     profiles = {p["customer_id"]: p for p in shop.crm_profiles()}
-    meant = {j.visitor_id for j in journeys
-             if j.abandoned and j.customer_id and may_be_emailed(profiles.get(j.customer_id))}  # fmt: skip
+    meant = {j.visitor_id for j in journeys  # the site's consent is the one the visitor's last hit carries
+             if j.abandoned and j.customer_id
+             and may_be_emailed(profiles.get(j.customer_id), j.events[-1]["consent"]["marketing"])}  # fmt: skip
     assert meant, f"seed {SHOP_SEED}: nobody who may be emailed abandons a cart; pick another seed"
     orders: dict[str, list[tuple[int, str]]] = {}  # customer -> (event time, event id) of their orders
     for journey in journeys:
@@ -168,7 +169,8 @@ def test_remarketing_survives_sigkills_and_partner_failures(stack_env: dict[str,
 
         def eligible_carts() -> dict[str, dict[str, Any]]:
             carts = {c["event_id"]: c for c in tails_["carts.abandoned"].values()}
-            return {e: c for e, c in carts.items() if may_be_emailed(profiles.get(c["customer_id"] or ""))}
+            return {e: c for e, c in carts.items()
+                    if may_be_emailed(profiles.get(c["customer_id"] or ""), c["site_marketing_consent"])}  # fmt: skip
 
         def ordered_after(cart: dict[str, Any]) -> list[tuple[int, str]]:
             """The customer's orders at or after the cart's last activity (event time)."""
@@ -272,7 +274,8 @@ def test_remarketing_survives_sigkills_and_partner_failures(stack_env: dict[str,
                 continue
             cart = cart_of[m["sequence_id"]] = matches[0]
             profile = profiles.get(customer)
-            if not (may_be_emailed(profile) and profile and m["email"] == profile["email"]):
+            if not (may_be_emailed(profile, cart["site_marketing_consent"]) and profile
+                    and m["email"] == profile["email"]):  # fmt: skip
                 problems.append(f"step 1 {m['message_id']} to a customer who may not be emailed, or wrong email")
             if m["message_id"] != message_id(m["sequence_id"], 1) or m["promotion"] is not None:
                 problems.append(f"step 1 {m['message_id']}: wrong id or a promotion")

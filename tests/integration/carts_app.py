@@ -16,7 +16,8 @@ from passerelle.streams.runtime import Runner, RunnerConfig
 
 
 def build(args: argparse.Namespace) -> Runner:
-    topics = CartTopics(hits_enriched=args.hits, carts_abandoned=args.out, crm_profiles=args.crm)
+    topics = CartTopics(hits_enriched=args.hits, carts_abandoned=args.out, crm_profiles=args.crm,
+                        privacy_requests=None)  # privacy requests: test_cart_tracker.py's in-process runs  # fmt: skip
     processor = CartTrackerProcessor(topics, CartConfig(abandon_after_ms=args.abandon_after_ms))
     return Runner(
         processor,

@@ -27,6 +27,7 @@ def topics(prefix: str) -> EnrichmentTopics:
         campaigns=f"{prefix}.campaigns",
         undeclared=f"{prefix}.campaigns.undeclared",
         crm_profiles=f"{prefix}.crm.profiles",
+        privacy_requests=None,  # privacy requests: tests/integration/test_enrichment.py
     )
 
 

@@ -59,9 +59,11 @@ def enriched(n: int, visitor: str, type_: str, prod: dict[str, Any] | None = Non
 def topics(unique: Callable[[str], str], kafka_bootstrap: str) -> CartTopics:
     t = CartTopics(
         hits_enriched=unique("hits.enriched"), carts_abandoned=unique("carts.abandoned"),
-        crm_profiles=unique("crm.profiles"),
+        crm_profiles=unique("crm.profiles"), privacy_requests=unique("privacy.requests"),
     )  # fmt: skip
-    create_topics(kafka_bootstrap, {t.hits_enriched: PARTITIONS, t.carts_abandoned: PARTITIONS, unique("dlq"): 1})
+    assert t.privacy_requests is not None
+    create_topics(kafka_bootstrap, {t.hits_enriched: PARTITIONS, t.carts_abandoned: PARTITIONS,
+                                    t.privacy_requests: 1, unique("dlq"): 1})  # fmt: skip
     create_topics(kafka_bootstrap, {t.crm_profiles: 1}, {"cleanup.policy": "compact"})
     return t
 

@@ -38,8 +38,10 @@ def topics(unique: Callable[[str], str], kafka_bootstrap: str) -> EnrichmentTopi
     t = EnrichmentTopics(
         hits_raw=unique("hits.raw"), hits_enriched=unique("hits.enriched"), identity_links=unique("identity.links"),
         campaigns=unique("campaigns"), undeclared=unique("campaigns.undeclared"), crm_profiles=unique("crm.profiles"),
+        privacy_requests=unique("privacy.requests"),
     )  # fmt: skip
-    create_topics(kafka_bootstrap, {t.hits_raw: 3, t.hits_enriched: 3, unique("dlq"): 1})
+    assert t.privacy_requests is not None
+    create_topics(kafka_bootstrap, {t.hits_raw: 3, t.hits_enriched: 3, t.privacy_requests: 1, unique("dlq"): 1})
     create_topics(
         kafka_bootstrap, {t.identity_links: 3, t.campaigns: 1, t.undeclared: 1, t.crm_profiles: 2},
         {"cleanup.policy": "compact"},
@@ -121,3 +123,12 @@ def test_hits_are_attributed_stitched_and_enriched_and_erasure_purges(
     after = enriched.read(until=5, timeout=60)[-1][1]
     assert after["event_id"] == "e5" and after["customer_id"] is None and after["crm"] is None
     assert after["visit_number"] == 1  # the visitor's history is gone too
+
+    # A privacy request naming only a visitor id: that visitor is purged and its identity link retracted.
+    produce("Hit", topics.hits_raw, [("v2", hit(6, "v2", customer="C2", type_="identify"))])
+    assert [v["customer_id"] for _, v in links.read(until=3, timeout=30) if v is not None] == ["C1", "C2"]
+    assert topics.privacy_requests is not None
+    produce("PrivacyRequest", topics.privacy_requests, [("v2", {
+        "request_id": "r-1", "kind": "erasure", "customer_id": None, "visitor_id": "v2", "marketing_consent": None,
+        "requested_at": T0})])  # fmt: skip
+    assert [v for _, v in links.read(until=4, timeout=30)].count(None) == 2  # v1's (CRM erasure) and v2's

@@ -52,6 +52,7 @@ def cart(customer: str, visitor: str) -> dict[str, Any]:
         "email": None, "episode_id": f"ep-{customer}",
         "lines": [{"product_id": "SKU-1", "name": "P1", "price": 1.0, "quantity": 3, "currency": "EUR"}],
         "value": 3.0, "currency": "EUR", "viewed_products": products, "crm": None, "marketing_consent": False,
+        "site_marketing_consent": True,  # the site said yes; the CRM's yes comes from the profile, not the hits
         "last_activity_at": now_ms() - 60_000, "detected_at": now_ms(),
     }  # fmt: skip
 
@@ -74,10 +75,10 @@ def names(unique: Callable[[str], str], kafka_bootstrap: str) -> dict[str, str]:
     t = {
         "carts": unique("carts.abandoned"), "hits": unique("hits.enriched"), "privacy": unique("privacy.requests"),
         "crm": unique("crm.profiles"), "messages": unique("remarketing.messages"), "dlq": unique("dlq"),
-        "app_id": unique("remarketing"),
+        "links": unique("identity.links"), "app_id": unique("remarketing"),
     }  # fmt: skip
     create_topics(kafka_bootstrap, {t["carts"]: 3, t["hits"]: 3, t["privacy"]: 1, t["messages"]: 3, t["dlq"]: 1})
-    create_topics(kafka_bootstrap, {t["crm"]: 2}, {"cleanup.policy": "compact"})
+    create_topics(kafka_bootstrap, {t["crm"]: 2, t["links"]: 3}, {"cleanup.policy": "compact"})
     return t
 
 
@@ -103,7 +104,8 @@ class Worker:
         log = self.tmp_path / f"remarketing-{len(self.procs)}.log"
         n = self.names
         topics = {"carts_abandoned": n["carts"], "hits_enriched": n["hits"], "privacy_requests": n["privacy"],
-                  "crm_profiles": n["crm"], "remarketing_messages": n["messages"]}  # fmt: skip
+                  "crm_profiles": n["crm"], "remarketing_messages": n["messages"],
+                  "identity_links": n["links"]}  # fmt: skip
         args = [sys.executable, "-m", "tests.integration.remarketing_app", "--app-id", n["app_id"],
                 "--topics", json.dumps(topics), "--session-timeout-ms", "6000"]  # fmt: skip
         with open(log, "ab") as out:
@@ -163,16 +165,18 @@ def test_step_1_then_step_2_and_an_order_stops_the_sequence(
 
     # The carts are on their topic before the worker starts, beside the profiles they need (the email comes from
     # the CRM): the worker must read the profiles first, whatever order the two topics are fetched in.
-    produce("CrmProfile", "crm", [("C1", profile("C1")), ("C2", profile("C2"))])
-    produce("CartAbandoned", "carts", [("v1", cart("C1", "v1")), ("v2", cart("C2", "v2"))],
+    produce("CrmProfile", "crm", [("C1", profile("C1")), ("C2", profile("C2")), ("C4", profile("C4"))])
+    produce("CartAbandoned", "carts", [("v1", cart("C1", "v1")), ("v2", cart("C2", "v2")), ("v4", cart("C4", "v4"))],
             raw=[(b"v9", b"\x00\x00\x00\x00\x01 not an abandoned cart")])  # fmt: skip
+    produce("IdentityLink", "links", [("v4", {"visitor_id": "v4", "customer_id": "C4", "site": "shop.example",
+                                              "linked_at": now_ms(), "source": "identify"})])  # fmt: skip
     startup = worker.start()
     print(f"sequencer ready (profiles read) in {startup:.1f} s")
 
     messages = TopicReader(kafka_bootstrap, schema_registry_url, names["messages"])
-    first = messages.read(until=2, timeout=30)
+    first = messages.read(until=3, timeout=30)
     steps_1 = {v["customer_id"]: v for _, v in first}
-    assert set(steps_1) == {"C1", "C2"} and all(v["step"] == 1 for v in steps_1.values())
+    assert set(steps_1) == {"C1", "C2", "C4"} and all(v["step"] == 1 for v in steps_1.values())
     assert steps_1["C1"]["email"] == "c1@example.com"  # from the CRM profile table
     assert [p["id"] for p in steps_1["C1"]["products"]] == [f"SKU-{n}" for n in range(1, 7)]
     assert steps_1["C1"]["promotion"] is None and steps_1["C1"]["lines"][0]["quantity"] == 3
@@ -181,10 +185,14 @@ def test_step_1_then_step_2_and_an_order_stops_the_sequence(
 
     # C2 orders after step 1; a page view on the same topic is filtered out without consequence
     produce("EnrichedHit", "hits", [("v2", hit(1, "C2", "v2", "page_view")), ("v2", hit(2, "C2", "v2", "order"))])
+    # C4 asks for erasure naming only a visitor id: found through identity.links, C4's sequence is gone
+    produce("PrivacyRequest", "privacy", [("v4", {"request_id": "r-4", "kind": "erasure", "customer_id": None,
+                                                  "visitor_id": "v4", "marketing_consent": None,
+                                                  "requested_at": now_ms()})])  # fmt: skip
 
-    later = messages.read(until=3, timeout=FOLLOWUP_SECONDS + 20)
-    assert len(later) == 3, [v for _, v in later]
-    step_2 = later[2][1]
+    later = messages.read(until=4, timeout=FOLLOWUP_SECONDS + 20)
+    assert len(later) == 4, [v for _, v in later]
+    step_2 = later[3][1]
     assert time.monotonic() - sent_1 >= FOLLOWUP_SECONDS - 2  # not before the delay (less the reading slack)
     assert step_2["customer_id"] == "C1" and step_2["step"] == 2
     assert step_2["sequence_id"] == steps_1["C1"]["sequence_id"]
@@ -192,8 +200,8 @@ def test_step_1_then_step_2_and_an_order_stops_the_sequence(
     assert step_2["promotion"] is not None and step_2["promotion"]["code"]
     assert step_2["email"] == "c1@example.com"
 
-    quiet = messages.read(until=4, timeout=4, idle=3)  # C2 ordered: no step 2 for C2, nothing repeated
-    assert sorted((v["customer_id"], v["step"]) for _, v in quiet) == [("C1", 1), ("C1", 2), ("C2", 1)]
+    quiet = messages.read(until=5, timeout=4, idle=3)  # C2 ordered, C4 erased: no step 2 for them, nothing repeated
+    assert sorted((v["customer_id"], v["step"]) for _, v in quiet) == [("C1", 1), ("C1", 2), ("C2", 1), ("C4", 1)]
     messages.close()
 
     # The poison cart: in PASSERELLE_DEAD_LETTER_TOPIC, in the runtime's format, counted under the runtime's name.
@@ -206,7 +214,8 @@ def test_step_1_then_step_2_and_an_order_stops_the_sequence(
     metrics = worker.metrics()
     assert 'passerelle_dead_letters_total{processor="remarketing",stage="deserialize"} 1.0' in metrics
     assert "passerelle_remarketing_dead_letters" not in metrics
-    assert f'passerelle_records_out_total{{processor="remarketing",topic="{names["messages"]}"}} 3.0' in metrics
+    assert f'passerelle_records_out_total{{processor="remarketing",topic="{names["messages"]}"}} 4.0' in metrics
+    assert 'passerelle_remarketing_inputs_total{kind="visitor_privacy",outcome="routed"} 1.0' in metrics
 
 
 def test_sequence_state_survives_a_crash_of_the_worker(

@@ -92,7 +92,7 @@ def flow(kafka_bootstrap: str, schema_registry_url: str, unique: Callable[[str],
         t = EnrichmentTopics(
             hits_raw=unique("hits.raw"), hits_enriched=unique("hits.enriched"),
             identity_links=unique("identity.links"), campaigns=unique("campaigns"),
-            undeclared=unique("campaigns.undeclared"), crm_profiles=unique("crm.profiles"),
+            undeclared=unique("campaigns.undeclared"), crm_profiles=unique("crm.profiles"), privacy_requests=None,
         )  # fmt: skip
         dlq = unique("dlq")
         create_topics(kafka_bootstrap, {t.hits_raw: partitions, t.hits_enriched: 1, dlq: 1})

@@ -149,6 +149,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "viewed_products": [PRODUCT, BARE_PRODUCT],
         "crm": CRM,
         "marketing_consent": True,
+        "site_marketing_consent": True,
         "last_activity_at": T0,
         "detected_at": T0 + 1_800_000,
     },

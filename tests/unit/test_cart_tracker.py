@@ -12,6 +12,7 @@ from passerelle.schemas.catalog import load_catalog
 from passerelle.schemas.models import CartAbandoned
 from passerelle.streams.carts.processor import CARTS, CartTrackerProcessor
 from passerelle.streams.carts.tracker import CartConfig, CartTracker, cart_value, episode_event_id
+from passerelle.streams.consent import marketing_allowed
 from passerelle.streams.runtime import OutRecord
 from passerelle.streams.runtime.testing import ProcessorDriver
 
@@ -245,6 +246,21 @@ def test_consent_crm_customer_and_email_are_carried() -> None:
     h.send(hit(T0, "cart_add", product("A"), customer="C3", crm={**CRM, "marketing_consent": False}))
     [event] = h.abandoned(T0 + DELAY)
     assert event["marketing_consent"] is False  # the CRM's refusal wins over the hit's consent
+    assert event["site_marketing_consent"] is True  # the site's own choice travels beside the combined flag
+
+
+def test_consent_is_the_one_rule_site_and_crm_both_yes() -> None:
+    """The tracker's flag is ``marketing_allowed(site, crm)``: a CRM yes does not undo a site refusal."""
+    cases = [(True, True, True), (False, True, False), (True, False, False), (True, None, False),
+             (False, None, False)]  # fmt: skip
+    for site, crm_consent, allowed in cases:
+        h = Harness()
+        crm = None if crm_consent is None else {**CRM, "marketing_consent": crm_consent}
+        h.send(hit(T0, "cart_add", product("A"), customer="C1", crm=crm, marketing=site))
+        [event] = h.abandoned(T0 + DELAY)
+        valid(event)
+        assert event["marketing_consent"] is allowed is marketing_allowed(site, crm_consent), (site, crm_consent)
+        assert event["site_marketing_consent"] is site
 
 
 def test_crm_tombstone_forgets_every_cart_of_the_person() -> None:
@@ -269,6 +285,39 @@ def test_erasure_seen_during_restore_is_enforced_and_late_hits_of_the_person_ign
     h.send(hit(T0 + MIN, "cart_add", product("A"), customer="C9"))  # enriched before the erasure, read after
     assert "v1" not in h.driver.store(CARTS)
     assert h.abandoned(T0 + 2 * DELAY) == []
+
+
+def request(kind: str = "erasure", customer: str | None = None, visitor: str | None = None) -> dict[str, Any]:
+    """A ``PrivacyRequest`` as fastavro decodes it."""
+    return {"request_id": f"r-{customer}-{visitor}", "kind": kind, "customer_id": customer, "visitor_id": visitor,
+            "marketing_consent": None if kind == "erasure" else False, "requested_at": T0}  # fmt: skip
+
+
+def test_privacy_erasure_by_visitor_or_by_customer_forgets_the_carts() -> None:
+    h = Harness()
+    h.send(hit(T0, "cart_add", product("A"), visitor="phone", customer="C1"),
+           hit(T0, "cart_add", product("B"), visitor="laptop", customer="C1"),
+           hit(T0, "cart_add", product("C"), visitor="other", customer="C2"),
+           hit(T0, "cart_add", product("D"), visitor="anon"))  # fmt: skip
+    assert h.driver.table_update("privacy", "anon", request(kind="consent_change", visitor="anon")).outputs == []
+    assert set(h.driver.store(CARTS)) == {"phone", "laptop", "other", "anon"}  # consent is not the tracker's
+    assert h.driver.table_update("privacy", "anon", request(visitor="anon")).outputs == []  # a visitor id only
+    assert h.driver.table_update("privacy", "C1", request(customer="C1")).outputs == []
+    assert set(h.driver.store(CARTS)) == {"other"} and h.metric("passerelle_carts_open") == 1
+    assert len(h.driver.context().timers) == 1  # the erased visitors' deadlines went with them
+    assert [e["visitor_id"] for e in h.abandoned(T0 + 2 * DELAY)] == ["other"]
+
+
+def test_privacy_erasure_held_in_the_table_applies_again_to_restored_state() -> None:
+    h = Harness()
+    h.send(hit(T0, "cart_add", product("A")), hit(T0, "cart_add", product("B"), visitor="v2"))
+    h.driver.revoke(0)
+    h.driver.table_update("privacy", "v1", request(visitor="v1"))  # while the partition was elsewhere
+    assert h.driver.restore(0).outputs == []
+    assert set(h.driver.store(CARTS)) == {"v2"} and h.metric("passerelle_carts_open") == 1
+    h.send(hit(T0 + MIN, "cart_add", product("C")))  # enriched before the erasure, read after: not tracked again
+    assert set(h.driver.store(CARTS)) == {"v2"}
+    assert [e["visitor_id"] for e in h.abandoned(T0 + 2 * DELAY)] == ["v2"]
 
 
 def test_idle_visitors_without_a_cart_are_forgotten() -> None:

@@ -141,6 +141,38 @@ def test_erasure_seen_during_restore_is_enforced() -> None:
     assert "v1" not in h.driver.store(VISITORS)
 
 
+def request(kind: str = "erasure", customer: str | None = None, visitor: str | None = None) -> dict[str, Any]:
+    """A ``PrivacyRequest`` as fastavro decodes it."""
+    return {"request_id": f"r-{customer}-{visitor}", "kind": kind, "customer_id": customer, "visitor_id": visitor,
+            "marketing_consent": None if kind == "erasure" else False, "requested_at": T0}  # fmt: skip
+
+
+def test_privacy_erasure_by_visitor_or_by_customer_purges_and_retracts_the_links() -> None:
+    h = Harness()
+    h.send(hit(T0, visitor="phone", customer="C1"))
+    h.send(hit(T0, visitor="laptop", customer="C1"))
+    h.send(hit(T0, visitor="other", customer="C2"))
+    assert h.driver.table_update("privacy", "phone", request(kind="consent_change", visitor="phone")).outputs == []
+    assert "phone" in h.driver.store(VISITORS)  # a consent change is not the enrichment's to apply
+    outs = h.driver.table_update("privacy", "phone", request(visitor="phone")).outputs  # a visitor id only
+    assert [(o.topic, o.key, o.value) for o in outs] == [("identity.links", "phone", None)]
+    assert set(h.driver.store(VISITORS)) == {"laptop", "other"}
+    outs = h.driver.table_update("privacy", "C1", request(customer="C1")).outputs  # every visitor of the person
+    assert [(o.topic, o.key, o.value) for o in outs] == [("identity.links", "laptop", None)]
+    assert set(h.driver.store(VISITORS)) == {"other"}
+    assert h.driver.metric("passerelle_enrichment_erasures_total") == 2
+
+
+def test_privacy_erasure_held_in_the_table_applies_again_to_restored_state() -> None:
+    h = Harness()
+    h.send(hit(T0, customer="C9"))
+    h.driver.revoke(0)
+    h.driver.table_update("privacy", "v1", request(visitor="v1"))  # while the partition was elsewhere
+    outs = h.driver.restore(0).outputs
+    assert [(o.topic, o.key, o.value) for o in outs] == [("identity.links", "v1", None)]
+    assert "v1" not in h.driver.store(VISITORS)
+
+
 def test_age_band_comes_from_birth_year_when_missing() -> None:
     assert crm_attributes({"birth_year": 2000}, T0)["age_band"] == "25-34"  # type: ignore[index]
     assert crm_attributes({"birth_year": 2015}, T0)["age_band"] == "<18"  # type: ignore[index]

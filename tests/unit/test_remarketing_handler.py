@@ -10,13 +10,15 @@ import pytest
 from passerelle.streams.remarketing.commands import (
     abandoned_command,
     dumps,
+    link_command,
     loads,
     order_command,
     privacy_command,
     profile_command,
     tick_command,
+    visitor_privacy_command,
 )
-from passerelle.streams.remarketing.handler import PARKED, CommandHandler
+from passerelle.streams.remarketing.handler import PARKED, CommandHandler, VisitorRouter
 from passerelle.streams.remarketing.metrics import RemarketingMetrics
 from passerelle.streams.remarketing.sequence import HOUR_MS, Outcome, Sequencer, SequencerConfig
 from tests.unit.test_remarketing_sequence import T0, cart
@@ -94,7 +96,7 @@ def test_without_the_gate_a_cart_before_its_profile_is_lost() -> None:
 
 def test_parked_carts_without_a_profile_are_judged_at_the_first_tick_once_the_profiles_are_read() -> None:
     h = Harness(ready=False)
-    h.apply(abandoned_command(cart(email="c1@shop.example", consent=True)))  # the site's own email and consent
+    h.apply(abandoned_command(cart(email="c1@shop.example", consent=True, crm_consent=True)))  # the event's own
     h.apply(tick_command_for("C1"))
     assert h.sent == [] and "C1" in h.parked  # still not read: still parked
     h.ready = True
@@ -133,7 +135,7 @@ def test_an_erasure_drops_the_parked_carts() -> None:
 
 def test_once_the_profiles_are_read_an_order_judges_the_parked_carts_first() -> None:
     h = Harness(ready=False)
-    h.apply(abandoned_command(cart(email="c1@shop.example")))
+    h.apply(abandoned_command(cart(email="c1@shop.example", crm_consent=True)))
     h.ready = True
     h.now = T0 + 60_000
     order = {"type": "order", "customer_id": "C1", "visitor_id": "v1", "event_id": "h1", "event_time": h.now,
@@ -175,3 +177,82 @@ def test_the_metrics_are_the_runtimes_names_with_processor_remarketing() -> None
     assert sample("passerelle_schema_registry_retries_total", {"processor": "remarketing"}) == 1
     names = {m.name for m in metrics.registry.collect()}
     assert "passerelle_remarketing_dead_letters" not in names and "passerelle_remarketing_states" not in names
+
+
+# --- privacy requests naming only a visitor: the visitor -> customer links of identity.links ----------------
+
+
+def link(visitor: str = "v1", customer: str = "C1") -> dict[str, Any]:
+    return {"visitor_id": visitor, "customer_id": customer, "site": "shop.example", "linked_at": T0 - HOUR_MS,
+            "source": "identify"}  # fmt: skip
+
+
+class Routed:
+    """A ``VisitorRouter`` over a dict table, forwarding into a ``Harness``'s command handler."""
+
+    def __init__(self, h: Harness) -> None:
+        self.h = h
+        self.links: dict[str, bytes] = {}
+
+        async def forward(customer: str, command: dict[str, Any]) -> None:
+            await h.handler.handle(customer, loads(dumps(command)))
+
+        self.router = VisitorRouter(self.links, forward, h.metrics)
+
+    def apply(self, routed: tuple[str, dict[str, Any]] | None) -> str:
+        assert routed is not None
+        visitor, command = routed
+        return asyncio.run(self.router.handle(visitor, loads(dumps(command))))
+
+
+def test_a_request_naming_only_a_visitor_reaches_the_linked_customer() -> None:
+    h = Harness()
+    r = Routed(h)
+    h.apply(profile_command("C1", crm()))
+    h.apply(abandoned_command(cart()))
+    assert h.steps() == [("C1", 1)] and "C1" in h.sequences
+    request = {"request_id": "r1", "kind": "erasure", "customer_id": None, "visitor_id": "v1",
+               "marketing_consent": None, "requested_at": T0}  # fmt: skip
+    assert privacy_command(request) is None  # no customer: it goes by visitor
+    assert r.apply(link_command("v1", link())) == "linked"
+    assert r.apply(visitor_privacy_command(request)) == "routed"
+    assert "C1" not in h.sequences and "C1" not in h.profiles  # the person is erased
+    assert "v1" not in r.links  # and the link forgotten
+    assert h.counted("privacy", Outcome.ERASED) == 1 and h.counted("visitor_privacy", "routed") == 1
+    h.now = T0 + 2 * HOUR_MS
+    h.apply(tick_command_for("C1"))
+    assert h.steps() == [("C1", 1)]  # no step 2
+
+
+def test_a_consent_withdrawal_by_visitor_cancels_the_sequence() -> None:
+    h = Harness()
+    r = Routed(h)
+    h.apply(profile_command("C1", crm()))
+    h.apply(abandoned_command(cart()))
+    r.apply(link_command("v1", link()))
+    request = {"request_id": "r2", "kind": "consent_change", "customer_id": None, "visitor_id": "v1",
+               "marketing_consent": False, "requested_at": T0}  # fmt: skip
+    assert r.apply(visitor_privacy_command(request)) == "routed"
+    assert loads(h.sequences["C1"])["status"] == "cancelled" and "v1" in r.links  # not an erasure: link kept
+
+
+def test_an_unlinked_visitor_is_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    r = Routed(h)
+    r.apply(link_command("v1", link()))
+    assert r.apply(link_command("v1", None)) == "forgotten"  # the link's tombstone
+    request = {"request_id": "r3", "kind": "erasure", "customer_id": None, "visitor_id": "v1",
+               "marketing_consent": None, "requested_at": T0}  # fmt: skip
+    with caplog.at_level("WARNING", logger="passerelle.remarketing"):
+        assert r.apply(visitor_privacy_command(request)) == "unlinked"
+        assert r.apply(visitor_privacy_command({**request, "visitor_id": "v2"})) == "unlinked"
+    assert len([rec for rec in caplog.records if "linked to no customer" in rec.getMessage()]) == 1
+    assert h.counted("visitor_privacy", "unlinked") == 2
+
+
+def test_commands_keyed_by_visitor() -> None:
+    assert link_command("v1", link()) == ("v1", {"kind": "link", "customer_id": "C1", "linked_at": T0 - HOUR_MS})
+    assert link_command("v1", None) == ("v1", {"kind": "link", "customer_id": None, "linked_at": None})
+    both = {"request_id": "r", "kind": "erasure", "customer_id": "C1", "visitor_id": "v1", "requested_at": T0}
+    assert visitor_privacy_command(both) is None and privacy_command(both) is not None  # by customer
+    assert visitor_privacy_command({**both, "customer_id": None, "visitor_id": None}) is None

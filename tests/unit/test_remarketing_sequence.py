@@ -43,13 +43,19 @@ def cart(
     consent: bool = True,
     at: int = T0,
     viewed: int = 3,
+    site_consent: bool | None = None,
+    crm_consent: bool | None = None,
 ) -> dict[str, Any]:
+    """``consent``: the combined flag; ``site_consent`` absent (None) plays an event written before it existed."""
     return {
         "event_id": event_id, "visitor_id": "v1", "site": "shop.example", "customer_id": customer, "email": email,
         "episode_id": f"ep-{event_id}",
         "lines": [{"product_id": "SKU-1", "name": "Product 1", "price": 11.0, "quantity": 2, "currency": "EUR"}],
         "value": 22.0, "currency": "EUR", "viewed_products": [product(n) for n in range(1, viewed + 1)],
-        "crm": None, "marketing_consent": consent, "last_activity_at": at - 30 * 60_000, "detected_at": at,
+        "crm": None if crm_consent is None else {"gender": None, "age_band": None, "csp": None,
+                                                 "loyalty_tier": None, "marketing_consent": crm_consent},
+        "marketing_consent": consent, "site_marketing_consent": site_consent,
+        "last_activity_at": at - 30 * 60_000, "detected_at": at,
     }  # fmt: skip
 
 
@@ -135,11 +141,20 @@ def test_orders_that_do_not_concern_the_sequence_change_nothing(seq: Sequencer) 
         (cart(consent=False), {**PROFILE, "marketing_consent": False}, Outcome.NO_CONSENT),
         (cart(consent=True), {**PROFILE, "marketing_consent": False}, Outcome.NO_CONSENT),  # the CRM wins
         (cart(consent=False, email="e@example.com"), None, Outcome.NO_CONSENT),
-        (cart(), {**PROFILE, "marketing_consent": None}, Outcome.STARTED),  # unknown in CRM: the event's consent
+        (cart(), {**PROFILE, "marketing_consent": None}, Outcome.NO_CONSENT),  # unknown in the CRM: not consent
         (cart(consent=False), {**PROFILE, "marketing_consent": None}, Outcome.NO_CONSENT),
         (cart(), None, Outcome.NO_EMAIL),  # unknown email
         (cart(), {**PROFILE, "email": None}, Outcome.NO_EMAIL),
-        (cart(email="from-event@example.com"), None, Outcome.STARTED),
+        (cart(email="from-event@example.com", crm_consent=True), None, Outcome.STARTED),  # the hits' CRM copy
+        (cart(email="from-event@example.com"), None, Outcome.NO_CONSENT),  # no CRM consent known at all
+        # the site's refusal carried by the event is not undone by the CRM's latest yes
+        (cart(consent=False, site_consent=False), PROFILE, Outcome.NO_CONSENT),
+        # the CRM said no when the cart was detected, yes since: the site's yes and the latest profile count
+        (cart(consent=False, site_consent=True, crm_consent=False), PROFILE, Outcome.STARTED),
+        (cart(site_consent=True, crm_consent=True), {**PROFILE, "marketing_consent": False}, Outcome.NO_CONSENT),
+        # an event from before site_marketing_consent: its combined flag stands for the site's (conservative)
+        (cart(consent=False), PROFILE, Outcome.NO_CONSENT),
+        (cart(consent=True), PROFILE, Outcome.STARTED),
         (cart(customer=None, email="anon@example.com"), PROFILE, Outcome.ANONYMOUS),
         (cart(at=T0 - 2 * DAY_MS), PROFILE, Outcome.STALE),
     ],
