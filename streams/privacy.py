@@ -2,14 +2,12 @@
 
 A processor that keeps personal state declares ``privacy_table(topic)``
 among its lookup tables: every instance then holds the whole topic (keyed by
-customer or visitor id, the latest request per key) and reacts on each
-partition it holds:
-
-- a new request (``on_table_change``): ``honour`` it at once;
-- a restored partition (``on_partition_restored``): ``honour_all`` the
-  requests held, so state restored after an erasure (from a changelog written
-  before it, or on an instance that was down) is erased again, as CRM
-  tombstones are through ``ctx.deleted``.
+customer or visitor id, the latest request per key), and the runtime applies
+each erasure request as it does a CRM tombstone (``TableSpec.erasures``): on
+every partition held when it arrives, again on each partition restored later
+(state from a changelog written before it, or on an instance that was down),
+and ``runtime.processor.is_erased`` tells a processor to ignore late records
+of the person.
 
 What an erasure deletes: for a customer id, every key of the person in the
 processor's ``person`` stores (the runtime's person index, on every
@@ -22,48 +20,28 @@ consent is judged by the remarketing sequencer (``passerelle.streams.consent``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from passerelle.streams.runtime import Context, OutRecord, Processor, TableSpec
-from passerelle.streams.runtime.processor import erase
+from passerelle.streams.runtime import TableSpec
+from passerelle.streams.runtime.processor import Erasure
 
 PRIVACY = "privacy"
 ERASURE = "erasure"
 
 
 def privacy_table(topic: str) -> TableSpec:
-    """The lookup table of privacy requests (not ``erases``: its records are requests, not tombstones)."""
-    return TableSpec(PRIVACY, topic)
+    """The lookup table of privacy requests: the runtime erases what each erasure request names."""
+    return TableSpec(PRIVACY, topic, erasures=privacy_erasure)
 
 
-def honour(processor: Processor, ctx: Context, request: Mapping[str, Any] | None) -> list[OutRecord]:
-    """Apply one privacy request to one partition's state; what the processor retracts (``on_erased``)."""
+def privacy_erasure(key: Any, request: Mapping[str, Any] | None) -> Erasure | None:
+    """Who an erasure request erases: its customer (every key of the person), its visitor (that key).
+
+    A ``consent_change`` erases nothing: marketing consent is judged by the
+    remarketing sequencer (``passerelle.streams.consent``).
+    """
     if not request or request.get("kind") != ERASURE:
-        return []  # consent changes are the sequencer's; the processors keep no consent to judge
-    out: list[OutRecord] = []
-    customer = request.get("customer_id")
-    if customer:
-        out += erase(processor, ctx, str(customer))
-    visitor = request.get("visitor_id")
-    if visitor:
-        out += erase(processor, ctx, key=str(visitor))
-    return out
-
-
-def honour_all(processor: Processor, ctx: Context, requests: Iterable[Mapping[str, Any]]) -> list[OutRecord]:
-    """Every erasure request held, on a partition just restored."""
-    out: list[OutRecord] = []
-    for request in list(requests):
-        out += honour(processor, ctx, request)
-    return out
-
-
-def erased(requests: Mapping[Any, Mapping[str, Any]], visitor: str, customer: str | None) -> bool:
-    """Whether the latest request held for this visitor or customer is an erasure (late records must not
-    bring the person back)."""
-    for key in (visitor, customer):
-        request = requests.get(key) if key else None
-        if request is not None and request.get("kind") == ERASURE:
-            return True
-    return False
+        return None
+    customer, visitor = request.get("customer_id"), request.get("visitor_id")
+    return Erasure(persons=(str(customer),) if customer else (), keys=(str(visitor),) if visitor else ())

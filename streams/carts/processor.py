@@ -21,8 +21,9 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from passerelle.streams.carts.tracker import CartConfig, CartState, CartTracker, Step
-from passerelle.streams.privacy import PRIVACY, erased, honour, honour_all, privacy_table
+from passerelle.streams.privacy import privacy_table
 from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec, TableSpec, Timer
+from passerelle.streams.runtime.processor import is_erased
 
 CARTS: StoreSpec[CartState] = StoreSpec("carts", person="customer_id")
 """One record per visitor; the runtime indexes it under its customer id, for erasures."""
@@ -77,8 +78,7 @@ class CartTrackerProcessor(Processor):
     # --- partitions -------------------------------------------------------------------
 
     def on_partition_restored(self, ctx: Context) -> Iterable[OutRecord] | None:
-        """Erasure requests held apply again to the state just restored; then the open carts are counted."""
-        honour_all(self, ctx, ctx.tables.get(PRIVACY, {}).values())  # on_erased retracts nothing here
+        """Count the open carts (erasures held were applied by the runtime just before)."""
         self._open[ctx.partition] = sum(1 for _, state in ctx.store(CARTS).items() if self.tracker.is_open(state))
         return None
 
@@ -91,12 +91,9 @@ class CartTrackerProcessor(Processor):
         hit = record.value
         if hit is None:
             return None
-        customer = hit.get("customer_id")
-        if customer is not None and customer in ctx.deleted.get(CRM, ()):
-            return None  # a hit enriched before the person's erasure: do not track them again
         visitor = str(hit["visitor_id"])
-        if erased(ctx.tables.get(PRIVACY, {}), visitor, customer):
-            return None  # the same for an erasure requested on privacy.requests (while the topic keeps it)
+        if is_erased(self, ctx, hit.get("customer_id"), visitor):
+            return None  # a hit enriched before the person's erasure: do not track them again
         old = ctx.store(CARTS).get(visitor)
         self._apply(ctx, visitor, old, self.tracker.on_hit(old, hit, ctx.now()))
         return None
@@ -137,9 +134,6 @@ class CartTrackerProcessor(Processor):
         self._bump(ctx, self.tracker.is_open(old), self.tracker.is_open(new))
 
     # --- erasure ------------------------------------------------------------------
-
-    def on_table_change(self, table: str, key: Any, old: Any, new: Any, ctx: Context) -> Iterable[OutRecord]:
-        return honour(self, ctx, new) if table == PRIVACY else ()
 
     def on_erased(self, store: StoreSpec[Any], key: str, value: Any, ctx: Context) -> Iterable[OutRecord] | None:
         """Erasure (CRM tombstone or privacy request): the visitor's cart and viewed products are deleted;

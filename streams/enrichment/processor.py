@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from passerelle.streams.enrichment.enricher import Enricher, EnrichmentConfig
-from passerelle.streams.privacy import PRIVACY, honour, honour_all, privacy_table
+from passerelle.streams.privacy import privacy_table
 from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec, TableSpec
 
 
@@ -93,13 +93,6 @@ class EnrichmentProcessor(Processor):
                 seen.put(key, ctx.now())
                 out.append(OutRecord(self.topics.undeclared, key, result.undeclared))
         return out
-
-    def on_table_change(self, table: str, key: Any, old: Any, new: Any, ctx: Context) -> Iterable[OutRecord]:
-        return honour(self, ctx, new) if table == PRIVACY else ()
-
-    def on_partition_restored(self, ctx: Context) -> Iterable[OutRecord] | None:
-        """Erasure requests held apply again to the state just restored."""
-        return honour_all(self, ctx, ctx.tables.get(PRIVACY, {}).values())
 
     def on_erased(self, store: StoreSpec[Any], key: str, value: Any, ctx: Context) -> Iterable[OutRecord]:
         """Erasure (CRM tombstone or privacy request): the visitor is forgotten; retract its identity link."""

@@ -33,6 +33,16 @@ class TableSpec:
     topic: str
     erases: bool = False
     """A tombstone on this table erases a person (its key): every store declaring ``person`` forgets their keys."""
+    erasures: Callable[[Any, Any], Erasure | None] | None = None
+    """For a table of requests rather than tombstones: who a record (key, value) erases, or None."""
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """Who a table record erases: persons (every key the index holds for them) and single keys (a visitor)."""
+
+    persons: Sequence[str] = ()
+    keys: Sequence[str] = ()
 
 
 @dataclass
@@ -185,27 +195,60 @@ def erase(processor: Processor, ctx: Context, person: str | None = None, *, key:
     return out
 
 
+def _apply(processor: Processor, ctx: Context, erasure: Erasure | None) -> list[OutRecord]:
+    out: list[OutRecord] = []
+    if erasure is not None:
+        for person in erasure.persons:
+            out.extend(erase(processor, ctx, person))
+        for key in erasure.keys:
+            out.extend(erase(processor, ctx, key=key))
+    return out
+
+
 def table_changed(
     processor: Processor, ctx: Context, table: TableSpec, key: Any, old: Any, new: Any
 ) -> list[OutRecord]:
     """What one partition does on a table change: the erasure first, then the processor's own hook."""
     out = erase(processor, ctx, str(key)) if table.erases and new is None else []
+    if table.erasures is not None and new is not None:
+        out.extend(_apply(processor, ctx, table.erasures(key, new)))
     out.extend(processor.on_table_change(table.name, key, old, new, ctx) or ())
     return out
 
 
 def partition_restored(processor: Processor, ctx: Context) -> list[OutRecord]:
-    """After a restore: erasures that happened while the partition was elsewhere, then the processor's hook."""
+    """After a restore: erasures that happened while the partition was elsewhere, then the processor's hook.
+
+    Tombstones are in ``ctx.deleted``; erasure requests are the table's records
+    (held as long as the table's topic keeps them).
+    """
     out: list[OutRecord] = []
     for table in processor.tables:
         erased = ctx.deleted.get(table.name) if table.erases else None
-        if not erased:
-            continue
-        persons = {p for spec in processor.stores if spec.person for p in ctx.stores[spec.name].persons()}
-        for person in sorted(persons & {str(k) for k in erased}):
-            out.extend(erase(processor, ctx, person))
+        if erased:
+            persons = {p for spec in processor.stores if spec.person for p in ctx.stores[spec.name].persons()}
+            for person in sorted(persons & {str(k) for k in erased}):
+                out.extend(erase(processor, ctx, person))
+        if table.erasures is not None:
+            for key, value in list(ctx.tables.get(table.name, {}).items()):
+                out.extend(_apply(processor, ctx, table.erasures(key, value)))
     out.extend(processor.on_partition_restored(ctx) or ())
     return out
+
+
+def is_erased(processor: Processor, ctx: Context, *ids: str | None) -> bool:
+    """Whether any of these ids (a customer, a visitor) was erased by a table: late records must not bring
+    the person back (while the table holds the tombstone or the request)."""
+    for table in processor.tables:
+        if table.erases and any(i is not None and i in ctx.deleted.get(table.name, ()) for i in ids):
+            return True
+        if table.erasures is not None:
+            records = ctx.tables.get(table.name, {})
+            for i in ids:
+                value = records.get(i) if i is not None else None
+                if value is not None and table.erasures(i, value) is not None:
+                    return True
+    return False
 
 
 def make_context(
