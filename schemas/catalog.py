@@ -20,6 +20,7 @@ from typing import Any
 import fastavro
 from fastavro.types import Schema as FastavroSchema
 
+from passerelle.schemas.connect_json import ConnectJsonError, connect_schema
 from passerelle.schemas.errors import ContractError
 
 SCHEMAS_DIR = Path(__file__).resolve().parent
@@ -39,9 +40,15 @@ COMPATIBILITY_LEVELS = (
 DEFAULT_KEY_SCHEMA = "StringKey"
 DEFAULT_COMPATIBILITY = "BACKWARD"
 
-_REQUIRED = ("name", "value_schema", "partitions", "cleanup_policy", "retention_ms", "doc")
-_OPTIONAL = ("key_schema", "compatibility", "wire_format")
-WIRE_FORMATS = ("confluent-avro", "raw")
+_REQUIRED = ("name", "partitions", "cleanup_policy", "retention_ms", "doc")
+_OPTIONAL = ("key_schema", "value_schema", "compatibility", "wire_format")
+CONFLUENT_AVRO = "confluent-avro"
+CONNECT_JSON = "connect-json"
+RAW = "raw"
+WIRE_FORMATS = (CONFLUENT_AVRO, RAW, CONNECT_JSON)
+"""confluent-avro: registered Avro schemas, Confluent framing. raw: bytes the platform does not decode (dead
+letters, Kafka Connect's own topics). connect-json: Kafka Connect's edge, UTF-8 keys and JsonConverter values
+with their schema (``connect_json.py``); nothing registered, ``value_schema`` (optional) is the contract."""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -56,18 +63,19 @@ class TopicSpec:
 
     name: str
     key_schema: str
-    value_schema: str
+    value_schema: str | None
+    """The value's .avsc stem; None for a raw or connect-json topic without an Avro contract."""
     partitions: int
     cleanup_policy: str
     retention_ms: int
     compatibility: str
     doc: str
-    wire_format: str = "confluent-avro"
+    wire_format: str = CONFLUENT_AVRO
 
     @property
     def registered(self) -> bool:
-        """False for topics carrying other topics' original bytes (dead letters): nothing to register."""
-        return self.wire_format == "confluent-avro"
+        """Only Confluent Avro topics have registry subjects: raw and Connect JSON records carry no schema id."""
+        return self.wire_format == CONFLUENT_AVRO
 
     @property
     def key_subject(self) -> str:
@@ -124,8 +132,15 @@ class Catalog:
             return list(self.specs)
         return [self.topic(name) for name in names]
 
-    def schema_text(self, stem: str) -> str:
-        """Schema text of ``stem`` from this catalog's own schema folder."""
+    def schema_text(self, stem: str | None) -> str:
+        """Schema text of ``stem`` from this catalog's own schema folder.
+
+        ``None`` is the value schema of a raw or connect-json topic without a
+        contract: a one-line ``ContractError`` for code that expects an Avro
+        topic there, rather than a search for ``None.avsc``.
+        """
+        if stem is None:
+            raise ContractError("no value schema: the topic is raw or connect-json without an Avro contract")
         return load_schema_text(stem, self.schema_dir)
 
     def parsed_schema(self, stem: str) -> FastavroSchema:
@@ -210,13 +225,18 @@ def _spec_from(entry: Any, index: int, path: Path) -> TopicSpec:
         raise ContractError(f"{where}: missing field(s) {', '.join(missing)}")
     values = {
         "key_schema": DEFAULT_KEY_SCHEMA,
+        "value_schema": None,
         "compatibility": DEFAULT_COMPATIBILITY,
-        "wire_format": "confluent-avro",
+        "wire_format": CONFLUENT_AVRO,
         **entry,
     }
     if values["wire_format"] not in WIRE_FORMATS:
         raise ContractError(f"{where}: wire_format {values['wire_format']!r} is not one of {', '.join(WIRE_FORMATS)}")
+    if values["value_schema"] is None and values["wire_format"] == CONFLUENT_AVRO:
+        raise ContractError(f"{where}: missing field(s) value_schema (required for {CONFLUENT_AVRO} topics)")
     for key in ("name", "key_schema", "value_schema", "cleanup_policy", "compatibility", "doc"):
+        if key == "value_schema" and values[key] is None:
+            continue
         if not isinstance(values[key], str) or not values[key]:
             raise ContractError(f"{where}: {key} must be a non-empty string")
     for key in ("partitions", "retention_ms"):
@@ -275,6 +295,22 @@ def load_catalog(path: Path | None = None) -> Catalog:
         seen.add(spec.name)
         specs.append(spec)
 
-    for stem in sorted({s.key_schema for s in specs} | {s.value_schema for s in specs}):
+    for stem in sorted({s.key_schema for s in specs} | {s.value_schema for s in specs if s.value_schema}):
         parsed_schema(stem, schema_dir)
+    for spec in specs:
+        if spec.wire_format == CONNECT_JSON:
+            _check_connect_json(spec, path, schema_dir)
     return Catalog(path=path, schema_dir=schema_dir, specs=tuple(specs))
+
+
+def _check_connect_json(spec: TopicSpec, path: Path, schema_dir: Path) -> None:
+    """A Connect JSON topic's key is UTF-8 text and its contract must have a Connect form: refused at load,
+    not when a processor writes its first record."""
+    where = f"{path}: topic {spec.name!r}"
+    if _read_schema_json(spec.key_schema, schema_dir)[1] != "string":
+        raise ContractError(f"{where}: a {CONNECT_JSON} key is UTF-8 text: key_schema must be a string schema")
+    if spec.value_schema is not None:
+        try:
+            connect_schema(load_schema_text(spec.value_schema, schema_dir))
+        except ConnectJsonError as exc:
+            raise ContractError(f"{where}: value_schema {spec.value_schema}: {_one_line(exc)}") from exc

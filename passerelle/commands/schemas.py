@@ -31,7 +31,7 @@ def subject_plans(catalog: Catalog, topics: list[str] | None = None) -> list[Sub
     specs: list[TopicSpec] = [catalog.topic(t) for t in topics] if topics else list(catalog.topics)
     plans = []
     for spec in specs:
-        if not spec.registered:
+        if not spec.registered or spec.value_schema is None:  # raw, connect-json: no schema id in their records
             continue
         for subject, stem in ((spec.key_subject, spec.key_schema), (spec.value_subject, spec.value_schema)):
             plans.append(SubjectPlan(subject, stem, catalog.schema_text(stem), spec.compatibility))

@@ -26,6 +26,12 @@ def _retention(spec: TopicSpec) -> str:
     return f"{ms}ms"
 
 
+def _value(spec: TopicSpec) -> str:
+    """The value's contract, and the wire format when it is not registered Avro (nothing in the registry)."""
+    value = spec.value_schema or "-"
+    return value if spec.registered else f"{value} ({spec.wire_format})"
+
+
 def catalog_table(catalog: Catalog) -> list[str]:
     """The catalog as aligned text columns, one topic a line, for humans reading a terminal."""
     header = ("TOPIC", "PARTITIONS", "CLEANUP", "RETENTION", "KEY", "VALUE", "COMPATIBILITY")
@@ -36,7 +42,7 @@ def catalog_table(catalog: Catalog) -> list[str]:
             s.cleanup_policy,
             _retention(s),
             s.key_schema,
-            s.value_schema,
+            _value(s),
             s.compatibility,
         )
         for s in catalog.topics

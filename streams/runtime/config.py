@@ -48,6 +48,11 @@ class RunnerConfig(Connects):
     default for every processor; a single-input one may still choose
     ``cooperative-sticky``.
 
+    ``wire_formats``: the catalog's wire format of inputs and outputs that are
+    not Confluent Avro: ``connect-json`` topics (Kafka Connect's edge) are read
+    and written as UTF-8 keys and JsonConverter envelopes, an output's value
+    schema being its contract (``streams/runtime/codecs.py``).
+
     ``timer_max_attempts``: a timer whose ``on_timer`` raises is re-armed after
     ``timer_backoff_ms``, doubling up to ``timer_max_backoff_ms``, and
     dead-lettered (stage ``timer``) once this many attempts have raised.
@@ -58,6 +63,7 @@ class RunnerConfig(Connects):
     schema_registry_url: str
     output_schemas: Mapping[str, str]
     input_schemas: Mapping[str, str] = field(default_factory=dict)  # reader schema per input topic
+    wire_formats: Mapping[str, str] = field(default_factory=dict)  # per topic; absent: confluent-avro (codecs.py)
     instance_id: str = "0"
     exactly_once: bool = True
     commit_interval_ms: int = 100

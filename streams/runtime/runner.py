@@ -1,6 +1,7 @@
 """The runner: a consumer-group member that feeds a processor and commits its effects.
 
-Per loop: consume a batch, decode it with the project serde, hand each input
+Per loop: consume a batch, decode it (Confluent Avro with the project serde, or
+Kafka Connect JSON for topics at the Connect edge: ``codecs.py``), hand each input
 partition's records to the processor with that partition's state, encode and
 produce what it returns, fire due timers, and every commit interval write the
 changed state to the changelogs and commit. With exactly-once the outputs,
@@ -34,6 +35,7 @@ from passerelle.schemas import clients
 from passerelle.schemas.clients.kafka import classify, topic_error
 from passerelle.schemas.errors import RegistryUnavailableError, SerializationError
 from passerelle.schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
+from passerelle.streams.runtime import codecs
 from passerelle.streams.runtime.config import RunnerConfig
 from passerelle.streams.runtime.deadletter import DeadLetterRefusedError, dead_letter_record, write_dead_letter
 from passerelle.streams.runtime.metrics import RuntimeMetrics
@@ -196,19 +198,35 @@ class Runner:
         meta = clients.ensure_reachable(conn)
         registry = clients.registry_client(conn)
         cache = SchemaCache(registry_fetcher(registry))
-        self._decoders = {
-            topic: AvroDecoder(cache, reader_schema=cfg.input_schemas.get(topic)).decode
-            for topic in self.processor.inputs
-        }
+        try:
+            formats = codecs.wire_formats(cfg.wire_formats, (*self.processor.inputs, *self.processor.outputs),
+                                          self._name)  # fmt: skip
+        except ValueError as exc:
+            raise FatalRuntimeError(str(exc)) from None
         self._decode_value = AvroDecoder(cache).decode  # lookup tables: whatever their writers registered
         self._decode_key = self._key_decoder(AvroDecoder(cache))
+        # One decoder per input topic, chosen here: the per-record path is a dict lookup whatever the format.
+        self._decoders: dict[str, codecs.Decode] = {}
+        self._key_decoders: dict[str, codecs.DecodeKey] = {}
+        for topic in self.processor.inputs:
+            if formats[topic] == codecs.CONNECT_JSON:
+                self._decoders[topic], self._key_decoders[topic] = codecs.decode_connect_json, codecs.decode_utf8_key
+            else:
+                self._decoders[topic] = AvroDecoder(cache, reader_schema=cfg.input_schemas.get(topic)).decode
+                self._key_decoders[topic] = self._decode_key
         self._tombstone_inputs = frozenset(self.processor.tombstone_inputs)
         self._registry_backoff = 0.0
         self._registry_warned = 0.0
-        self._encoders: dict[str, AvroEncoder] = {}
-        self._key_encoders: dict[str, AvroEncoder] = {}
+        self._encoders: dict[str, codecs.Encoder] = {}
+        self._key_encoders: dict[str, codecs.Encoder] = {}
         for topic in self.processor.outputs:
             schema = cfg.output_schemas.get(topic)
+            if formats[topic] == codecs.CONNECT_JSON:  # nothing registered: the schema travels in each record
+                try:
+                    self._key_encoders[topic], self._encoders[topic] = codecs.connect_json_encoders(topic, schema)
+                except ValueError as exc:
+                    raise FatalRuntimeError(f"output topic '{topic}': {exc}") from None
+                continue
             if schema is None:
                 raise FatalRuntimeError(f"no value schema configured for output topic '{topic}'")
             self._encoders[topic] = AvroEncoder.for_subject(
@@ -598,7 +616,7 @@ class Runner:
         started = time.perf_counter()
         groups: dict[tuple[str, int], list[InRecord]] = {}
         positions = self._positions
-        decode_key, decoders = self._decode_key, self._decoders
+        key_decoders, decoders = self._key_decoders, self._decoders
         tombstones = self._tombstone_inputs
         waiting: dict[tuple[str, int], int] = {}  # partitions stopped at a record whose schema cannot be fetched
         failures = 0
@@ -618,7 +636,7 @@ class Runner:
                 continue  # the partition goes on from the record that waits, in order
             raw_key, raw_value = msg.key(), msg.value()
             try:
-                key = decode_key(raw_key)
+                key = key_decoders[topic](raw_key)
                 if raw_value is not None:
                     value = decoders[topic](raw_value)
                 elif topic in tombstones:

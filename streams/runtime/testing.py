@@ -28,8 +28,17 @@ behave the same. ``ProcessorDriver`` does it once, in the order of
 Stream time moves only with records, as in the runner: an idle partition's
 event-time timers wait for its next record. What the driver leaves out is
 Kafka's part: bytes (records come in decoded, outputs are not encoded unless
-a ``seal`` is given), offsets and the error budget. An output to a topic the
-processor does not declare raises at once: the runner refuses it too.
+a ``seal`` or ``output_schemas`` is given), offsets and the error budget. An
+output to a topic the processor does not declare raises at once: the runner
+refuses it too.
+
+Bytes, where no registry is needed: records of ``connect-json`` inputs
+(``wire_formats``) can be fed as the connector wrote them (``raw``) and are
+decoded in the step with the runner's codec, a record that cannot be decoded
+becoming a dead letter (stage ``deserialize``); with ``output_schemas``,
+outputs are encoded as the runner would (Connect JSON as written, Avro without
+the registry's 5-byte header), so a value its contract refuses fails its
+record.
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry
 
 from passerelle.schemas.errors import SerializationError
+from passerelle.schemas.serde import encode_body, parse
+from passerelle.streams.runtime import codecs
 from passerelle.streams.runtime.processor import (
     Context,
     Failure,
@@ -55,8 +66,45 @@ from passerelle.streams.runtime.timers import TIMER_STORE, Timer, TimerKind, Tim
 
 KINDS: tuple[TimerKind, ...] = ("event", "wall")
 V = TypeVar("V")
+_UNDECODED: Any = object()  # the value of a ``raw`` record until its step decodes it
 
-__all__ = ["Failure", "ProcessorDriver", "Step"]
+__all__ = ["Failure", "ProcessorDriver", "Step", "offline_seal"]
+
+
+class _AvroBody:
+    """An Avro output as the runner encodes it, minus the registry's header: the schema still judges the value."""
+
+    def __init__(self, schema_text: str) -> None:
+        self.schema = parse(schema_text)
+
+    def encode(self, value: Any) -> bytes:
+        return encode_body(self.schema, value)
+
+
+def offline_seal(
+    processor: Processor, output_schemas: Mapping[str, str], wire_formats: Mapping[str, str] | None = None
+) -> Callable[[Sequence[OutRecord]], None]:
+    """A ``seal`` encoding each output with its topic's codec, as the runner does, without a registry."""
+    formats = codecs.wire_formats(wire_formats or {}, processor.outputs, processor.name)
+    encoders: dict[str, tuple[codecs.Encoder, codecs.Encoder]] = {}
+    for topic, fmt in formats.items():
+        schema = output_schemas.get(topic)
+        if fmt == codecs.CONNECT_JSON:
+            encoders[topic] = codecs.connect_json_encoders(topic, schema)
+        elif schema is None:
+            raise ValueError(f"no value schema configured for output topic '{topic}'")
+        else:
+            encoders[topic] = (_AvroBody('"string"'), _AvroBody(schema))
+
+    def seal(outputs: Sequence[OutRecord]) -> None:
+        for out in outputs:
+            keys, values = encoders[out.topic]
+            out.encoded = (
+                None if out.key is None else keys.encode(out.key),
+                None if out.value is None else values.encode(out.value),
+            )
+
+    return seal
 
 
 @dataclass
@@ -93,10 +141,15 @@ class ProcessorDriver:
         now: int = 0,
         timer_retry: TimerRetry | None = None,
         seal: Callable[[Sequence[OutRecord]], None] | None = None,
+        wire_formats: Mapping[str, str] | None = None,
+        output_schemas: Mapping[str, str] | None = None,
     ) -> None:
         self.processor = processor
         self.now = now
         self.timer_retry = timer_retry or TimerRetry()
+        self.formats = codecs.wire_formats(wire_formats or {}, (*processor.inputs, *processor.outputs), processor.name)
+        if seal is None and output_schemas is not None:
+            seal = offline_seal(processor, output_schemas, wire_formats)
         self.seal = seal
         declared = {spec.name for spec in processor.tables}
         unknown = set(tables or {}) - declared
@@ -143,6 +196,25 @@ class ProcessorDriver:
         offset = self._offsets.get((topic, partition), 0)
         self._offsets[(topic, partition)] = offset + 1
         return InRecord(topic, partition, offset, timestamp, key, value, headers)
+
+    def raw(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp: int,
+        partition: int = 0,
+        headers: Headers | None = None,
+    ) -> InRecord:
+        """A record of a ``connect-json`` input as its bytes; the step decodes it as the runner does.
+
+        Only Connect JSON: Avro bytes would need the registry (feed those decoded).
+        """
+        if self.formats.get(topic) != codecs.CONNECT_JSON:
+            raise ValueError(f"'{topic}' is not a connect-json input of {self.processor.name}: feed it decoded")
+        record = self.record(topic, None, _UNDECODED, timestamp, partition, headers)
+        record.raw_key, record.raw_value = key, value
+        return record
 
     def feed(self, *records: InRecord, now: int | None = None) -> Step:
         """One runner step with these records as its batch."""
@@ -195,6 +267,14 @@ class ProcessorDriver:
         for record in records:
             if record.topic not in self.processor.inputs:
                 raise ValueError(f"{self.processor.name} does not read '{record.topic}'")
+            if record.value is _UNDECODED:
+                try:
+                    record.key = codecs.decode_utf8_key(record.raw_key)
+                    record.value = None if record.raw_value is None else codecs.decode_connect_json(record.raw_value)
+                except Exception as exc:
+                    record.value = None
+                    step.dead_letters.append((record, exc, "deserialize"))
+                    continue
             if record.value is None and record.topic not in self.processor.tombstone_inputs:
                 error = SerializationError("null value (a tombstone) on a topic whose records must carry one")
                 step.dead_letters.append((record, error, "deserialize"))

@@ -37,7 +37,25 @@ EXPECTED = {
     "remarketing.deliveries": ("RemarketingDelivery", None, "delete"),
     "conversions.paths": ("ConversionPath", None, "delete"),
     "privacy.requests": ("PrivacyRequest", None, "delete"),
+    "crm.cdc.customers": (None, 3, "delete"),
+    "crm.cdc.consents": (None, 3, "delete"),
+    "crm.activity.deltas": ("WebActivityDelta", 6, "delete"),
+    "crm.web_activity": ("WebActivity", 3, "compact"),
+    "connect.configs": (None, 1, "compact"),
+    "connect.offsets": (None, None, "compact"),
+    "connect.status": (None, None, "compact"),
+    "errors.connect": (None, 1, "delete"),
     "errors.deadletters": ("DeadLetter", None, "delete"),
+}
+NOT_AVRO = {  # wire formats other than confluent-avro: nothing registered
+    "crm.cdc.customers": "connect-json",
+    "crm.cdc.consents": "connect-json",
+    "crm.web_activity": "connect-json",
+    "connect.configs": "raw",
+    "connect.offsets": "raw",
+    "connect.status": "raw",
+    "errors.connect": "raw",
+    "errors.deadletters": "raw",
 }
 
 TOPIC = """
@@ -74,11 +92,13 @@ def test_the_shipped_catalog_declares_every_topic() -> None:
         assert spec.value_schema == value
         assert spec.key_schema == "StringKey"
         assert spec.cleanup_policy == policy
-        assert spec.compatibility == "BACKWARD"
+        assert spec.compatibility == ("BACKWARD" if value else "NONE")  # no contract, nothing to be compatible with
+        assert spec.wire_format == NOT_AVRO.get(name, "confluent-avro")
+        assert spec.registered == (name not in NOT_AVRO)
         assert spec.doc
         if partitions is not None:
             assert spec.partitions == partitions
-        if policy == "compact":
+        if policy == "compact" and spec.wire_format != "raw":  # Connect's own topics: what its worker sets
             assert spec.retention_ms == -1
     assert catalog.topic("errors.deadletters").retention_ms == 30 * 24 * 3600 * 1000
 
@@ -221,3 +241,73 @@ def test_replication_factor_follows_the_cluster() -> None:
     assert replication_factor(2) == 2
     assert replication_factor(5) == 3
     assert replication_factor(5, 2) == 2
+
+
+# --- wire formats other than Confluent Avro ------------------------------------------------------------
+
+CONNECT = """
+[[topic]]
+name = "t.cdc"
+wire_format = "connect-json"
+partitions = 3
+cleanup_policy = "delete"
+retention_ms = -1
+compatibility = "NONE"
+doc = "change events"
+"""
+
+
+def test_a_connect_json_or_raw_topic_needs_no_value_schema(tmp_path: Path) -> None:
+    raw = CONNECT.replace('"t.cdc"', '"t.raw"').replace('"connect-json"', '"raw"')
+    catalog = load_catalog(write_catalog(tmp_path, CONNECT + raw))
+    cdc, other = catalog.topic("t.cdc"), catalog.topic("t.raw")
+    assert (cdc.value_schema, cdc.wire_format, cdc.registered) == (None, "connect-json", False)
+    assert (other.value_schema, other.wire_format, other.registered) == (None, "raw", False)
+
+
+def test_an_avro_topic_still_needs_its_value_schema(tmp_path: Path) -> None:
+    body = CONNECT.replace('wire_format = "connect-json"\n', "")
+    with pytest.raises(
+        ContractError, match=r"topic 't\.cdc': missing field\(s\) value_schema \(required for confluent-avro"
+    ):
+        load_catalog(write_catalog(tmp_path, body))
+    with pytest.raises(ContractError, match="wire_format 'json' is not one of confluent-avro, raw, connect-json"):
+        load_catalog(write_catalog(tmp_path, CONNECT.replace('"connect-json"', '"json"')))
+
+
+def test_a_connect_json_contract_is_checked_at_load(tmp_path: Path) -> None:
+    with_schema = CONNECT.replace("partitions = 3", 'value_schema = "CrmProfile"\npartitions = 3')
+    assert load_catalog(write_catalog(tmp_path, with_schema)).topic("t.cdc").value_schema == "CrmProfile"
+    (tmp_path / "avro" / "Mixed.avsc").write_text(json.dumps({
+        "type": "record", "name": "Mixed", "namespace": "passerelle", "doc": "d",
+        "fields": [{"name": "x", "type": ["string", "int"], "doc": "d"}]}))  # fmt: skip
+    with pytest.raises(ContractError, match=r"topic 't\.cdc': value_schema Mixed: .*union"):
+        load_catalog(write_catalog(tmp_path, with_schema.replace("CrmProfile", "Mixed")))
+    with pytest.raises(ContractError, match="key_schema must be a string schema"):
+        load_catalog(write_catalog(tmp_path, CONNECT.replace("partitions = 3", 'key_schema = "Hit"\npartitions = 3')))
+
+
+def test_schemas_register_nothing_for_topics_not_in_avro() -> None:
+    from passerelle.commands.schemas import subject_plans
+
+    catalog = load_catalog()
+    subjects = {plan.subject for plan in subject_plans(catalog)}
+    assert "crm.profiles-value" in subjects
+    assert not {s for s in subjects if s.rpartition("-")[0] in NOT_AVRO}
+    assert subject_plans(catalog, ["crm.cdc.customers", "crm.web_activity", "connect.configs"]) == []
+
+
+def test_topics_list_names_the_wire_format_of_topics_not_in_avro() -> None:
+    from passerelle.commands.topics import catalog_table
+
+    rows = {line.split()[0]: line for line in catalog_table(load_catalog())}
+    assert "- (connect-json)" in rows["crm.cdc.customers"]
+    assert "WebActivity (connect-json)" in rows["crm.web_activity"]
+    assert "DeadLetter (raw)" in rows["errors.deadletters"]
+    assert "(" not in rows["crm.profiles"]
+
+
+def test_the_missing_contract_of_a_topic_is_one_line() -> None:
+    catalog = load_catalog()
+    with pytest.raises(ContractError, match="no value schema: the topic is raw or connect-json"):
+        catalog.schema_text(catalog.topic("crm.cdc.customers").value_schema)
