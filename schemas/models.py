@@ -471,3 +471,48 @@ class CampaignCounts(AvroModel):
 
 
 MODELS[CampaignCounts.schema_name] = CampaignCounts
+
+
+class WebActivityKind(StrEnum):
+    """What a ``WebActivityDelta`` counts (Avro enum ``passerelle.WebActivityKind``)."""
+
+    VISIT = "visit"
+    ORDER = "order"
+    ABANDONED_CART = "abandoned_cart"
+    MESSAGE = "message"
+
+
+class WebActivity(AvroModel):
+    """One customer's web activity for the CRM's ``web_activity`` table (``WebActivity.avsc``)."""
+
+    schema_name: ClassVar[str] = "WebActivity"
+
+    customer_id: str
+    last_visit_at: EpochMillis | None = None
+    last_campaign: str | None = None
+    visits_30d: int = Field(ge=0)
+    orders_30d: int = Field(ge=0)
+    revenue_30d: float
+    abandoned_carts_30d: int = Field(ge=0)
+    remarketing_messages: int = Field(ge=0)
+    recovered_orders: int = Field(ge=0)
+    updated_at: EpochMillis
+
+
+MODELS[WebActivity.schema_name] = WebActivity
+
+
+class WebActivityDelta(AvroModel):
+    """One event of a customer's web activity, re-keyed by customer (``WebActivityDelta.avsc``, internal)."""
+
+    schema_name: ClassVar[str] = "WebActivityDelta"
+
+    event_id: str
+    customer_id: str
+    kind: WebActivityKind
+    at: EpochMillis
+    campaign: str | None = None
+    revenue: float | None = None
+
+
+MODELS[WebActivityDelta.schema_name] = WebActivityDelta

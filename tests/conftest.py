@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from passerelle.deploy.local import stack
+from passerelle.deploy.local import connect, postgres, stack
 from passerelle.schemas.clients import Connection, read_properties_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,3 +194,45 @@ def unique(request: pytest.FixtureRequest) -> Callable[[str], str]:
         return f"{prefix}.{test}.{run}"
 
     return make
+
+
+# --- the CRM database and Kafka Connect (real PostgreSQL, real Connect worker) -------------------------------
+
+
+@pytest.fixture(scope="session")
+def crm_postgres() -> Iterator[postgres.Postgres]:
+    """A private PostgreSQL cluster with the sample CRM database migrated, on a free port.
+
+    Its folder is under the checkout, not pytest's tmp (mode 700, which the
+    ``postgres`` user running the server cannot enter).
+    """
+    pg = postgres.Postgres(ROOT / f".passerelle-crm-test-{os.getpid()}" / "postgres", port=stack.free_port())
+    try:
+        postgres.start(pg)
+        postgres.migrate(pg, ROOT / "connectors" / "crm" / "migrations")
+        yield pg
+    finally:
+        postgres.stop(pg)
+        shutil.rmtree(pg.root.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def connect_worker(kafka_bootstrap: str, crm_postgres: postgres.Postgres) -> Iterator[connect.Worker]:
+    """A real Kafka Connect worker (distributed mode) with the Debezium plugins, on the session's broker."""
+    suffix = uuid.uuid4().hex[:8]
+    worker = connect.Worker(
+        root=crm_postgres.root.parent / "connect",
+        cache_dir=Path(os.environ.get("PASSERELLE_CACHE_DIR", Path.home() / ".cache" / "passerelle")),
+        bootstrap=kafka_bootstrap,
+        port=stack.free_port(),
+        group_id=f"connect-test-{suffix}",
+        config_topic=f"connect.configs-{suffix}",
+        offset_topic=f"connect.offsets-{suffix}",
+        status_topic=f"connect.status-{suffix}",
+        env=crm_postgres.environment(),
+    )
+    try:
+        connect.start(worker, stack.java_command(), stack.CONNECT_LOG4J2)
+        yield worker
+    finally:
+        connect.stop(worker)

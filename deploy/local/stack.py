@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from passerelle.deploy.local import acls
+from passerelle.deploy.local import acls, postgres
+from passerelle.deploy.local import connect as connect_worker
 from passerelle.deploy.local import secure as security
 
 HERE = Path(__file__).resolve().parent
@@ -38,6 +39,9 @@ POM = HERE / "pom.xml"
 LOG4J2 = HERE / "log4j2.yaml"
 BROKER_MARKER = "kafka.Kafka"
 REGISTRY_MARKER = "registry"
+OPTIONAL_COMPONENTS = ("postgres", "connect")
+"""What ``up --with`` may add; connect implies postgres (its connectors read and write the CRM database)."""
+CONNECT_LOG4J2 = connect_worker.HERE / "log4j2.properties"
 SECURE_COMPONENTS = acls.COMPONENTS
 
 
@@ -68,6 +72,12 @@ class StackConfig:
     broker_heap: str = "768m"
     start_timeout: float = 90.0
     secure: bool = False  # SASL_SSL + SCRAM-SHA-512 + ACLs, registry over HTTPS (deploy/local/secure.py)
+    postgres_port: int = 5433
+    connect_port: int = 8083
+    components: frozenset[str] = frozenset()
+    """Optional components to start: ``postgres``, ``connect`` (see OPTIONAL_COMPONENTS)."""
+    migrations: Path | None = None
+    """Folder of the CRM database's migration files, applied on every ``up`` with postgres."""
 
     @property
     def bootstrap(self) -> str:
@@ -111,6 +121,37 @@ class StackConfig:
     @property
     def registry_dir(self) -> Path:
         return self.state_dir / "registry"
+
+    @property
+    def postgres(self) -> postgres.Postgres:
+        return postgres.Postgres(self.state_dir / "postgres", self.postgres_port, self.host)
+
+    @property
+    def connect(self) -> connect_worker.Worker:
+        pg = self.postgres
+        return connect_worker.Worker(
+            root=self.state_dir / "connect",
+            cache_dir=self.cache_dir,
+            bootstrap=self.bootstrap,
+            port=self.connect_port,
+            host=self.host,
+            env=pg.environment() if pg.secrets_file.exists() else {},
+        )
+
+    def wants(self, component: str) -> bool:
+        """Whether ``up`` starts an optional component (connect brings postgres along)."""
+        return component in self.components or (component == "postgres" and "connect" in self.components)
+
+
+def parse_components(text: str) -> frozenset[str]:
+    """``"connect,postgres"`` -> the set, refusing names that are not optional components."""
+    names = {part.strip().lower() for part in text.split(",") if part.strip()}
+    unknown = sorted(names - set(OPTIONAL_COMPONENTS))
+    if unknown:
+        raise StackError(
+            f"unknown component(s) {', '.join(unknown)}: choose among {', '.join(OPTIONAL_COMPONENTS)}"
+        )
+    return frozenset(names)
 
 
 @dataclass
@@ -517,12 +558,61 @@ def up(cfg: StackConfig, progress: bool = True) -> list[str]:
     if reg is not None:
         rpid, rstarted = reg
         lines.append(f"registry  {'started' if rstarted else 'already running'} (pid {rpid}) on {cfg.registry_url}")
+    if cfg.wants("postgres"):
+        lines.extend(start_postgres(cfg, progress))
+    if cfg.wants("connect"):
+        lines.append(start_connect(cfg, progress))
     return lines
+
+
+def start_postgres(cfg: StackConfig, progress: bool = True) -> list[str]:
+    """Start the CRM database's cluster and apply its migrations (idempotent)."""
+    pg = cfg.postgres
+    if postgres.pid(pg) is None:
+        _check_ports(cfg, [("postgres", cfg.postgres_port)])
+        if progress:
+            print(f"starting PostgreSQL on {cfg.host}:{cfg.postgres_port} ...", flush=True)
+    try:
+        pid, started = postgres.start(pg)
+        applied = postgres.migrate(pg, cfg.migrations) if cfg.migrations is not None else []
+    except postgres.PostgresError as exc:
+        raise StackError(str(exc)) from None
+    lines = [f"postgres  {'started' if started else 'already running'} (pid {pid}) on {cfg.host}:{cfg.postgres_port}"]
+    if applied:
+        lines.append(f"crm db    migrations applied: {', '.join(applied)} (passwords in {pg.secrets_file})")
+    return lines
+
+
+def start_connect(cfg: StackConfig, progress: bool = True) -> str:
+    """Start the Kafka Connect worker (jars fetched with Maven on first use)."""
+    if cfg.secure:
+        raise StackError(
+            "the local Kafka Connect worker runs on the plaintext stack only for now; "
+            "see docs/connect.md for pointing connectors at a secured cluster"
+        )
+    worker = cfg.connect
+    if connect_worker.read_pid(worker) is None:
+        _check_ports(cfg, [("connect", cfg.connect_port)])
+        if progress:
+            print(f"fetching Kafka Connect and its plugins (cached in {cfg.cache_dir}) ...", flush=True)
+            print(f"starting Kafka Connect on {worker.url} ...", flush=True)
+    try:
+        pid, started = connect_worker.start(worker, java_command(), CONNECT_LOG4J2)
+    except connect_worker.ConnectError as exc:
+        raise StackError(str(exc)) from None
+    return f"connect   {'started' if started else 'already running'} (pid {pid}) on {worker.url}"
 
 
 def down(cfg: StackConfig, purge: bool = False) -> list[str]:
     """Stop the registry then the broker (clients first); ``purge`` also deletes the state folder."""
     lines = []
+    worker = cfg.connect
+    cpid = connect_worker.stop(worker)
+    if cpid is not None:
+        lines.append(f"connect   stopped (pid {cpid})")
+    elif worker.root.exists():
+        lines.append("connect   not running")
+    worker.pid_file.unlink(missing_ok=True)
     for name, pid_file, marker in (
         ("registry", cfg.registry_dir / "registry.pid", REGISTRY_MARKER),
         ("kafka", cfg.kafka_dir / "broker.pid", BROKER_MARKER),
@@ -534,6 +624,10 @@ def down(cfg: StackConfig, purge: bool = False) -> list[str]:
             _stop_pid(pid)
             lines.append(f"{name:<9} stopped (pid {pid})")
         pid_file.unlink(missing_ok=True)
+    pg = cfg.postgres
+    if pg.data.exists():
+        ppid = postgres.stop(pg)
+        lines.append(f"postgres  stopped (pid {ppid})" if ppid is not None else "postgres  not running")
     if purge and cfg.state_dir.exists():
         shutil.rmtree(cfg.state_dir)
         lines.append(f"purged    {cfg.state_dir}")
@@ -566,4 +660,22 @@ def status(cfg: StackConfig) -> list[ComponentStatus]:
                 cfg.registry_dir / "registry.log",
             )
         )
+    pg = cfg.postgres
+    if cfg.wants("postgres") or pg.data.exists():
+        ppid = postgres.pid(pg)
+        out.append(
+            ComponentStatus(
+                "postgres", ppid, ppid is not None, ppid is not None and postgres.answers(pg),
+                f"{cfg.host}:{cfg.postgres_port}", pg.log,
+            )
+        )  # fmt: skip
+    worker = cfg.connect
+    if cfg.wants("connect") or worker.root.exists():
+        cpid = connect_worker.read_pid(worker)
+        out.append(
+            ComponentStatus(
+                "connect", cpid, cpid is not None, cpid is not None and connect_worker.answers(worker),
+                worker.url, worker.log,
+            )
+        )  # fmt: skip
     return out

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from passerelle.deploy.local import stack
 from passerelle.deploy.local.acls import SCHEMAS_TOPIC
 from passerelle.errors import PasserelleError
 from passerelle.settings import PasserelleSettings, load
 
+MIGRATIONS = Path(__file__).resolve().parent.parent / "connectors" / "crm" / "migrations"
 
-def stack_config(settings: PasserelleSettings, secure: bool | None = None) -> stack.StackConfig:
+
+def stack_config(
+    settings: PasserelleSettings, secure: bool | None = None, with_components: str = ""
+) -> stack.StackConfig:
     """Map process settings onto the launcher's plain config (``deploy`` imports nothing of ours).
 
     ``secure`` None: the mode the state folder was made with (``down``, ``status``).
+    ``with_components``: ``up --with``, added to ``PASSERELLE_STACK_WITH``.
     """
     state_dir = settings.state_dir.resolve()
     if secure is None:
@@ -33,6 +39,10 @@ def stack_config(settings: PasserelleSettings, secure: bool | None = None) -> st
             "PASSERELLE_SCHEMAS_TOPIC": settings.schemas_topic,
         },
         secure=secure,
+        postgres_port=settings.postgres_port,
+        connect_port=settings.connect_port,
+        components=stack.parse_components(f"{settings.stack_with},{with_components}"),
+        migrations=MIGRATIONS,
     )
 
 
@@ -43,7 +53,7 @@ def _up(args: argparse.Namespace) -> int:
             f"the secure stack's ACLs let the registry use the topic {SCHEMAS_TOPIC} only; "
             f"unset PASSERELLE_SCHEMAS_TOPIC (it is {settings.schemas_topic})"
         )
-    cfg = stack_config(settings, secure=args.secure)
+    cfg = stack_config(settings, secure=args.secure, with_components=args.with_components or "")
     for line in stack.up(cfg):
         print(line)
     if cfg.secure:
@@ -75,7 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register up, down and status."""
     p = sub.add_parser(
         "up",
-        help="start the local stack (Kafka KRaft broker + schema registry)",
+        help="start the local stack (Kafka KRaft broker + schema registry; --with postgres,connect)",
         description="Fetch the Kafka jars with Maven (cached), format storage on first start, start a "
         "single-node KRaft broker and the embedded schema registry as background processes on 127.0.0.1, "
         "and wait until both answer. Running it again while the stack runs does nothing.",
@@ -89,6 +99,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "<component>.env and .properties. A state folder keeps its mode: switching needs `down --purge`.",
     )
     p.add_argument(
+        "--with",
+        dest="with_components",
+        metavar="COMPONENTS",
+        help="also start optional components, comma-separated: postgres (the sample CRM database, migrations "
+        "applied), connect (a Kafka Connect worker with the Debezium PostgreSQL source and JDBC sink; implies "
+        "postgres). Adds to PASSERELLE_STACK_WITH",
+    )
+    p.add_argument(
         "--secure",
         action="store_true",
         help="TLS, SCRAM users and ACLs per component, HTTPS registry with users (credentials in STATE_DIR/secure)",
@@ -97,7 +115,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "down",
         help="stop the local stack",
-        description="Stop the schema registry and the Kafka broker (SIGTERM, then SIGKILL after 30 s); "
+        description="Stop Kafka Connect, the schema registry, the Kafka broker (SIGTERM, then SIGKILL after 30 s) "
+        "and PostgreSQL, whichever run; "
         "a secure stack as well (its mode comes from the state folder).",
     )
     p.add_argument("--purge", action="store_true", help="also delete the state folder (all topics, logs)")

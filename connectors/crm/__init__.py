@@ -1,0 +1,1 @@
+"""The CRM crossing: the sample CRM database (migrations), CSV import of CRM exports."""
