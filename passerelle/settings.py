@@ -44,6 +44,18 @@ class PasserelleSettings(BaseSettings):
     controller_port: int = Field(default=9093, description="Local broker's KRaft controller port")
     registry_port: int = Field(default=8081, description="Embedded schema registry's HTTP port")
     registry_host: str = Field(default="127.0.0.1", description="Address the embedded registry binds")
+    postgres_port: int = Field(
+        default=5433, description="Local PostgreSQL's port (the sample CRM database; 5432 may be a system one's)"
+    )
+    connect_port: int = Field(default=8083, description="Local Kafka Connect worker's REST port")
+    connect_url: str = Field(
+        default="", description="Kafka Connect REST API that `passerelle connect` drives; default: the local worker"
+    )
+    stack_with: str = Field(
+        default="",
+        description="Optional components `passerelle up` also starts, comma-separated: postgres, connect "
+        "(connect implies postgres); `up --with` adds to it",
+    )
     schemas_topic: str = Field(default="_schemas", description="Compacted topic storing the registry")
     catalog: Path | None = Field(
         default=None, description="Topic catalog file (default: schemas/catalog.toml shipped with the code)"
@@ -77,6 +89,8 @@ class PasserelleSettings(BaseSettings):
             self.bootstrap_servers = from_file or f"127.0.0.1:{self.kafka_port}"
         if not self.schema_registry_url:
             self.schema_registry_url = f"http://127.0.0.1:{self.registry_port}"
+        if not self.connect_url:
+            self.connect_url = f"http://127.0.0.1:{self.connect_port}"
         return self
 
     def kafka_properties(self, environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -269,8 +283,9 @@ class ProcessorSettings(PasserelleSettings):
         """
         from passerelle.streams.runtime import ErrorBudget, RunnerConfig
 
-        def schemas(topics: Iterable[str]) -> dict[str, str]:
-            return {t: catalog.schema_text(catalog.topic(t).value_schema) for t in topics}
+        def schemas(topics: Iterable[str]) -> dict[str, str]:  # a connect-json topic may have no contract
+            specs = [catalog.topic(t) for t in topics]
+            return {s.name: catalog.schema_text(s.value_schema) for s in specs if s.value_schema}
 
         return RunnerConfig(
             app_id=app_id,
@@ -278,6 +293,7 @@ class ProcessorSettings(PasserelleSettings):
             schema_registry_url=self.schema_registry_url,
             output_schemas=schemas(processor.outputs),
             input_schemas=schemas(processor.inputs),
+            wire_formats={t: catalog.topic(t).wire_format for t in (*processor.inputs, *processor.outputs)},
             instance_id=self.instance_id,
             exactly_once=self.processing_guarantee == "exactly_once",
             commit_interval_ms=self.commit_interval_ms,
@@ -435,3 +451,55 @@ class CampaignCountsSettings(ProcessorSettings):
             emit_interval_ms=max(1, int(self.campaign_counts_emit_seconds * 1000)),
             visitor_ttl_ms=max(1, int(self.campaign_counts_visitor_ttl_hours * 3_600_000)),
         )
+
+
+# --- CRM web activity -------------------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from passerelle.streams.crm_activity.rules import CrmActivityConfig
+
+
+class CrmActivitySettings(ProcessorSettings):
+    """Settings of ``passerelle crm-activity``: the runtime's, plus how often summaries go out, the recovery window."""
+
+    crm_activity_emit_seconds: float = Field(
+        default=5, gt=0, description="How often changed summaries are published (one record per customer per interval)"
+    )
+    crm_activity_recovery_days: float = Field(
+        default=7, gt=0, description="An order placed this long after a remarketing message is a recovered order"
+    )
+    crm_activity_visitor_ttl_hours: float = Field(
+        default=6, gt=0, description="How long a visitor's counted visit is remembered (longer than a visit lasts)"
+    )
+
+    def to_config(self) -> CrmActivityConfig:
+        """The summary's rules, in the milliseconds they count in."""
+        from passerelle.streams.crm_activity.rules import CrmActivityConfig
+
+        return CrmActivityConfig(
+            emit_interval_ms=max(1, int(self.crm_activity_emit_seconds * 1000)),
+            recovery_window_ms=max(1, int(self.crm_activity_recovery_days * 86_400_000)),
+            visitor_ttl_ms=max(1, int(self.crm_activity_visitor_ttl_hours * 3_600_000)),
+        )
+
+
+# --- CRM normalizer ---------------------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from passerelle.streams.crm_normalizer.rules import NormalizerConfig
+
+
+class CrmNormalizerSettings(ProcessorSettings):
+    """Settings of ``passerelle crm-normalizer``: the runtime's, plus which consent makes marketing consent."""
+
+    crm_normalizer_consent_channel: str = Field(
+        default="email",
+        pattern="^(email|sms|postal|phone)$",
+        description="Consent channel (consents.channel) whose granted row sets a profile's marketing_consent",
+    )
+
+    def to_config(self) -> NormalizerConfig:
+        """The normalizer's rules."""
+        from passerelle.streams.crm_normalizer.rules import NormalizerConfig
+
+        return NormalizerConfig(consent_channel=self.crm_normalizer_consent_channel)

@@ -1,0 +1,1 @@
+"""Kafka Connect at the edge: connector configuration files (JSON) and the REST client that applies them."""

@@ -1,0 +1,1 @@
+"""CRM change events (Debezium) -> crm.profiles: pure rules (``rules``), runtime wiring (``processor``)."""
