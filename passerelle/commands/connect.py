@@ -54,6 +54,13 @@ def _status(args: argparse.Namespace) -> int:
     return 4 if failed else 0
 
 
+def _manifest(args: argparse.Namespace) -> int:
+    from passerelle.connectors.connect import configs, strimzi
+
+    print(strimzi.manifests(configs.load(args.dir, args.names), args.cluster, args.namespace), end="")
+    return 0
+
+
 def _simple(action: str):  # type: ignore[no-untyped-def]
     def run(args: argparse.Namespace) -> int:
         client = _client(args)
@@ -109,6 +116,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("names", nargs="*", metavar="NAME")
     s.add_argument("--trace", action="store_true", help="print the full Java trace of failed tasks")
     s.set_defaults(func=_status)
+    m = actions.add_parser(
+        "manifest",
+        help="print the connector files as Strimzi KafkaConnector resources (YAML)",
+        description="Print each connector file as a Strimzi KafkaConnector custom resource, for a Connect cluster "
+        "managed by the Strimzi operator (kubectl apply -f -). The KafkaConnect resource must set "
+        "config.providers=env and give its pods the PASSERELLE_CRM_DB_* variables from a secret.",
+    )
+    m.add_argument("names", nargs="*", metavar="NAME", help="connector names (default: every file)")
+    m.add_argument("--dir", type=Path, default=CONFIG_DIR, help=f"folder of connector files (default {CONFIG_DIR})")
+    m.add_argument("--cluster", required=True, help="name of the KafkaConnect resource (strimzi.io/cluster label)")
+    m.add_argument("--namespace", help="metadata.namespace of the resources (default: kubectl's)")
+    m.set_defaults(func=_manifest)
     for action, text in (
         ("restart", "restart a connector and its tasks"),
         ("pause", "pause a connector (its tasks stop consuming or producing)"),
