@@ -27,6 +27,13 @@ Reading the table:
   changelogs and its command topic (``<app id>-...``): they get ``CREATE``,
   ``READ`` and ``WRITE`` on topics prefixed by their app id.
 - Every component that dead-letters writes ``errors.deadletters``.
+- A prefix can reach further than its owner: ``passerelle-crm-activity-``
+  (crm-activity's changelogs and transactional ids) also matches everything
+  of ``passerelle-crm-activity-messages-``. A ``DENY`` grant takes the other
+  component's prefix back (in Kafka's authorizer a DENY wins over any
+  ALLOW), so each principal still reaches only its own.
+- Kafka Connect has no principal: the local worker runs on the plaintext
+  stack only (``up --secure --with connect`` is refused), see docs/security.md.
 - The names are the defaults of the commands (``--app-id``, ``--group-id``,
   ``PASSERELLE_SCHEMAS_TOPIC``, ``PASSERELLE_DEAD_LETTER_TOPIC``): a deployment
   that changes one changes this table with it.
@@ -65,19 +72,28 @@ CATALOG_TOPICS = (
     "remarketing.deliveries",
     "conversions.paths",
     "privacy.requests",
+    "crm.cdc.customers",
+    "crm.cdc.consents",
+    "crm.activity.deltas",
+    "crm.web_activity",
+    "connect.configs",
+    "connect.offsets",
+    "connect.status",
+    "errors.connect",
     DEAD_LETTERS,
 )
 
 
 @dataclass(frozen=True)
 class Grant:
-    """ALLOW ``operations`` on ``names`` (of one resource type) to one principal, from any host."""
+    """ALLOW (or DENY) ``operations`` on ``names`` (of one resource type) to one principal, from any host."""
 
     resource: str  # topic | group | transactional_id | cluster
     names: tuple[str, ...]
     operations: tuple[str, ...]
     why: str
     prefixed: bool = False  # the names are prefixes (Kafka's PREFIXED pattern), else literal
+    deny: bool = False  # a DENY binding: takes back what a broader ALLOW prefix of the same principal reaches
 
 
 ADMIN = "admin"
@@ -231,6 +247,116 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
             prefixed=True,
         ),
     ),
+    "crm-normalizer": (
+        Grant(TOPIC, ("crm.cdc.customers", "crm.cdc.consents"), ("READ",), "its inputs: the Debezium change events"),
+        Grant(TOPIC, ("privacy.requests",), ("READ",), "lookup table: privacy requests (erasures)"),
+        Grant(TOPIC, ("crm.profiles", DEAD_LETTERS), ("WRITE",), "its output, and dead letters"),
+        Grant(
+            TOPIC,
+            ("passerelle-crm-normalizer-",),
+            ("CREATE", "READ", "WRITE"),
+            "its state changelogs `passerelle-crm-normalizer-<store>-changelog`",
+            prefixed=True,
+        ),
+        Grant(
+            GROUP,
+            ("passerelle-crm-normalizer", "passerelle-crm-normalizer-restore", "passerelle-table-privacy.requests"),
+            ("READ",),
+            "its consumer group, the restore reader's and the lookup table's reader's groups",
+        ),
+        Grant(
+            TRANSACTIONAL_ID,
+            ("passerelle-crm-normalizer-",),
+            ("WRITE",),
+            "exactly-once: transactional id `passerelle-crm-normalizer-<instance id>`",
+            prefixed=True,
+        ),
+    ),
+    "crm-activity": (
+        Grant(
+            TOPIC,
+            ("hits.enriched", "carts.abandoned", "crm.activity.deltas"),
+            ("READ",),
+            "its inputs: enriched hits, abandoned carts, and the deltas it re-keyed by customer (read back)",
+        ),
+        Grant(TOPIC, ("crm.profiles", "privacy.requests"), ("READ",), "lookup tables: CRM profiles, privacy requests"),
+        Grant(
+            TOPIC,
+            ("crm.activity.deltas", "crm.web_activity", DEAD_LETTERS),
+            ("WRITE",),
+            "the deltas it re-keys by customer, its output (for the JDBC sink), and dead letters",
+        ),
+        Grant(
+            TOPIC,
+            ("passerelle-crm-activity-",),
+            ("CREATE", "READ", "WRITE"),
+            "its state changelogs `passerelle-crm-activity-<store>-changelog`",
+            prefixed=True,
+        ),
+        Grant(
+            GROUP,
+            (
+                "passerelle-crm-activity",
+                "passerelle-crm-activity-restore",
+                "passerelle-table-crm.profiles",
+                "passerelle-table-privacy.requests",
+            ),
+            ("READ",),
+            "its consumer group, the restore reader's and the lookup tables' readers' groups",
+        ),
+        Grant(
+            TRANSACTIONAL_ID,
+            ("passerelle-crm-activity-",),
+            ("WRITE",),
+            "exactly-once: transactional id `passerelle-crm-activity-<instance id>`",
+            prefixed=True,
+        ),
+        Grant(
+            TOPIC,
+            ("passerelle-crm-activity-messages-",),
+            ("ALL",),
+            "not crm-activity-messages' changelogs, which its own prefix would reach",
+            prefixed=True,
+            deny=True,
+        ),
+        Grant(
+            TRANSACTIONAL_ID,
+            ("passerelle-crm-activity-messages-",),
+            ("ALL",),
+            "not crm-activity-messages' transactional ids, which its own prefix would reach",
+            prefixed=True,
+            deny=True,
+        ),
+    ),
+    "crm-activity-messages": (
+        Grant(TOPIC, ("remarketing.messages",), ("READ",), "its input"),
+        Grant(
+            TOPIC,
+            ("crm.activity.deltas", DEAD_LETTERS),
+            ("WRITE",),
+            "its output (crm-activity's re-keyed deltas), and dead letters",
+        ),
+        Grant(
+            TOPIC,
+            ("passerelle-crm-activity-messages-",),
+            ("CREATE", "READ", "WRITE"),
+            "its timers' changelog `passerelle-crm-activity-messages-timers-changelog` (stateless otherwise)",
+            prefixed=True,
+        ),
+        Grant(
+            GROUP,
+            ("passerelle-crm-activity-messages", "passerelle-crm-activity-messages-restore"),
+            ("READ",),
+            "its consumer group and the restore reader's group",
+        ),
+        Grant(
+            TRANSACTIONAL_ID,
+            ("passerelle-crm-activity-messages-",),
+            ("WRITE",),
+            "exactly-once: transactional id `passerelle-crm-activity-messages-<instance id>`",
+            prefixed=True,
+        ),
+    ),
     "remarketing": (
         Grant(
             TOPIC,
@@ -274,6 +400,21 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
             "(hits go through the collector over HTTP)",
         ),
     ),
+    "crm-import": (
+        Grant(
+            TOPIC,
+            ("crm.profiles",),
+            ("READ", "WRITE"),
+            "`passerelle crm import`: reads the current profiles to publish only what changed, then publishes "
+            "them (idempotent producer: nothing on the cluster)",
+        ),
+        Grant(
+            GROUP,
+            ("passerelle-crm-import",),
+            ("READ",),
+            "its reader names the `passerelle-crm-import` group (assign only, never committed)",
+        ),
+    ),
 }
 
 COMPONENTS: tuple[str, ...] = (ADMIN, *GRANTS)
@@ -288,11 +429,15 @@ def registry_role(component: str) -> str:
     return "write" if component in REGISTRY_WRITERS else "read"
 
 
-def bindings(component: str) -> list[tuple[str, str, bool, str]]:
-    """The component's grants flattened to (resource, name, prefixed, operation), one per Kafka ACL."""
+def bindings(component: str) -> list[tuple[str, str, bool, str, str]]:
+    """The component's grants flattened to (resource, name, prefixed, operation, permission), one per Kafka ACL.
+
+    ``permission`` is ``ALLOW``, or ``DENY`` for a grant with ``deny=True``.
+    """
     out = []
     for grant in GRANTS.get(component, ()):
+        permission = "DENY" if grant.deny else "ALLOW"
         for name in grant.names:
             for op in grant.operations:
-                out.append((grant.resource, name, grant.prefixed, op))
+                out.append((grant.resource, name, grant.prefixed, op, permission))
     return out

@@ -443,7 +443,9 @@ def registry_env(m: Material) -> dict[str, str]:
 # --- users and ACLs ----------------------------------------------------------------------------------------
 
 
-def _acl_binding(component: str, resource: str, name: str, prefixed: bool, operation: str) -> Any:
+def _acl_binding(
+    component: str, resource: str, name: str, prefixed: bool, operation: str, permission: str = "ALLOW"
+) -> Any:
     from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
 
     restype = {
@@ -454,7 +456,7 @@ def _acl_binding(component: str, resource: str, name: str, prefixed: bool, opera
     }[resource]
     pattern = ResourcePatternType.PREFIXED if prefixed else ResourcePatternType.LITERAL
     return AclBinding(
-        restype, name, pattern, f"User:{component}", "*", AclOperation[operation], AclPermissionType.ALLOW
+        restype, name, pattern, f"User:{component}", "*", AclOperation[operation], AclPermissionType[permission]
     )
 
 

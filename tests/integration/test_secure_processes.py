@@ -11,15 +11,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from passerelle.connectors.generator.send import publish_profiles
 from passerelle.connectors.generator.shop import Shop
-from passerelle.schemas.clients import KafkaAccessError
-from tests.conftest import ROOT, SecureStack, component_connection
+from passerelle.schemas.clients import KafkaAccessError, registry_client
+from passerelle.schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
+from tests.conftest import ROOT, SecureStack, component_connection, stop_process
+from tests.unit.test_crm_normalizer import created, customer, wire
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +102,69 @@ def test_publishing_to_a_topic_not_granted_is_refused_and_nothing_lands(deployed
     with pytest.raises(KafkaAccessError, match=r"crm\.profiles"):
         publish_profiles(Shop(7, 0, customers=3).crm_profiles(), conn)
     assert end_offsets(deployed, "crm.profiles") == before
+
+
+def profiles_of(s: SecureStack, ids: set[str], timeout: float = 60) -> dict[str, Any]:
+    """The latest committed crm.profiles record of each customer in ``ids`` (read as admin), once all are there."""
+    registry = registry_client(component_connection(s.env("admin"), s.bootstrap))
+    decoder = AvroDecoder(SchemaCache(registry_fetcher(registry)))
+    consumer = Consumer({**s.kafka_config("admin"), "group.id": f"probe-{uuid.uuid4().hex[:8]}", "log_level": 0,
+                         "auto.offset.reset": "earliest", "isolation.level": "read_committed"})  # fmt: skip
+    found: dict[str, Any] = {}
+    try:
+        consumer.subscribe(["crm.profiles"])
+        deadline = time.monotonic() + timeout
+        while not ids <= set(found) and time.monotonic() < deadline:
+            for msg in consumer.consume(500, timeout=0.5):
+                if msg.error() is None and (key := decoder.decode(msg.key())) in ids:
+                    found[key] = None if msg.value() is None else decoder.decode(msg.value())
+    finally:
+        consumer.close()
+    return found
+
+
+def test_the_crm_normalizer_runs_under_its_own_principal(deployed: SecureStack, tmp_path: Path) -> None:
+    """Its inputs, lookup table, changelog, groups and transactional id are crm-normalizer's own: a change event
+    from the CRM becomes a profile, exactly-once, and SIGTERM ends it cleanly."""
+    cid = f"SEC-{uuid.uuid4().hex[:8]}"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PASSERELLE_")}, **deployed.env("crm-normalizer")}
+    log = tmp_path / "crm-normalizer.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "passerelle", "crm-normalizer"], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        debezium = Producer({**deployed.kafka_config("admin"), "log_level": 0})  # the Connect worker's stand-in
+        debezium.produce("crm.cdc.customers", wire("customers", created(customer(cid))), cid.encode())
+        assert debezium.flush(30) == 0
+        found = profiles_of(deployed, {cid})
+        assert proc.poll() is None, log.read_text()
+    finally:
+        stop_process(proc, timeout=30)
+    output = log.read_text()
+    assert cid in found, output
+    assert found[cid]["email"] == f"{cid.lower()}@example.com" and found[cid]["marketing_consent"] is False
+    assert proc.returncode == 0, output
+    assert "error:" not in output and "Traceback" not in output, output
+    assert "passerelle-crm-normalizer-customers-changelog" in topics_on(deployed)
+    assert not any(secret in output for secret in secrets_of(deployed, "crm-normalizer"))
+
+
+def test_crm_import_runs_under_its_own_principal(deployed: SecureStack, tmp_path: Path) -> None:
+    """It reads crm.profiles to diff (its own group, assign only) and publishes with an idempotent producer."""
+    ids = {f"IMP-{uuid.uuid4().hex[:8]}", f"IMP-{uuid.uuid4().hex[:8]}"}
+    export = tmp_path / "export.csv"
+    export.write_text("customer_id,email,marketing_consent\n" + "".join(f"{c},{c.lower()}@example.com,yes\n"
+                                                                        for c in sorted(ids)))  # fmt: skip
+    env = deployed.env("crm-import")
+    first = run(env, "crm", "import", "--no-progress", str(export))
+    assert first.returncode == 0, first.stdout + first.stderr
+    found = profiles_of(deployed, ids)
+    assert set(found) == ids and all(p["marketing_consent"] is True for p in found.values())
+    before = end_offsets(deployed, "crm.profiles")
+    again = run(env, "crm", "import", "--no-progress", str(export))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert end_offsets(deployed, "crm.profiles") == before  # the table was read back: nothing changed, nothing sent
+    assert not any(secret in first.stdout + first.stderr for secret in secrets_of(deployed, "crm-import"))
 
 
 def end_offsets(s: SecureStack, topic: str) -> int:

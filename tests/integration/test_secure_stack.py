@@ -183,7 +183,8 @@ def test_a_group_not_granted_is_refused(secure_stack: SecureStack, topics: list[
 
 
 def test_the_dead_letter_topic_is_writable_by_processors(secure_stack: SecureStack, topics: list[str]) -> None:
-    for component in ("enrich", "carts", "remarketing", "emailing"):
+    for component in ("enrich", "carts", "remarketing", "emailing", "crm-normalizer", "crm-activity",
+                      "crm-activity-messages"):  # fmt: skip
         producer = Producer({**secure_stack.kafka_config(component), "enable.idempotence": True})
         delivered: list[Any] = []
         producer.produce(acls.DEAD_LETTERS, b"poison", b"k", on_delivery=delivered_to(delivered))
@@ -203,6 +204,24 @@ def test_transactions_only_under_the_app_id(secure_stack: SecureStack, topics: l
     with pytest.raises(KafkaException) as info:
         other.init_transactions(30)
     assert info.value.args[0].code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+
+
+def test_a_prefix_does_not_reach_a_longer_app_id(secure_stack: SecureStack, topics: list[str]) -> None:
+    """`passerelle-crm-activity-` would match crm-activity-messages' names too: the DENY takes them back."""
+    mine, theirs = "passerelle-crm-activity-timers-changelog", "passerelle-crm-activity-messages-timers-changelog"
+    result = create(secure_stack, "crm-activity", [mine, theirs])
+    assert result[mine] is None
+    assert code(result[theirs]) == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    assert create(secure_stack, "crm-activity-messages", [theirs]) == {theirs: None}
+
+    conf = secure_stack.kafka_config("crm-activity")
+    Producer({**conf, "transactional.id": "passerelle-crm-activity-0"}).init_transactions(30)
+    other = Producer({**conf, "transactional.id": "passerelle-crm-activity-messages-0", **QUIET})
+    with pytest.raises(KafkaException) as info:
+        other.init_transactions(30)
+    assert info.value.args[0].code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    messages = secure_stack.kafka_config("crm-activity-messages")
+    Producer({**messages, "transactional.id": "passerelle-crm-activity-messages-0"}).init_transactions(30)
 
 
 def test_processors_create_only_their_own_changelogs(secure_stack: SecureStack, topics: list[str]) -> None:

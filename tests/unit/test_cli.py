@@ -43,6 +43,9 @@ COMMANDS = [
     ["topics"], ["topics", "create"], ["topics", "list"], ["demo"], ["collector"], ["enrich"], ["carts"],
     ["remarketing"], ["generate"], ["bench"], ["bench", "runtime"], ["bench", "enrich"], ["emailing"],
     ["emailing", "bridge"], ["emailing", "export"], ["emailing", "standin"], ["campaign-counts"],
+    ["crm-normalizer"], ["crm-activity"], ["crm-activity-messages"], ["crm"], ["crm", "import"], ["connect"],
+    ["connect", "apply"], ["connect", "status"], ["connect", "manifest"], ["connect", "restart"],
+    ["connect", "pause"], ["connect", "resume"], ["connect", "delete"], ["demo-crm"],
 ]  # fmt: skip
 
 
@@ -57,7 +60,8 @@ def test_every_command_has_help(command: list[str]) -> None:
 def test_top_level_help_lists_the_commands() -> None:
     out = run("--help").stdout
     for name in ("up", "down", "status", "registry", "schemas", "topics", "demo", "collector", "enrich", "carts",
-                 "remarketing", "generate", "bench"):  # fmt: skip
+                 "remarketing", "generate", "bench", "campaign-counts", "crm-normalizer", "crm-activity",
+                 "crm-activity-messages", "crm", "connect", "demo-crm"):  # fmt: skip
         assert f"    {name}" in out
 
 
