@@ -1,176 +1,37 @@
 """``passerelle crm``: the CRM crossing's commands; ``crm import FILE`` loads a CRM's CSV export into crm.profiles.
 
-A group, so that each CRM job is one subcommand. The import's logic (mapping,
-validation, diffing) is ``passerelle.connectors.crm.csv_import``; this module
-is its wiring: the current table read from the topic, the producer, the
-progress display and the summary.
+A group, so that each CRM job is one subcommand. This module is the
+command's wiring and output only: the import's logic (mapping, validation,
+diffing) is ``passerelle.connectors.crm.csv_import``, the Kafka side (the
+current table read from the topic, the producer) ``profiles_topic``; here
+they are put together, with the progress display and the summary.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from passerelle.connectors.crm import csv_import as ci
+from passerelle.connectors.crm.csv_mapping import ColumnMapping, load_mapping_file, mapping_from_options
+from passerelle.connectors.crm.profiles_topic import KafkaSink, read_current_profiles
 
 if TYPE_CHECKING:  # confluent-kafka loads only when a command talks to Kafka, not for --help
     from passerelle.schemas.clients import Connection
 
-log = logging.getLogger(__name__)
 MAX_SHOWN = 20
 """Problems printed on stderr; ``--errors FILE`` has them all."""
 PLAIN_STEP_PCT = 10
 
 
-# --- Kafka: the table as it is, and publishing ------------------------------------------------------------------
-
-
-def read_current_profiles(
-    conn: Connection, topic: str, progress: ci.RunProgress | None = None, idle_s: float = 30.0
-) -> ci.CurrentProfiles:
-    """Every partition of ``topic`` read from the start to its end offset at call time, decoded (Avro).
-
-    No consumer group is joined or committed: the group id only satisfies
-    librdkafka. An undecodable record leaves its customer absent (the file's
-    line then replaces it); a registry that does not answer stops the import.
-    """
-    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
-
-    from passerelle.schemas import clients
-    from passerelle.schemas.errors import RegistryUnavailableError, SerializationError
-    from passerelle.schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
-
-    clients.ensure_reachable(conn)
-    watch = clients.ErrorWatch(conn)
-    conf = {"enable.partition.eof": True, "isolation.level": "read_committed", "auto.offset.reset": "earliest"}
-    consumer = clients.consumer(conn, "passerelle-crm-import", conf, watch=watch)
-    try:
-        tmeta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        error = None if tmeta is None else tmeta.error
-        if tmeta is None or error is not None:
-            known = None if error is None else clients.kafka.classify(error, conn, repr(topic))
-            if known is not None:
-                raise known
-            raise ci.CsvImportError(
-                f"topic {topic!r} does not exist on {conn.describe()}: create it first "
-                f"(`passerelle topics create {ci.CRM_TOPIC}`), or name another with --topic"
-            )
-        ends: dict[int, int] = {}
-        total = 0
-        for partition in tmeta.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            if high > low:
-                ends[partition] = high
-                total += high - low
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        decoder = AvroDecoder(SchemaCache(registry_fetcher(clients.registry_client(conn))))
-        current = ci.CurrentProfiles()
-        done = undecodable = 0
-        last_news = time.monotonic()
-        if progress is not None:
-            progress.table(0, total)
-        while ends:
-            msgs = consumer.consume(5000, timeout=0.5)
-            if not msgs and time.monotonic() - last_news > idle_s:
-                raise watch.fatal() or ci.CsvImportError(
-                    f"reading {topic!r} stalled: nothing for {idle_s:.0f} s after {done} of {total} record(s)"
-                )
-            for msg in msgs:
-                partition, err = msg.partition() or 0, msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:  # the end, when the last offsets were compacted
-                        ends.pop(partition, None)
-                    continue
-                last_news = time.monotonic()
-                done += 1
-                if (msg.offset() or 0) + 1 >= ends.get(partition, 0):
-                    ends.pop(partition, None)
-                try:
-                    key, raw = decoder.decode(msg.key()), msg.value()
-                    current.apply(str(key), None if raw is None else decoder.decode(raw))
-                except SerializationError:
-                    undecodable += 1
-                except RegistryUnavailableError as exc:
-                    raise ci.CsvImportError(f"schema registry at {conn.registry_url} did not answer: {exc}") from None
-            if progress is not None and msgs and ends:
-                progress.table(done, total)
-        if progress is not None and total:
-            progress.table(done, done)  # compacted or aborted offsets: fewer records than offsets
-    finally:
-        consumer.close()
-    if undecodable:
-        log.warning("%d record(s) of %s could not be decoded: their customers count as absent", undecodable, topic)
-    return current
-
-
-class KafkaSink:
-    """Profiles to the topic with the client layer's producer (idempotent, ``acks=all``), deliveries counted."""
-
-    def __init__(self, conn: Connection, topic: str, catalog_path: Path | None, timeout_s: float = 60.0) -> None:
-        from passerelle.schemas import clients
-        from passerelle.schemas.catalog import load_catalog
-        from passerelle.schemas.serde import AvroEncoder
-
-        catalog = load_catalog(catalog_path)
-        spec = catalog.topic(ci.CRM_TOPIC)  # crm.profiles' contracts, whichever topic is written (tests: unique)
-        registry = clients.registry_client(conn)
-        assert spec.value_schema is not None
-        self.key_enc = AvroEncoder.for_subject(registry, f"{topic}-key", catalog.schema_text(spec.key_schema))
-        self.value_enc = AvroEncoder.for_subject(registry, f"{topic}-value", catalog.schema_text(spec.value_schema))
-        self.conn, self.topic, self.timeout_s = conn, topic, timeout_s
-        self.watch = clients.ErrorWatch(conn)
-        conf = {"linger.ms": 50, "message.timeout.ms": int(timeout_s * 1000)}
-        self.producer = clients.producer(conn, conf, watch=self.watch)
-        self._produce = clients.produce
-        self.delivered = self.undelivered = 0
-        self.first_error: Any = None
-
-    @property
-    def failed(self) -> bool:
-        return self.undelivered > 0
-
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is None:
-            self.delivered += 1
-        else:
-            self.undelivered += 1
-            self.first_error = self.first_error or err
-
-    def send(self, customer_id: str, profile: dict[str, Any]) -> None:
-        value, key = self.value_enc.encode(profile), self.key_enc.encode(customer_id)
-        self._produce(self.producer, self.topic, value, key, on_delivery=self._on_delivery,
-                      timestamp=profile["updated_at"])  # fmt: skip
-        self.producer.poll(0)
-
-    def finish(self) -> ci.CsvImportError | None:
-        """Flush; the error naming what was not acknowledged, if anything was not."""
-        from passerelle.schemas.clients.kafka import classify
-
-        remaining = self.producer.flush(self.timeout_s + 5)
-        again = "; run the same command again to publish the rest (what was published is skipped)"
-        if self.undelivered:
-            known = classify(self.first_error, self.conn, repr(self.topic))
-            detail = str(known) if known is not None else self.first_error.str()
-            return ci.CsvImportError(
-                f"{self.undelivered} record(s) to {self.topic!r} not acknowledged by Kafka: {detail}{again}",
-                ci.EXIT_UNDELIVERED,
-            )
-        if remaining:
-            fatal = self.watch.fatal()
-            detail = str(fatal) if fatal is not None else f"is Kafka reachable at {self.conn.describe()}?"
-            return ci.CsvImportError(
-                f"{remaining} record(s) to {self.topic!r} not acknowledged in time: {detail}{again}",
-                ci.EXIT_UNDELIVERED,
-            )
-        return None
+# --- the run ---------------------------------------------------------------------------------------------------
 
 
 def run_import(
-    options: ci.ImportOptions, conn: Connection, progress: ci.RunProgress | None = None, out: IO[str] = sys.stdout
+    options: ci.ImportOptions, conn: Connection, progress: ci.RunProgress | None = None, out: IO[str] | None = None
 ) -> tuple[ci.CsvFile, ci.ImportReport, ci.CsvImportError | None]:
     """Check the file, read the table, then import: the file, the report, and the delivery failure if any.
 
@@ -199,8 +60,9 @@ def run_import(
 class PlainProgress:
     """One line every ``step`` percent, for logs (stderr is not a terminal)."""
 
-    def __init__(self, topic: str, out: IO[str] = sys.stderr, step: int = PLAIN_STEP_PCT) -> None:
-        self.topic, self.out, self.step = topic, out, step
+    def __init__(self, topic: str, out: IO[str] | None = None, step: int = PLAIN_STEP_PCT) -> None:
+        self.topic, self.step = topic, step
+        self.out = sys.stderr if out is None else out  # looked up now: a redirected stderr is the one meant
         self._next = step
         self._table_started = time.monotonic()
         self._table_told = False
@@ -274,10 +136,10 @@ def _import(args: argparse.Namespace) -> int:
     from passerelle.settings import load
 
     settings = load()
-    mapping = ci.ColumnMapping(ignore_unknown=args.ignore_unknown)
+    mapping = ColumnMapping(ignore_unknown=args.ignore_unknown)
     if args.mapping is not None:
-        mapping = mapping.merged(ci.load_mapping_file(args.mapping))
-    mapping = mapping.merged(ci.mapping_from_options(args.map))
+        mapping = mapping.merged(load_mapping_file(args.mapping))
+    mapping = mapping.merged(mapping_from_options(args.map))
     delimiter = {"tab": "\t", "\\t": "\t"}.get(args.delimiter, args.delimiter)
     options = ci.ImportOptions(args.file, mapping, args.topic, args.encoding, delimiter, args.dry_run, settings.catalog)
     conn = settings.connection()
@@ -335,8 +197,8 @@ values:
 resuming:
   The current crm.profiles table is read first; a line is published only if it changes the customer's profile
   (updated_at compared only when the file gives it). The same file again publishes nothing; after a crash, run
-  the same command again. Lines older than the topic's profile (updated_at) and erased customers (tombstone)
-  are skipped with a warning.
+  the same command again. Lines that differ from the topic's profile but are older (updated_at), and erased
+  customers (tombstone), are skipped with a warning.
 
 exit codes:
   0  every line imported (or unchanged)
