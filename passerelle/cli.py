@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "passerelle.commands.campaign_counts",
     "passerelle.commands.crm_normalizer",
     "passerelle.commands.crm_activity",
+    "passerelle.commands.postview",
     "passerelle.commands.crm",
     "passerelle.commands.remarketing",
     "passerelle.commands.emailing",
@@ -33,6 +34,9 @@ COMMAND_MODULES = (
     "passerelle.commands.demo",
     "passerelle.commands.demo_crm",
     "passerelle.commands.collector",
+    "passerelle.commands.api",
+    "passerelle.commands.partners",
+    "passerelle.commands.campaigns",
     "passerelle.commands.generate",
     "passerelle.commands.bench",
 )

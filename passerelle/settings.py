@@ -503,3 +503,71 @@ class CrmNormalizerSettings(ProcessorSettings):
         from passerelle.streams.crm_normalizer.rules import NormalizerConfig
 
         return NormalizerConfig(consent_channel=self.crm_normalizer_consent_channel)
+
+
+# --- post-view --------------------------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from passerelle.streams.postview.rules import PostViewConfig
+
+
+class PostViewSettings(ProcessorSettings):
+    """Settings of ``passerelle postview``: the runtime's, plus the post-view window and attribution."""
+
+    postview_window_hours: float = Field(
+        default=24, gt=0, description="How long after an impression a visit or an order is credited to it"
+    )
+    postview_attribution: str = Field(
+        default="last",
+        pattern="^(last|all)$",
+        description="last: the most recent impression wins (one PostView per visit or order); all: one per campaign",
+    )
+    postview_grace_minutes: float = Field(
+        default=60, ge=0, description="How long after the window an impression is kept, for hits that arrive late"
+    )
+    postview_visitor_ttl_hours: float = Field(
+        default=6, gt=0, description="How long a visitor's current visit and orders are remembered (beyond a visit)"
+    )
+
+    def to_config(self) -> PostViewConfig:
+        """The post-view rules, in the milliseconds they count in."""
+        from passerelle.streams.postview.rules import ALL, LAST, PostViewConfig
+
+        return PostViewConfig(
+            window_ms=max(1, int(self.postview_window_hours * 3_600_000)),
+            attribution=ALL if self.postview_attribution == ALL else LAST,
+            grace_ms=int(self.postview_grace_minutes * 60_000),
+            visitor_ttl_ms=max(1, int(self.postview_visitor_ttl_hours * 3_600_000)),
+        )
+
+
+# --- partner API ------------------------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from passerelle.connectors.partner_api.config import ApiConfig
+
+
+class ApiSettings(PasserelleSettings):
+    """Settings of ``passerelle api``: where the partner API listens and its limits."""
+
+    api_host: str = Field(default="127.0.0.1", description="Address the partner API binds")
+    api_port: int = Field(default=8090, ge=1, le=65535, description="Partner API's HTTP port")
+    api_max_batch_urls: int = Field(default=1000, ge=1, description="Most URLs in one POST /v1/campaigns/urls")
+    api_max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body, in bytes")
+    api_start_timeout_seconds: float = Field(
+        default=30, gt=0, description="Time to read the keys, campaigns and undeclared tables at start"
+    )
+
+    def api_config(self) -> ApiConfig:
+        """The plain configuration the API takes (it cannot import ``passerelle.settings``)."""
+        from passerelle.connectors.partner_api.config import ApiConfig
+
+        return ApiConfig(
+            bootstrap_servers=self.bootstrap_servers,
+            schema_registry_url=self.schema_registry_url,
+            catalog_path=self.catalog,
+            max_batch_urls=self.api_max_batch_urls,
+            max_body_bytes=self.api_max_body_bytes,
+            start_timeout_s=self.api_start_timeout_seconds,
+            connection=self.connection(),
+        )

@@ -516,3 +516,55 @@ class WebActivityDelta(AvroModel):
 
 
 MODELS[WebActivityDelta.schema_name] = WebActivityDelta
+
+
+class PostViewKind(StrEnum):
+    """What followed a display impression (Avro enum ``passerelle.PostViewKind``)."""
+
+    VISIT = "visit"
+    ORDER = "order"
+
+
+class PostView(AvroModel):
+    """A visit or an order preceded by a display impression within the post-view window (``PostView.avsc``)."""
+
+    schema_name: ClassVar[str] = "PostView"
+
+    postview_id: str
+    kind: PostViewKind
+    visitor_id: str
+    customer_id: str | None = None
+    site: str
+    campaign_key: str
+    impression_id: str
+    impression_time: EpochMillis
+    impressions: int = Field(ge=1)
+    event_id: str
+    visit_id: str
+    event_time: EpochMillis
+    delay_ms: int = Field(gt=0)
+    visit_medium: str
+    visit_campaign: str | None = None
+    order_id: str | None = None
+    revenue: float | None = None
+    currency: str | None = None
+
+
+MODELS[PostView.schema_name] = PostView
+
+
+class PartnerKey(AvroModel):
+    """A partner API key, stored hashed, keyed by key id (``PartnerKey.avsc``, topic ``partners.keys``)."""
+
+    schema_name: ClassVar[str] = "PartnerKey"
+
+    key_id: str
+    partner: str
+    scopes: list[str]
+    secret_hash: str
+    created_at: EpochMillis
+    revoked_at: EpochMillis | None = None
+    label: str | None = None
+
+
+MODELS[PartnerKey.schema_name] = PartnerKey

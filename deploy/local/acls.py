@@ -63,7 +63,10 @@ CATALOG_TOPICS = (
     "identity.links",
     "campaigns",
     "campaigns.undeclared",
+    "campaigns.declarations",
+    "partners.keys",
     "ads.impressions",
+    "ads.postview",
     "partners.metrics",
     "carts.abandoned",
     "campaigns.live",
@@ -357,6 +360,36 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
             prefixed=True,
         ),
     ),
+    "postview": (
+        Grant(TOPIC, ("ads.impressions", "hits.enriched"), ("READ",), "its inputs: impressions and enriched hits"),
+        Grant(TOPIC, ("crm.profiles", "privacy.requests"), ("READ",), "lookup tables: CRM profiles, privacy requests"),
+        Grant(TOPIC, ("ads.postview", DEAD_LETTERS), ("WRITE",), "its output, and dead letters"),
+        Grant(
+            TOPIC,
+            ("passerelle-postview-",),
+            ("CREATE", "READ", "WRITE"),
+            "its state changelogs `passerelle-postview-<store>-changelog`",
+            prefixed=True,
+        ),
+        Grant(
+            GROUP,
+            (
+                "passerelle-postview",
+                "passerelle-postview-restore",
+                "passerelle-table-crm.profiles",
+                "passerelle-table-privacy.requests",
+            ),
+            ("READ",),
+            "its consumer group, the restore reader's and the lookup tables' readers' groups",
+        ),
+        Grant(
+            TRANSACTIONAL_ID,
+            ("passerelle-postview-",),
+            ("WRITE",),
+            "exactly-once: transactional id `passerelle-postview-<instance id>`",
+            prefixed=True,
+        ),
+    ),
     "remarketing": (
         Grant(
             TOPIC,
@@ -413,6 +446,46 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
             ("passerelle-crm-import",),
             ("READ",),
             "its reader names the `passerelle-crm-import` group (assign only, never committed)",
+        ),
+    ),
+    "api": (
+        Grant(
+            TOPIC,
+            ("partners.keys", "campaigns", "campaigns.undeclared"),
+            ("READ",),
+            "`passerelle api` follows the keys, the declared campaigns and the undeclared tags (tables read whole)",
+        ),
+        Grant(
+            TOPIC,
+            ("campaigns",),
+            ("WRITE",),
+            "declarations, changes and deletions (tombstones) of campaigns (idempotent producer)",
+        ),
+        Grant(
+            GROUP,
+            ("passerelle-api-partners.keys", "passerelle-api-campaigns", "passerelle-api-campaigns.undeclared"),
+            ("READ",),
+            "its table readers name a `passerelle-api-<topic>` group (assign only, never committed)",
+        ),
+    ),
+    "partners-admin": (
+        Grant(
+            TOPIC,
+            ("partners.keys",),
+            ("READ", "WRITE"),
+            "`passerelle partners add|list|revoke`: reads the keys table, publishes a new or revoked key",
+        ),
+        Grant(
+            TOPIC,
+            ("campaigns", "campaigns.undeclared"),
+            ("READ",),
+            "`passerelle campaigns undeclared`: the undeclared tags less the declared campaigns",
+        ),
+        Grant(
+            GROUP,
+            ("passerelle-api-partners.keys", "passerelle-api-campaigns", "passerelle-api-campaigns.undeclared"),
+            ("READ",),
+            "the commands read those tables as the API does, naming a `passerelle-api-<topic>` group (assign only)",
         ),
     ),
 }

@@ -37,6 +37,18 @@ def _enrich(args: argparse.Namespace) -> int:
     return enrich.main(argv, settings.bootstrap_servers, settings.schema_registry_url)
 
 
+def _postview(args: argparse.Namespace) -> int:
+    from bench import postview
+
+    settings = load()
+    argv = [
+        "--records", str(args.records), "--rounds", str(args.rounds), "--commit-ms", str(args.commit_ms),
+        "--min-commit-ms", str(args.min_commit_ms), "--batch-size", str(args.batch_size),
+        "--timeout", str(args.timeout),
+    ]  # fmt: skip
+    return postview.main(argv, settings.bootstrap_servers, settings.schema_registry_url)
+
+
 def _collector(args: argparse.Namespace) -> int:
     from bench import collector
 
@@ -92,6 +104,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     enrich.add_arguments(q)
     q.set_defaults(func=_enrich)
+    from bench import postview
+
+    q = bsub.add_parser(
+        "postview",
+        help="post-view processor (at-least-once, exactly-once) vs the raw loop doing the same join",
+        description=postview.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    postview.add_arguments(q)
+    q.set_defaults(func=_postview)
     q = bsub.add_parser(
         "collector",
         help="HTTP collector: accepted events/s for pixel hits and batches of 100, on loopback",

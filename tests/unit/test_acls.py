@@ -43,7 +43,7 @@ def allowed(component: str, resource: str, name: str, operation: str) -> bool:
 def runtime_processors() -> dict[str, tuple[str, Callable[[], Any]]]:
     """Each runtime processor's principal: (the command's default app id, the processor the command builds)."""
     from passerelle import settings as s
-    from passerelle.commands import campaign_counts, carts, crm_activity, crm_normalizer, enrich
+    from passerelle.commands import campaign_counts, carts, crm_activity, crm_normalizer, enrich, postview
 
     return {
         "enrich": ("enrich", lambda: enrich.build(s.EnrichmentSettings())),
@@ -52,6 +52,7 @@ def runtime_processors() -> dict[str, tuple[str, Callable[[], Any]]]:
         "crm-normalizer": ("crm-normalizer", lambda: crm_normalizer.build(s.CrmNormalizerSettings())),
         "crm-activity": ("crm-activity", lambda: crm_activity.build(s.CrmActivitySettings())),
         "crm-activity-messages": ("crm-activity-messages", lambda: crm_activity.build_messages(s.ProcessorSettings())),
+        "postview": ("postview", lambda: postview.build(s.PostViewSettings())),
     }
 
 
@@ -124,6 +125,17 @@ def test_new_crm_processors_read_and_write_only_their_topics() -> None:
         assert not allowed(component, acls.TOPIC, "connect.offsets", "READ"), component
 
 
+def test_postview_reads_and_writes_only_its_topics() -> None:
+    bindings = acls.bindings("postview")
+    topics = {(n, op) for r, n, _, op, _ in bindings if r == acls.TOPIC and not n.startswith("passerelle-")}
+    assert topics == {
+        ("ads.impressions", "READ"), ("hits.enriched", "READ"), ("crm.profiles", "READ"), ("privacy.requests", "READ"),
+        ("ads.postview", "WRITE"), (acls.DEAD_LETTERS, "WRITE"),
+    }  # fmt: skip
+    assert "ads.postview" in acls.CATALOG_TOPICS
+    assert not allowed("postview", acls.TOPIC, "ads.impressions", "WRITE")
+
+
 def test_crm_import_reads_and_writes_the_profiles_under_its_own_group(monkeypatch: pytest.MonkeyPatch) -> None:
     """The group `passerelle crm import` names to read the table (assign only) is the one the table grants."""
     from passerelle.commands import crm
@@ -175,3 +187,36 @@ def test_every_binding_becomes_an_acl_and_deny_is_deny() -> None:
         ("User:crm-activity", "passerelle-crm-activity-messages-", AclOperation.ALL),
     ]
     assert set(acls.COMPONENTS) >= {"crm-normalizer", "crm-activity", "crm-activity-messages", "crm-import"}
+
+
+def test_the_partner_api_and_its_admin_commands_reach_only_their_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`passerelle api` reads keys, campaigns and undeclared tags and writes campaigns; `partners` owns the keys."""
+    from passerelle.connectors.partner_api import tables
+    from passerelle.connectors.partner_api.config import ApiTopics
+    from passerelle.schemas import clients
+
+    groups: list[str] = []
+
+    class Stop(Exception):
+        pass
+
+    def consumer(conn: Any, group_id: str, *args: Any, **kwargs: Any) -> Any:
+        groups.append(group_id)
+        raise Stop
+
+    monkeypatch.setattr(clients, "consumer", consumer)
+    topics = ApiTopics()
+    for topic in (topics.keys, topics.campaigns, topics.undeclared):
+        with pytest.raises(Stop):
+            tables.TableFollower(clients.Connection.plain("127.0.0.1:1"), topic).start()
+    for component in ("api", "partners-admin"):
+        for topic, group in zip((topics.keys, topics.campaigns, topics.undeclared), groups, strict=True):
+            assert allowed(component, acls.TOPIC, topic, "READ") and allowed(component, acls.GROUP, group, "READ")
+    assert allowed("api", acls.TOPIC, topics.campaigns, "WRITE")
+    assert not allowed("api", acls.TOPIC, topics.keys, "WRITE")  # the API never makes nor revokes keys
+    assert allowed("partners-admin", acls.TOPIC, topics.keys, "WRITE")
+    assert not allowed("partners-admin", acls.TOPIC, topics.campaigns, "WRITE")
+    for component in ("api", "partners-admin"):
+        assert not [g for g in acls.GRANTS[component] if g.resource in (acls.CLUSTER, acls.TRANSACTIONAL_ID)]
+        assert acls.registry_role(component) == "read"
+    assert {"campaigns.declarations", "partners.keys"} <= set(acls.CATALOG_TOPICS)

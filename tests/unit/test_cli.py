@@ -45,7 +45,8 @@ COMMANDS = [
     ["emailing", "bridge"], ["emailing", "export"], ["emailing", "standin"], ["campaign-counts"],
     ["crm-normalizer"], ["crm-activity"], ["crm-activity-messages"], ["crm"], ["crm", "import"], ["connect"],
     ["connect", "apply"], ["connect", "status"], ["connect", "manifest"], ["connect", "restart"],
-    ["connect", "pause"], ["connect", "resume"], ["connect", "delete"], ["demo-crm"],
+    ["connect", "pause"], ["connect", "resume"], ["connect", "delete"], ["demo-crm"], ["api"], ["partners"],
+    ["partners", "add"], ["partners", "list"], ["partners", "revoke"], ["campaigns"], ["campaigns", "undeclared"],
 ]  # fmt: skip
 
 
@@ -61,7 +62,7 @@ def test_top_level_help_lists_the_commands() -> None:
     out = run("--help").stdout
     for name in ("up", "down", "status", "registry", "schemas", "topics", "demo", "collector", "enrich", "carts",
                  "remarketing", "generate", "bench", "campaign-counts", "crm-normalizer", "crm-activity",
-                 "crm-activity-messages", "crm", "connect", "demo-crm"):  # fmt: skip
+                 "crm-activity-messages", "crm", "connect", "demo-crm", "api", "partners", "campaigns"):  # fmt: skip
         assert f"    {name}" in out
 
 

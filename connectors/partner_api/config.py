@@ -1,0 +1,48 @@
+"""The partner API's configuration: a plain dataclass (``connectors`` never imports ``passerelle.settings``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from passerelle.schemas.clients import Connection, Connects
+
+
+class ApiStartupError(Exception):
+    """The API cannot start for a reason the operator can fix (topic missing, registry or schema unusable)."""
+
+    user_error = True
+
+
+@dataclass(frozen=True)
+class ApiTopics:
+    """Topic names, overridable so tests and several deployments can share a cluster."""
+
+    campaigns: str = "campaigns"
+    undeclared: str = "campaigns.undeclared"
+    keys: str = "partners.keys"
+
+
+@dataclass(frozen=True)
+class ApiConfig(Connects):
+    """Everything ``passerelle api`` needs; the settings layer (``ApiSettings``) builds it from the environment."""
+
+    bootstrap_servers: str
+    schema_registry_url: str
+    topics: ApiTopics = field(default_factory=ApiTopics)
+    catalog_path: Path | None = None
+    max_batch_urls: int = 1000
+    max_body_bytes: int = 1024 * 1024
+    start_timeout_s: float = 30.0
+    produce_timeout_s: float = 10.0
+    auto_register_schemas: bool = True
+    connection: Connection | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_batch_urls < 1:
+            problems.append(f"max_batch_urls must be >= 1, got {self.max_batch_urls}")
+        if self.max_body_bytes < 1024:
+            problems.append(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        if problems:
+            raise ApiStartupError("invalid partner API configuration: " + "; ".join(problems))
