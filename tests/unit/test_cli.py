@@ -47,6 +47,7 @@ COMMANDS = [
     ["connect", "apply"], ["connect", "status"], ["connect", "manifest"], ["connect", "restart"],
     ["connect", "pause"], ["connect", "resume"], ["connect", "delete"], ["demo-crm"], ["api"], ["partners"],
     ["partners", "add"], ["partners", "list"], ["partners", "revoke"], ["campaigns"], ["campaigns", "undeclared"],
+    ["postview"], ["bench", "postview"],
 ]  # fmt: skip
 
 
@@ -62,7 +63,8 @@ def test_top_level_help_lists_the_commands() -> None:
     out = run("--help").stdout
     for name in ("up", "down", "status", "registry", "schemas", "topics", "demo", "collector", "enrich", "carts",
                  "remarketing", "generate", "bench", "campaign-counts", "crm-normalizer", "crm-activity",
-                 "crm-activity-messages", "crm", "connect", "demo-crm", "api", "partners", "campaigns"):  # fmt: skip
+                 "crm-activity-messages", "crm", "connect", "demo-crm", "api", "partners", "campaigns",
+                 "postview"):  # fmt: skip
         assert f"    {name}" in out
 
 
