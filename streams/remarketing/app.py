@@ -31,9 +31,13 @@ both win).
 
 Delivery: at least once (``config.py`` says why no more). The command agent
 awaits the broker's acknowledgement of every message before it writes the
-state that records it; so a crash can only lose the state write (the command
-is then redelivered and the message sent again, with the same deterministic
-``message_id``), never the message.
+state that records it, and no input offset is committed before the state
+writes of the commands before it are acknowledged on their changelogs
+(``durability.py``: faust's own flush before a commit does not guarantee it).
+So a crash can only lose state writes whose command is then redelivered (and
+its message sent again, with the same deterministic ``message_id``), never
+the message, and never a state write of a command already committed (an
+order's cancellation, a step 1's state).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from passerelle.streams.remarketing.commands import (
     visitor_privacy_command,
 )
 from passerelle.streams.remarketing.config import CATALOG_TOPICS, PROCESSOR, RemarketingConfig
+from passerelle.streams.remarketing.durability import durable_commits
 from passerelle.streams.remarketing.handler import CommandHandler, VisitorRouter
 from passerelle.streams.remarketing.metrics import RemarketingMetrics
 from passerelle.streams.remarketing.sequence import Outcome, Sequencer, next_due
@@ -201,6 +206,8 @@ def build_app(
     commands = raw_topic(config.command_topic, partitions=config.partitions, internal=True)
     visitors = raw_topic(config.visitor_topic, partitions=config.partitions, internal=True)
     tables = {name: app.Table(name, partitions=config.partitions, key_type=str, value_type=bytes) for name in STORES}
+    # No offset committed before the table writes of the commands before it are on their changelogs (durability.py).
+    changelog_writes = durable_commits(app, tables.values())
 
     async def send_message(customer: str, message: dict[str, Any]) -> None:
         pending = await output.send(key=out_key.encode(customer), value=out_value.encode(message), force=True)
@@ -378,6 +385,7 @@ def build_app(
             await forward((customer, tick_command()))
 
     app.remarketing = {
-        "handler": handler, "router": router, "metrics": metrics, "gate": gate, "dead_letters": dead_letters, **tables,
+        "handler": handler, "router": router, "metrics": metrics, "gate": gate, "dead_letters": dead_letters,
+        "changelog_writes": changelog_writes, **tables,
     }  # fmt: skip
     return app
