@@ -389,6 +389,16 @@ class Runner:
                     if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                         known = classify(exc.args[0], conn, f"'{topic}'")
                         raise known or FatalRuntimeError(f"cannot create changelog {topic}: {exc}") from None
+            # A topic just created reaches the metadata of every broker a moment later: wait for it, or the
+            # first restore asks for the end of a partition the clients do not know yet.
+            names = {t.topic for t in missing}
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                listed = admin.list_topics(timeout=10).topics
+                if all(n in listed and listed[n].error is None and len(listed[n].partitions) == partitions
+                       for n in names):  # fmt: skip
+                    break
+                time.sleep(0.1)
 
     # --- rebalance ------------------------------------------------------------
 
@@ -502,7 +512,7 @@ class Runner:
         where = [(spec.changelog_topic(app), p) for p in partitions for spec in self._stores]
 
         def query(wanted: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, int]]:
-            return {(t, p): rc.get_watermark_offsets(TopicPartition(t, p), timeout=30, cached=False) for t, p in wanted}
+            return {(t, p): _watermarks(rc, t, p) for t, p in wanted}
 
         ends = query(where)
         if self.config.exactly_once and self._admin is not None and where:
@@ -1075,3 +1085,27 @@ class Runner:
             self._restore_consumer.close()
         for table in self._tables.values():
             table.close()
+
+
+UNKNOWN_YET = (KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART)
+"""What a client says of a partition its metadata does not have yet (a changelog created a moment ago)."""
+
+
+def _watermarks(client: Any, topic: str, partition: int, patience_s: float = 30.0) -> tuple[int, int]:
+    """(low, high) of a partition from the broker, waiting a bounded time for the client to learn of the topic.
+
+    librdkafka answers "Unknown partition" at once, without asking the broker,
+    while its metadata lacks the topic: refresh it and ask again rather than
+    let a just-created changelog stop the processor.
+    """
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            low, high = client.get_watermark_offsets(TopicPartition(topic, partition), timeout=30, cached=False)
+            return int(low), int(high)
+        except KafkaException as exc:
+            if exc.args[0].code() not in UNKNOWN_YET or time.monotonic() > deadline:
+                raise
+        with contextlib.suppress(KafkaException):
+            client.list_topics(topic, timeout=5)
+        time.sleep(0.1)
