@@ -1,7 +1,7 @@
 """Kafka Connect's JSON wire format (``JsonConverter``, ``schemas.enable=true``), for the platform's Connect edge.
 
 No Avro converter that speaks the Confluent registry API can be obtained for
-the Connect workers (docs: ARCHITECTURE.md, "Kafka Connect"), so topics that a
+the Connect workers (docs/connect.md, "Topics and converters"), so topics that a
 connector reads or writes carry JSON: the key as plain UTF-8 text
 (``StringConverter``), the value as ``{"schema": <Connect schema>, "payload":
 <value>}``. Sources (Debezium) write it, sinks (the JDBC sink) need the schema
