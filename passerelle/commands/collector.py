@@ -8,59 +8,16 @@ one ``error:`` line at once, not a log of a half-started server.
 from __future__ import annotations
 
 import argparse
-import errno
-import signal
-import socket
-import sys
-from typing import TYPE_CHECKING
 
 from passerelle.errors import PasserelleError
 from passerelle.settings import CollectorSettings, load
-
-if TYPE_CHECKING:
-    import uvicorn
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A bound socket, or a one-line error saying why not."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise PasserelleError(
-                f"port {port} on {host} is already in use (another collector running? "
-                "set PASSERELLE_COLLECTOR_PORT or --port)"
-            ) from exc
-        raise PasserelleError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    return sock
-
-
-def _server(config: uvicorn.Config, host: str, port: int, topic: str) -> uvicorn.Server:
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """Says once when it accepts requests; SIGTERM ends it with status 0 (how supervisors stop it)."""
-
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets=sockets)
-            if self.started:
-                print(f"collector listening on http://{host}:{port} (topic {topic})", file=sys.stderr, flush=True)
-
-        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().shutdown(sockets=sockets)
-            self._captured_signals = [sig for sig in self._captured_signals if sig != signal.SIGTERM]
-
-    return Server(config)
 
 
 def _run(args: argparse.Namespace) -> int:
     from passerelle.connectors.collector.app import create_app
     from passerelle.connectors.collector.producer import HitProducer
     from passerelle.connectors.collector.server import uvicorn_config
+    from passerelle.connectors.serving import Server, bind, url_of
 
     settings = load(CollectorSettings)
     assert isinstance(settings, CollectorSettings)
@@ -71,13 +28,14 @@ def _run(args: argparse.Namespace) -> int:
     config = settings.collector_config(topic=args.topic)
     host = args.host or settings.collector_host
     port = args.port or settings.collector_port
-    sock = bind(host, port)
+    sock = bind(host, port, service="collector", port_setting="PASSERELLE_COLLECTOR_PORT")
     producer = HitProducer(config)
     try:
         producer.start()  # schemas and Kafka client before serving: start-up errors are one line
         app = create_app(config, producer=producer)
         options = {"log_level": "warning", "access_log": False, "lifespan": "on"}
-        server = _server(uvicorn_config(app, config, **options), host, port, config.topic)
+        ready = f"collector listening on {url_of(host, port)} (topic {config.topic})"
+        server = Server(uvicorn_config(app, config, **options), ready)
         server.run(sockets=[sock])
         if not server.started:
             raise PasserelleError("the collector did not start (see the log above)")
