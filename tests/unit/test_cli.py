@@ -52,11 +52,22 @@ COMMANDS = [
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))
-def test_every_command_has_help(command: list[str]) -> None:
-    proc = run(*command, "--help")
+def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """In-process (the parser is the same); ``test_help_runs_as_a_program`` covers the process itself."""
+    from passerelle.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main([*command, "--help"])
+    assert stopped.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: passerelle")
+    assert len(out.splitlines()) > 3
+
+
+def test_help_runs_as_a_program() -> None:
+    proc = run("crm", "import", "--help")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("usage: passerelle")
-    assert len(proc.stdout.splitlines()) > 3
+    assert proc.stdout.startswith("usage: passerelle crm import")
 
 
 def test_top_level_help_lists_the_commands() -> None:
