@@ -35,7 +35,9 @@ from typing import Any
 
 from confluent_kafka.admin import NewTopic
 
-from bench.runtime import ROOT, cleanup, delete
+from bench import report
+from bench.report import ROOT
+from bench.runtime import cleanup, delete
 from passerelle.schemas.catalog import load_catalog
 from passerelle.schemas.clients import Connection, admin_client, produce, producer, registry_client
 from passerelle.schemas.serde import AvroEncoder, write_long
@@ -176,20 +178,15 @@ def outputs(conn: Connection, output: str) -> None:
 
 
 def throughput(impl: str, args: argparse.Namespace, conn: Connection, env: dict[str, str], tag: str) -> dict[str, Any]:
-    import json
-
     env = {**env, "output": f"bench.enriched.{impl}.{tag}"}
     outputs(conn, env["output"])
     cmd = worker_cmd(impl, args, conn, env, args.records, f"bench-enrich-{impl}-{tag}")
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout, check=False)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    delete(conn, [env["output"], env["output"] + ".links", env["output"] + ".undeclared"])
-    # Its changelogs too, now: compacting them would load the broker during the next runs.
-    cleanup(conn, f"bench-enrich-{impl}-{tag}")
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{impl} worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    try:
+        return report.worker_result(impl, cmd, args.timeout)
+    finally:
+        delete(conn, [env["output"], env["output"] + ".links", env["output"] + ".undeclared"])
+        # Its changelogs too, now: compacting them would load the broker during the next runs.
+        cleanup(conn, f"bench-enrich-{impl}-{tag}")
 
 
 def latency(
@@ -248,19 +245,14 @@ def run(args: argparse.Namespace, conn: Connection) -> str:
     Producer_(conn, env["crm"], "CrmProfile").send(profiles)
     print(f"producing {args.records} hits ...", file=sys.stderr, flush=True)
     Producer_(conn, env["input"], "Hit").hits(0, args.records)
-    rates: dict[str, list[float]] = {i: [] for i in IMPLS}
-    rss: dict[str, float] = {i: 0.0 for i in IMPLS}
     if args.latency_only:
         only = latency(args.latency_impl, args.latency_only, args, conn, env, tag)
         cleanup(conn, "bench", tag)
         return json.dumps(only)
-    for round_ in range(args.rounds):
-        for impl in IMPLS if round_ % 2 == 0 else tuple(reversed(IMPLS)):
-            res = throughput(impl, args, conn, env, f"{tag}-{round_}")
-            rates[impl].append(res["records"] / res["elapsed"])
-            rss[impl] = max(rss[impl], res["peak_rss_mb"])
-            print(f"round {round_ + 1} {impl:<4} {rates[impl][-1]:>9,.0f} hits/s", file=sys.stderr, flush=True)
-    med = {i: statistics.median(r) for i, r in rates.items()}
+    rates, rss = report.interleaved(
+        IMPLS, args.rounds, lambda impl, round_: throughput(impl, args, conn, env, f"{tag}-{round_}"), "hits/s"
+    )
+    med = report.medians(rates)
     runs: dict[str, list[dict[str, float]]] = {"alo": [], "eos": []}
     if args.latency_seconds > 0:
         for n in range(args.latency_runs):  # interleaved, so that a noisy moment hits both guarantees
@@ -275,10 +267,8 @@ def run(args: argparse.Namespace, conn: Connection) -> str:
         f"enrichment bench: {args.records} hits, {VISITORS} visitors, {CUSTOMERS} CRM profiles, {args.rounds} "
         f"round(s), medians; commit interval {args.commit_ms} ms (latency runs: "
         f"{args.latency_commit_ms or args.commit_ms} ms)",
-        f"{'implementation':<32}{'hits/s':>10}{'x raw':>8}{'peak RSS MB':>13}",
+        *report.table(labels, med, rss, "hits/s", 10),
     ]
-    for impl in IMPLS:
-        lines.append(f"{labels[impl]:<32}{med[impl]:>10,.0f}{med[impl] / med['raw']:>8.2f}{rss[impl]:>13.0f}")
     for impl, r in lat.items():
         each = " / ".join(f"{x['p99']:.1f}" for x in runs[impl])
         lines.append(
@@ -334,15 +324,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None, bootstrap: str | None = None, registry: str | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.enrich", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--bootstrap", default=bootstrap or "127.0.0.1:9092")
-    parser.add_argument("--registry", default=registry or "http://127.0.0.1:8081")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    conn = Connection.plain(args.bootstrap, args.registry)  # the local stack: no security properties
-    print(run(args, conn), flush=True)
-    return 0
+    return report.main("python -m bench.enrich", __doc__, add_arguments, run, argv, bootstrap, registry)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from bench.workers import _report
+from bench.loops import RawLoop, output_codec
 from passerelle.schemas import clients
 from passerelle.schemas.clients import DEAD_LETTER_TOPIC, Connection
 
@@ -57,35 +57,21 @@ def run_raw(args: argparse.Namespace) -> None:
     import fastavro
 
     from passerelle.schemas.catalog import load_catalog
-    from passerelle.schemas.serde import AvroEncoder, SchemaCache, registry_fetcher
     from passerelle.streams.enrichment.enricher import Enricher
 
     conn = Connection.plain(args.bootstrap, args.registry)
-    catalog = load_catalog()
-    client = clients.registry_client(conn)
-    enc = AvroEncoder.for_subject(client, f"{args.output}-value", catalog.schema_text("EnrichedHit"))
-    key_enc = AvroEncoder.for_subject(client, f"{args.output}-key", '"string"')
-    writer, header = enc.schema, enc.header
-    cache = SchemaCache(registry_fetcher(client))
+    writer, header, key_enc, cache = output_codec(conn, args.output, load_catalog().schema_text("EnrichedHit"))
     campaigns = read_table(conn, args.campaigns)
     crm = read_table(conn, args.crm)
     enricher = Enricher()
     state: dict[str, Any] = {}
-    # The factories' defaults: no auto-commit (the loop commits); idempotent, acks=all, murmur2_random.
-    consumer = clients.consumer(conn, args.group, {"auto.offset.reset": "earliest"})
-    producer = clients.producer(conn, {"linger.ms": 5, "queue.buffering.max.messages": 500_000})
-    consumer.subscribe([args.input])
-    done, started = 0, 0.0
+    loop = RawLoop(conn, args.group, [args.input])
+    producer, done = loop.producer, 0
     reader, write = fastavro.schemaless_reader, fastavro.schemaless_writer
     while done < args.records:
-        msgs = consumer.consume(5000, timeout=0)
+        msgs = loop.batch()
         if not msgs:
-            first = consumer.poll(0.05)
-            if first is None:
-                continue
-            msgs = [first, *consumer.consume(4999, timeout=0)]
-        if not started:
-            started = time.perf_counter()
+            continue
         now = time.time_ns() // 1_000_000
         for msg in msgs:
             if msg.error():
@@ -102,17 +88,15 @@ def run_raw(args: argparse.Namespace) -> None:
             except BufferError:  # queue full: wait for delivery reports (off the measured fast path)
                 clients.produce(producer, args.output, out.getvalue(), key_enc.encode(visitor))
             done += 1
-        producer.poll(0)
-        consumer.commit(asynchronous=True)
-    producer.flush(60)
-    _report(started, done)
-    consumer.close()
+        loop.end_batch()
+    loop.finish(done)
 
 
 def run_runtime(args: argparse.Namespace, exactly_once: bool) -> None:
+    from bench.runner import run_timed, runner_config
     from passerelle.schemas.catalog import load_catalog
     from passerelle.streams.enrichment.processor import EnrichmentProcessor, EnrichmentTopics
-    from passerelle.streams.runtime import Runner, RunnerConfig
+    from passerelle.streams.runtime import Runner
 
     catalog = load_catalog()
     topics = EnrichmentTopics(
@@ -120,38 +104,19 @@ def run_runtime(args: argparse.Namespace, exactly_once: bool) -> None:
         campaigns=args.campaigns, undeclared=args.output + ".undeclared", crm_profiles=args.crm,
         privacy_requests=None,  # the bench's topics have no privacy requests: measured as before
     )  # fmt: skip
-    processor = EnrichmentProcessor(topics)
-    runner = Runner(
-        processor,
-        RunnerConfig(
-            app_id=args.group,
-            bootstrap_servers=args.bootstrap,
-            schema_registry_url=args.registry,
-            output_schemas={
-                topics.hits_enriched: catalog.schema_text("EnrichedHit"),
-                topics.identity_links: catalog.schema_text("IdentityLink"),
-                topics.undeclared: catalog.schema_text("Campaign"),
-            },
-            exactly_once=exactly_once,
-            batch_size=args.batch_size,
-            commit_interval_ms=args.commit_ms,
-            min_commit_interval_ms=args.min_commit_ms,
-            dead_letter_topic=args.dlq,
-        ),
-    )
-    started = 0.0
+    output_schemas = {
+        topics.hits_enriched: catalog.schema_text("EnrichedHit"),
+        topics.identity_links: catalog.schema_text("IdentityLink"),
+        topics.undeclared: catalog.schema_text("Campaign"),
+    }
+    runner = Runner(EnrichmentProcessor(topics), runner_config(args, output_schemas, exactly_once))
     tail = _TailProbe(runner) if args.probe else None
 
-    def done() -> bool:
-        nonlocal started
-        if not started and runner.records_in:
-            started = time.perf_counter()
-        return runner.records_in >= args.records and runner.records_out >= args.records
+    def probed() -> None:  # the probe's line before the result line, which stays the last
+        if tail is not None:
+            print(json.dumps(tail.summary()), flush=True)
 
-    runner.run(until=done)
-    if tail is not None:
-        print(json.dumps(tail.summary()), flush=True)
-    _report(started or time.perf_counter(), runner.records_in)
+    run_timed(runner, args.records, "in+out", then=probed)
 
 
 class _TailProbe:

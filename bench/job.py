@@ -10,21 +10,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-HIT_SCHEMA = json.dumps(
-    {
-        "type": "record",
-        "name": "BenchHit",
-        "namespace": "passerelle.bench",
-        "fields": [
-            {"name": "event_id", "type": "string"},
-            {"name": "site", "type": "string"},
-            {"name": "visitor_id", "type": "string"},
-            {"name": "event_time", "type": "long"},
-            {"name": "type", "type": "string"},
-            {"name": "url", "type": "string"},
-        ],
-    }
-)
+HIT_FIELDS = [
+    {"name": "event_id", "type": "string"},
+    {"name": "site", "type": "string"},
+    {"name": "visitor_id", "type": "string"},
+    {"name": "event_time", "type": "long"},
+    {"name": "type", "type": "string"},
+    {"name": "url", "type": "string"},
+]
+
+HIT_SCHEMA = json.dumps({"type": "record", "name": "BenchHit", "namespace": "passerelle.bench", "fields": HIT_FIELDS})
 
 ENRICHED_SCHEMA = json.dumps(
     {
@@ -32,12 +27,7 @@ ENRICHED_SCHEMA = json.dumps(
         "name": "BenchEnrichedHit",
         "namespace": "passerelle.bench",
         "fields": [
-            {"name": "event_id", "type": "string"},
-            {"name": "site", "type": "string"},
-            {"name": "visitor_id", "type": "string"},
-            {"name": "event_time", "type": "long"},
-            {"name": "type", "type": "string"},
-            {"name": "url", "type": "string"},
+            *HIT_FIELDS,
             {"name": "gender", "type": ["null", "string"], "default": None},
             {"name": "age_band", "type": ["null", "string"], "default": None},
             {"name": "csp", "type": ["null", "string"], "default": None},

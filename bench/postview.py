@@ -28,18 +28,16 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import statistics
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from bench import report
 from bench.enrich import Producer_, create
-from bench.runtime import ROOT, cleanup, delete
-from bench.workers import _report
+from bench.loops import RawLoop, output_codec
+from bench.runtime import cleanup, delete
 from passerelle.schemas import clients
 from passerelle.schemas.catalog import load_catalog
 from passerelle.schemas.clients import Connection
@@ -105,33 +103,20 @@ def run_raw(args: argparse.Namespace) -> None:
     """(a) The plain confluent-kafka batch loop doing the same join with the same rules, state in a dict."""
     import fastavro
 
-    from passerelle.schemas.serde import AvroEncoder, SchemaCache, registry_fetcher
     from passerelle.streams.postview.rules import PostView
 
     conn = Connection.plain(args.bootstrap, args.registry)
-    client = clients.registry_client(conn)
-    enc = AvroEncoder.for_subject(client, f"{args.output}-value", load_catalog().schema_text("PostView"))
-    key_enc = AvroEncoder.for_subject(client, f"{args.output}-key", '"string"')
-    writer, header = enc.schema, enc.header
-    cache = SchemaCache(registry_fetcher(client))
+    writer, header, key_enc, cache = output_codec(conn, args.output, load_catalog().schema_text("PostView"))
     rules = PostView()
     state: dict[str, Any] = {}
-    # The factories' defaults: no auto-commit (the loop commits); idempotent, acks=all, murmur2_random.
-    consumer = clients.consumer(conn, args.group, {"auto.offset.reset": "earliest"})
-    producer = clients.producer(conn, {"linger.ms": 5, "queue.buffering.max.messages": 500_000})
-    consumer.subscribe([args.impressions, args.hits])
-    done, started = 0, 0.0
+    loop = RawLoop(conn, args.group, [args.impressions, args.hits])
+    producer, done = loop.producer, 0
     reader, write = fastavro.schemaless_reader, fastavro.schemaless_writer
     imp_topic = args.impressions
     while done < args.records:
-        msgs = consumer.consume(5000, timeout=0)
+        msgs = loop.batch()
         if not msgs:
-            first = consumer.poll(0.05)
-            if first is None:
-                continue
-            msgs = [first, *consumer.consume(4999, timeout=0)]
-        if not started:
-            started = time.perf_counter()
+            continue
         now = time.time_ns() // 1_000_000
         for msg in msgs:
             if msg.error():
@@ -159,49 +144,21 @@ def run_raw(args: argparse.Namespace) -> None:
                     producer.produce(args.output, out.getvalue(), key_enc.encode(visitor))
                 except BufferError:
                     clients.produce(producer, args.output, out.getvalue(), key_enc.encode(visitor))
-        producer.poll(0)
-        consumer.commit(asynchronous=True)
-    producer.flush(60)
-    _report(started, done)
-    consumer.close()
+        loop.end_batch()
+    loop.finish(done)
 
 
 def run_runtime(args: argparse.Namespace, exactly_once: bool) -> None:
     """(b), (c) The processor as `passerelle postview` runs it."""
+    from bench.runner import run_processor
     from passerelle.streams.postview.processor import PostViewProcessor, PostViewTopics
-    from passerelle.streams.runtime import Runner, RunnerConfig
 
     catalog = load_catalog()
     topics = PostViewTopics(impressions=args.impressions, hits_enriched=args.hits, postview=args.output,
                             crm_profiles=args.crm, privacy_requests=None)  # fmt: skip
-    runner = Runner(
-        PostViewProcessor(topics),
-        RunnerConfig(
-            app_id=args.group,
-            bootstrap_servers=args.bootstrap,
-            schema_registry_url=args.registry,
-            input_schemas={
-                args.impressions: catalog.schema_text("AdImpression"),
-                args.hits: catalog.schema_text("EnrichedHit"),
-            },
-            output_schemas={args.output: catalog.schema_text("PostView")},
-            exactly_once=exactly_once,
-            batch_size=args.batch_size,
-            commit_interval_ms=args.commit_ms,
-            min_commit_interval_ms=args.min_commit_ms,
-            dead_letter_topic=args.dlq,
-        ),
-    )
-    started = 0.0
-
-    def done() -> bool:
-        nonlocal started
-        if not started and runner.records_in:
-            started = time.perf_counter()
-        return runner.records_in >= args.records
-
-    runner.run(until=done)
-    _report(started or time.perf_counter(), runner.records_in)
+    inputs = {args.impressions: catalog.schema_text("AdImpression"), args.hits: catalog.schema_text("EnrichedHit")}
+    outputs = {args.output: catalog.schema_text("PostView")}
+    run_processor(PostViewProcessor(topics), args, outputs, exactly_once, input_schemas=inputs)
 
 
 def worker(argv: Sequence[str]) -> None:
@@ -235,14 +192,11 @@ def throughput(impl: str, args: argparse.Namespace, conn: Connection, env: dict[
         "--records", str(env["total"]), "--commit-ms", str(args.commit_ms), "--min-commit-ms", str(args.min_commit_ms),
         "--batch-size", str(args.batch_size),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout, check=False)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    delete(conn, [output])
-    cleanup(conn, group)  # its changelogs, group and subjects: compacting them would load the broker
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{impl} worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    try:
+        return report.worker_result(impl, cmd, args.timeout)
+    finally:
+        delete(conn, [output])
+        cleanup(conn, group)  # its changelogs, group and subjects: compacting them would load the broker
 
 
 def run(args: argparse.Namespace, conn: Connection) -> str:
@@ -257,28 +211,21 @@ def run(args: argparse.Namespace, conn: Connection) -> str:
     produce_all(conn, env["impressions"], "AdImpression", impressions(n_imps, now))
     produce_all(conn, env["hits"], "EnrichedHit", hits(args.records, now))
     env["total"] = str(n_imps + args.records)
-    rates: dict[str, list[float]] = {i: [] for i in IMPLS}
-    rss: dict[str, float] = {i: 0.0 for i in IMPLS}
     try:
-        for round_ in range(args.rounds):
-            for impl in IMPLS if round_ % 2 == 0 else tuple(reversed(IMPLS)):
-                res = throughput(impl, args, conn, env, f"{tag}-{round_}")
-                rates[impl].append(res["records"] / res["elapsed"])
-                rss[impl] = max(rss[impl], res["peak_rss_mb"])
-                print(f"round {round_ + 1} {impl:<4} {rates[impl][-1]:>9,.0f} records/s", file=sys.stderr, flush=True)
+        rates, rss = report.interleaved(
+            IMPLS, args.rounds, lambda impl, round_: throughput(impl, args, conn, env, f"{tag}-{round_}"), "records/s"
+        )
     finally:
         cleanup(conn, "bench.pv.", tag)
         cleanup(conn, "bench-postview-", tag)
-    med = {i: statistics.median(r) for i, r in rates.items()}
+    med = report.medians(rates)
     labels = {"raw": "(a) raw loop, same join", "alo": "(b) postview at-least-once",
               "eos": "(c) postview exactly-once"}  # fmt: skip
     lines = [
         f"post-view bench: {n_imps} impressions + {args.records} hits, {VISITORS} visitors, {args.rounds} round(s), "
         f"medians; commit interval {args.commit_ms} ms, batches of {args.batch_size}",
-        f"{'implementation':<32}{'records/s':>11}{'x raw':>8}{'peak RSS MB':>13}",
+        *report.table(labels, med, rss, "records/s", 11),
     ]
-    for impl in IMPLS:
-        lines.append(f"{labels[impl]:<32}{med[impl]:>11,.0f}{med[impl] / med['raw']:>8.2f}{rss[impl]:>13.0f}")
     each = "; ".join(f"{impl} " + " / ".join(f"{r:,.0f}" for r in rates[impl]) for impl in IMPLS)
     lines.append(f"rounds: {each}")
     lines.append(f"ratios: alo={med['alo'] / med['raw']:.2f} eos={med['eos'] / med['raw']:.2f}")
@@ -303,15 +250,7 @@ def main(argv: Sequence[str] | None = None, bootstrap: str | None = None, regist
     if argv[:1] == ["--worker"]:
         worker(argv[1:])
         return 0
-    parser = argparse.ArgumentParser(prog="python -m bench.postview", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--bootstrap", default=bootstrap or "127.0.0.1:9092")
-    parser.add_argument("--registry", default=registry or "http://127.0.0.1:8081")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    conn = Connection.plain(args.bootstrap, args.registry)  # the local stack: no security properties
-    print(run(args, conn), flush=True)
-    return 0
+    return report.main("python -m bench.postview", __doc__, add_arguments, run, argv, bootstrap, registry)
 
 
 if __name__ == "__main__":

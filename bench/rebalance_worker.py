@@ -30,10 +30,25 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from bench.job import ENRICHED_SCHEMA, crm_table, join
-from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, Runner, RunnerConfig, StoreSpec
+from bench.job import ENRICHED_SCHEMA, crm_table
+from bench.runner import Join
+from passerelle.streams.runtime import Context, InRecord, OutRecord, Runner, RunnerConfig, StoreSpec
 
 VISITS: StoreSpec[Any] = StoreSpec("visits")
+
+
+class StatefulJoin(Join):
+    """The bench job, keeping per visitor a hit count and the last six URLs."""
+
+    stores = (VISITS,)
+
+    def process(self, records: Sequence[InRecord], ctx: Context) -> Iterable[OutRecord]:
+        visits = ctx.store(VISITS)
+        for r in records:
+            visitor = r.value["visitor_id"]
+            seen = visits.get(visitor) or {"hits": 0, "urls": []}
+            visits.put(visitor, {"hits": seen["hits"] + 1, "urls": [*seen["urls"][-5:], r.value["url"]]})
+        return super().process(records, ctx)
 
 
 def _now_ms() -> int:
@@ -89,28 +104,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_format = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=log_format, datefmt="%H:%M:%S")
 
-    crm = crm_table()
-    output = args.output
-
-    class Enrich(Processor):
-        name = "bench-rebalance"
-        inputs = (args.input,)
-        outputs = (output,)
-
-        def process(self, records: Sequence[InRecord], ctx: Context) -> Iterable[OutRecord]:
-            return [OutRecord(output, r.key, join(r.value, crm)) for r in records]
-
-    class StatefulEnrich(Enrich):
-        stores = (VISITS,)
-
-        def process(self, records: Sequence[InRecord], ctx: Context) -> Iterable[OutRecord]:
-            visits = ctx.store(VISITS)
-            for r in records:
-                visitor = r.value["visitor_id"]
-                seen = visits.get(visitor) or {"hits": 0, "urls": []}
-                visits.put(visitor, {"hits": seen["hits"] + 1, "urls": [*seen["urls"][-5:], r.value["url"]]})
-            return super().process(records, ctx)
-
     runner_class = ObservedRunner
     if args.no_keep:
 
@@ -120,12 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         runner_class = NoKeepRunner
     runner = runner_class(
-        StatefulEnrich() if args.state else Enrich(),
+        (StatefulJoin if args.state else Join)("bench-rebalance", args.input, args.output, crm_table()),
         RunnerConfig(
             app_id=args.app_id,
             bootstrap_servers=args.bootstrap,
             schema_registry_url=args.registry,
-            output_schemas={output: ENRICHED_SCHEMA},
+            output_schemas={args.output: ENRICHED_SCHEMA},
             instance_id=args.instance,
             exactly_once=True,
             commit_interval_ms=args.commit_ms,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import subprocess
 import sys
@@ -25,12 +24,13 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from confluent_kafka.admin import NewTopic
 
+from bench import report as side_by_side
 from bench.job import HIT_SCHEMA, hit, visitor
+from bench.report import ROOT
 from passerelle.schemas.clients import (
     DEAD_LETTER_TOPIC,
     Connection,
@@ -43,7 +43,6 @@ from passerelle.schemas.clients import (
 from passerelle.schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
 
 IMPLS = ("raw", "alo", "eos", "faust")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -144,11 +143,7 @@ def run_worker(
         "--input", input_topic, "--output", output, "--group", f"bench-{impl}-{tag}", "--records", str(records),
         "--dlq", args.dlq, "--commit-ms", str(args.commit_ms),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout, check=False)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{impl} worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(lines[-1])
+    result = side_by_side.worker_result(impl, cmd, args.timeout)
     result["output"] = output
     cleanup(conn, f"bench-{impl}-{tag}")  # its changelogs now, not while others run
     return result
@@ -278,15 +273,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None, bootstrap: str | None = None, registry: str | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.runtime", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--bootstrap", default=bootstrap or "127.0.0.1:9092")
-    parser.add_argument("--registry", default=registry or "http://127.0.0.1:8081")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    conn = Connection.plain(args.bootstrap, args.registry)  # the local stack: no security properties
-    print(report(run(args, conn), args), flush=True)
-    return 0
+    return side_by_side.main(
+        "python -m bench.runtime", __doc__, add_arguments, lambda args, conn: report(run(args, conn), args),
+        argv, bootstrap, registry,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -12,31 +12,28 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import resource
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from bench.job import ENRICHED_SCHEMA, HIT_SCHEMA, crm_table, join
+from bench.loops import RawLoop, report
 from passerelle.schemas import clients
 from passerelle.schemas.clients import DEAD_LETTER_TOPIC, Connection
 
 
-def _report(started: float, records: float) -> None:
-    elapsed = time.perf_counter() - started
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"elapsed": elapsed, "records": records, "peak_rss_mb": rss_kb / 1024}), flush=True)
+def _codec(conn: Connection, output: str) -> tuple[Any, Any, bytes]:
+    """The hit's reader schema, the output's writer schema (registered) and its Confluent header."""
+    import fastavro
 
-
-def _registry_ids(conn: Connection, output: str) -> tuple[Any, Any, Any]:
     from passerelle.schemas.serde import AvroEncoder
 
     client = clients.registry_client(conn)
     value_enc = AvroEncoder.for_subject(client, f"{output}-value", ENRICHED_SCHEMA)
-    key_enc = AvroEncoder.for_subject(client, f"{output}-key", '"string"')
-    return client, value_enc, key_enc
+    AvroEncoder.for_subject(client, f"{output}-key", '"string"')
+    return fastavro.parse_schema(json.loads(HIT_SCHEMA)), value_enc.schema, value_enc.header
 
 
 def run_raw(args: argparse.Namespace) -> None:
@@ -44,26 +41,15 @@ def run_raw(args: argparse.Namespace) -> None:
     import fastavro
 
     conn = Connection.plain(args.bootstrap, args.registry)
-    _, value_enc, _ = _registry_ids(conn, args.output)
-    reader = fastavro.parse_schema(json.loads(HIT_SCHEMA))
-    writer = value_enc.schema
-    header = value_enc.header
+    reader, writer, header = _codec(conn, args.output)
     crm = crm_table()
-    # The factories' defaults: no auto-commit (the loop commits); idempotent, acks=all, murmur2_random.
-    consumer = clients.consumer(conn, args.group, {"auto.offset.reset": "earliest"})
-    producer = clients.producer(conn, {"linger.ms": 5, "queue.buffering.max.messages": 500_000})
-    consumer.subscribe([args.input])
-    done, started = 0, 0.0
+    loop = RawLoop(conn, args.group, [args.input])
+    producer, done = loop.producer, 0
     schemaless_reader, schemaless_writer = fastavro.schemaless_reader, fastavro.schemaless_writer
     while done < args.records:
-        msgs = consumer.consume(5000, timeout=0)  # what is queued, else wait for one record (as the runtime)
+        msgs = loop.batch()  # what is queued, else wait for one record (as the runtime)
         if not msgs:
-            first = consumer.poll(0.05)
-            if first is None:
-                continue
-            msgs = [first, *consumer.consume(4999, timeout=0)]
-        if not started:
-            started = time.perf_counter()
+            continue
         for msg in msgs:
             if msg.error():
                 continue
@@ -76,51 +62,16 @@ def run_raw(args: argparse.Namespace) -> None:
             except BufferError:  # queue full: wait for delivery reports (off the measured fast path)
                 clients.produce(producer, args.output, out.getvalue(), msg.key())
             done += 1
-        producer.poll(0)
-        consumer.commit(asynchronous=True)
-    producer.flush(60)
-    _report(started, done)
-    consumer.close()
+        loop.end_batch()
+    loop.finish(done)
 
 
 def run_runtime(args: argparse.Namespace, exactly_once: bool) -> None:
     """(b)/(c) The same job as a passerelle processor on the runtime."""
-    from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, Runner, RunnerConfig
+    from bench.runner import Join, run_processor
 
-    crm = crm_table()
-    output = args.output
-
-    class Enrich(Processor):
-        name = "bench-enrich"
-        inputs = (args.input,)
-        outputs = (output,)
-
-        def process(self, records: Sequence[InRecord], ctx: Context) -> Iterable[OutRecord]:
-            return [OutRecord(output, r.key, join(r.value, crm)) for r in records]
-
-    runner = Runner(
-        Enrich(),
-        RunnerConfig(
-            app_id=args.group,
-            bootstrap_servers=args.bootstrap,
-            schema_registry_url=args.registry,
-            output_schemas={output: ENRICHED_SCHEMA},
-            exactly_once=exactly_once,
-            batch_size=5000,
-            commit_interval_ms=args.commit_ms,
-            dead_letter_topic=args.dlq,
-        ),
-    )
-    started = 0.0
-
-    def done() -> bool:
-        nonlocal started
-        if not started and runner.records_in:
-            started = time.perf_counter()
-        return runner.records_out >= args.records
-
-    runner.run(until=done)  # returns after the final commit (flush + offsets or transaction)
-    _report(started or time.perf_counter(), runner.records_out)
+    processor = Join("bench-enrich", args.input, args.output, crm_table())
+    run_processor(processor, args, {args.output: ENRICHED_SCHEMA}, exactly_once, count="out")
 
 
 def run_faust(args: argparse.Namespace) -> None:
@@ -132,10 +83,7 @@ def run_faust(args: argparse.Namespace) -> None:
     import faust
 
     logging.disable(logging.INFO)
-    _, value_enc, _ = _registry_ids(Connection.plain(args.bootstrap, args.registry), args.output)
-    reader = fastavro.parse_schema(json.loads(HIT_SCHEMA))
-    writer = value_enc.schema
-    header = value_enc.header
+    reader, writer, header = _codec(Connection.plain(args.bootstrap, args.registry), args.output)
     crm = crm_table()
     app = faust.App(
         args.group,
@@ -165,7 +113,7 @@ def run_faust(args: argparse.Namespace) -> None:
             state["done"] += 1
             if state["done"] >= args.records:
                 await app.producer.flush()
-                _report(state["started"], state["done"])
+                report(state["started"], state["done"])
                 os._exit(0)
 
     worker = faust.Worker(app, loglevel="WARNING", redirect_stdouts=False)
@@ -183,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--group", required=True)
     parser.add_argument("--records", type=int, required=True)
     parser.add_argument("--commit-ms", type=int, default=100)
+    parser.set_defaults(batch_size=5000, min_commit_ms=30)  # the processors' (not options here)
     args = parser.parse_args(argv)
     if args.impl == "raw":
         run_raw(args)
