@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from passerelle.errors import PasserelleError
 from passerelle.settings import load
@@ -66,8 +68,21 @@ def _not_here(args: argparse.Namespace) -> int:
     )
 
 
+def _checkout_on_path() -> None:
+    """Put the checkout's root on ``sys.path`` when bench/ is next to this package (an editable install).
+
+    ``python -m passerelle`` from the checkout finds ``bench`` through the
+    current directory; the ``passerelle`` console script does not, although
+    the benchmarks sit right beside the code it runs.
+    """
+    root = Path(__file__).resolve().parents[2]
+    if (root / "bench" / "__init__.py").is_file() and str(root) not in sys.path:
+        sys.path.append(str(root))
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``bench runtime``."""
+    _checkout_on_path()
     try:
         from bench import runtime
     except ModuleNotFoundError:  # an installed wheel: bench/ stays in the repository

@@ -149,3 +149,12 @@ def test_cluster_ids_never_start_with_a_dash() -> None:
     ids = [new_cluster_id() for _ in range(5000)]
     assert not [i for i in ids if i.startswith("-")]
     assert all(len(i) == 22 for i in ids)
+
+
+def test_bench_is_found_from_any_directory_in_a_checkout(tmp_path: Path) -> None:
+    """The console script and ``python -m`` run elsewhere than the checkout still find bench/ beside the code."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PASSERELLE_")}
+    proc = subprocess.run([sys.executable, "-m", "passerelle", "bench", "--help"], capture_output=True, text=True,
+                          env=base, cwd=tmp_path, timeout=60, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "postview" in proc.stdout and "collector" in proc.stdout
