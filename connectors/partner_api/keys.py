@@ -11,6 +11,14 @@ the keys it verified (an HMAC of the secret under a per-process random key,
 never the secret) so that a partner's next requests cost a dictionary look-up
 and a ``hmac.compare_digest``. A key whose record changes (revoked,
 replaced) is forgotten at once.
+
+The same cost makes a known key id with a wrong secret a cheap way to burn
+the API's CPU (an unknown or malformed key costs nothing). Each key id has a
+budget of scrypt checks (:data:`CHECK_BURST`, refilled one per
+:data:`CHECK_REFILL_S` seconds, restored by a success); beyond it the request
+is refused without hashing (:class:`Throttled`, answered 429 with
+``Retry-After``). A partner whose key is already verified never spends it;
+after a restart its first request may wait while someone hammers its key id.
 """
 
 from __future__ import annotations
@@ -21,12 +29,14 @@ import hmac
 import re
 import secrets
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 SCOPES: Final = ("campaigns:write", "campaigns:read", "impressions:write", "metrics:write", "query:read")
-"""What a key may do. ``campaigns:*`` are served today; the others are reserved for the next endpoints."""
+"""What a key may do. ``campaigns:*``, ``impressions:write`` and ``metrics:write`` are served; ``query:read`` is
+reserved for the next endpoints."""
 
 KEY_ID: Final = re.compile(r"[a-z0-9]{16}")
 SECRET: Final = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -34,6 +44,9 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 """scrypt cost (16 MiB, ~50 ms): OWASP's minimum for scrypt is N=2^17 with r=8 for passwords; a 256-bit random
 secret needs no stretching against guessing, the cost only slows an attacker holding the topic."""
 _MAX_N = 2**20
+CHECK_BURST: Final = 5
+CHECK_REFILL_S: Final = 6.0
+"""scrypt checks of one key id: 5 at once, then one per 6 s (10 a minute) until one succeeds."""
 
 
 def _b64(data: bytes) -> str:
@@ -119,6 +132,14 @@ class AuthError(Exception):
     """The request's key is missing, malformed, unknown, wrong or revoked (the reason is for logs, not clients)."""
 
 
+class Throttled(AuthError):
+    """Too many checks of one key id's secret: refused without hashing; retry after ``retry_after_s``."""
+
+    def __init__(self, key_id: str, retry_after_s: float) -> None:
+        super().__init__(f"key {key_id}: too many secret checks, {retry_after_s:.1f}s before the next")
+        self.retry_after_s = retry_after_s
+
+
 class KeyRing:
     """The keys of ``partners.keys`` (kept current by a table follower) and the verification of presented keys.
 
@@ -126,9 +147,13 @@ class KeyRing:
     :meth:`authenticate`.
     """
 
-    def __init__(self, records: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    def __init__(
+        self, records: Mapping[str, Mapping[str, Any]] | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._records: dict[str, Mapping[str, Any]] = dict(records or {})
         self._verified: dict[str, bytes] = {}
+        self._budget: dict[str, tuple[float, float]] = {}  # key id -> (checks left, when counted)
+        self._clock = clock
         self._pepper = secrets.token_bytes(32)
         self._lock = threading.Lock()
 
@@ -158,12 +183,25 @@ class KeyRing:
             raise AuthError(f"key {key_id} is revoked")
         mac = self._mac(secret)
         if known is None or not hmac.compare_digest(known, mac):
+            self._spend_check(key_id)
             if not verify_secret(secret, str(record.get("secret_hash", ""))):
                 raise AuthError(f"wrong secret for key {key_id}")
             with self._lock:
+                self._budget.pop(key_id, None)
                 if self._records.get(key_id) is record:  # not revoked meanwhile
                     self._verified[key_id] = mac
         return Principal(str(record["partner"]), key_id, frozenset(record.get("scopes") or ()))
+
+    def _spend_check(self, key_id: str) -> None:
+        """Take one scrypt check from ``key_id``'s budget, or :class:`Throttled` (key ids are the table's: bounded)."""
+        with self._lock:
+            now = self._clock()
+            left, since = self._budget.get(key_id, (float(CHECK_BURST), now))
+            left = min(float(CHECK_BURST), left + (now - since) / CHECK_REFILL_S)
+            if left < 1.0:
+                self._budget[key_id] = (left, now)
+                raise Throttled(key_id, (1.0 - left) * CHECK_REFILL_S)
+            self._budget[key_id] = (left - 1.0, now)
 
     def records(self) -> list[Mapping[str, Any]]:
         with self._lock:

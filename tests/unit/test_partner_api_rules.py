@@ -21,9 +21,12 @@ from passerelle.connectors.partner_api.campaign_rules import (
     xtor_medium,
 )
 from passerelle.connectors.partner_api.keys import (
+    CHECK_BURST,
+    CHECK_REFILL_S,
     SCOPES,
     AuthError,
     KeyRing,
+    Throttled,
     check_scopes,
     hash_secret,
     new_key,
@@ -317,6 +320,28 @@ def test_keys_authenticate_until_revoked() -> None:
     ring.update(made.key_id, None)
     with pytest.raises(AuthError, match="unknown"):
         ring.authenticate(made.api_key)
+
+
+def test_wrong_secrets_of_one_key_id_are_throttled_before_hashing() -> None:
+    """A known key id with wrong secrets costs scrypt each time: the budget stops that, then refills."""
+    made = new_key("mailer", ["campaigns:read"], T0, **FAST)
+    other = new_key("mailer", ["campaigns:read"], T0, **FAST)
+    now = [1000.0]
+    ring = KeyRing({made.key_id: made.record, other.key_id: other.record}, clock=lambda: now[0])
+    wrong = made.key_id + "." + "A" * 43
+    for _ in range(CHECK_BURST):
+        with pytest.raises(AuthError, match="wrong secret"):
+            ring.authenticate(wrong)
+    with pytest.raises(Throttled) as throttled:
+        ring.authenticate(made.api_key)  # even the right secret waits: refused without hashing
+    assert 0 < throttled.value.retry_after_s <= CHECK_REFILL_S
+    assert ring.authenticate(other.api_key).key_id == other.key_id  # another key id is not affected
+    now[0] += CHECK_REFILL_S
+    assert ring.authenticate(made.api_key).key_id == made.key_id  # refilled: checked, and the budget restored
+    for _ in range(CHECK_BURST):
+        with pytest.raises(AuthError, match="wrong secret"):
+            ring.authenticate(wrong)
+    assert ring.authenticate(made.api_key).key_id == made.key_id  # verified already: no check spent
 
 
 def test_scopes_are_checked() -> None:
