@@ -321,7 +321,7 @@ def test_the_sink_killed_mid_batch_leaves_web_activity_equal_to_the_topic(flow: 
     from confluent_kafka import Producer
 
     tag = f"S{random.randrange(10**6):06d}"
-    records, final = _connect_json_records(n_customers=3000, rounds=4, tag=tag)
+    records, final = _connect_json_records(n_customers=1500, rounds=4, tag=tag)
     producer = Producer({"bootstrap.servers": flow.bootstrap, "enable.idempotence": True, "linger.ms": 20})
     half = len(records) // 2
     for key, value in records[:half]:
