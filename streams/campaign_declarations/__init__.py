@@ -1,0 +1,2 @@
+"""Campaign declarations on Kafka and automatic declarations -> campaigns: pure rules (``rules``), runtime wiring
+(``processor``)."""
