@@ -217,6 +217,9 @@ class CollectorSettings(PasserelleSettings):
         default=1000, ge=1, description="Open connections and requests served at once; beyond, 503"
     )
     collector_openapi: bool = Field(default=False, description="Serve the API description at /openapi.json")
+    collector_impressions_topic: str = Field(
+        default="ads.impressions", min_length=1, description="Topic GET /imp writes ad impressions to"
+    )
 
     def collector_config(self, topic: str = "hits.raw") -> CollectorConfig:
         """The plain configuration the collector core takes (it cannot import ``passerelle``)."""
@@ -227,6 +230,7 @@ class CollectorSettings(PasserelleSettings):
             schema_registry_url=self.schema_registry_url,
             sites={site: key.get_secret_value() for site, key in self.collector_sites.items()},
             topic=topic,
+            impressions_topic=self.collector_impressions_topic,
             catalog_path=self.catalog,
             max_batch_events=self.collector_max_events,
             max_body_bytes=self.collector_max_body_bytes,
@@ -541,6 +545,35 @@ class PostViewSettings(ProcessorSettings):
         )
 
 
+# --- campaign declarations --------------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from passerelle.streams.campaign_declarations.rules import DeclarationsConfig
+
+
+class CampaignDeclarationsSettings(ProcessorSettings):
+    """Settings of ``passerelle campaign-declarations``: the runtime's, plus the auto-declaration rules file."""
+
+    campaign_declarations_auto_rules: str | None = Field(
+        default=None,
+        description="TOML file of rules declaring undeclared campaign tags automatically (none: never)",
+    )
+    max_error_ratio: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Stop when more than this share of recent records fail (1: never; rejected declarations "
+        "are partners' mistakes, not a fault of the processor)",
+    )
+
+    def to_config(self) -> DeclarationsConfig:
+        """The processor's config, the rules file read and checked (one error naming the rule and the field)."""
+        from passerelle.streams.campaign_declarations.rules import DeclarationsConfig, read_rules_file
+
+        path = self.campaign_declarations_auto_rules
+        return DeclarationsConfig(rules=read_rules_file(path) if path else ())
+
+
 # --- partner API ------------------------------------------------------------------------------------------
 
 if TYPE_CHECKING:
@@ -554,6 +587,11 @@ class ApiSettings(PasserelleSettings):
     api_port: int = Field(default=8090, ge=1, le=65535, description="Partner API's HTTP port")
     api_max_batch_urls: int = Field(default=1000, ge=1, description="Most URLs in one POST /v1/campaigns/urls")
     api_max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body, in bytes")
+    api_max_batch_impressions: int = Field(default=10_000, ge=1, description="Most items in one POST /v1/impressions")
+    api_max_batch_metrics: int = Field(default=10_000, ge=1, description="Most items in one POST /v1/metrics")
+    api_max_import_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest body of POST /v1/impressions and /v1/metrics, in bytes"
+    )
     api_start_timeout_seconds: float = Field(
         default=30, gt=0, description="Time to read the keys, campaigns and undeclared tables at start"
     )
@@ -568,6 +606,9 @@ class ApiSettings(PasserelleSettings):
             catalog_path=self.catalog,
             max_batch_urls=self.api_max_batch_urls,
             max_body_bytes=self.api_max_body_bytes,
+            max_batch_impressions=self.api_max_batch_impressions,
+            max_batch_metrics=self.api_max_batch_metrics,
+            max_import_body_bytes=self.api_max_import_body_bytes,
             start_timeout_s=self.api_start_timeout_seconds,
             connection=self.connection(),
         )

@@ -1,5 +1,8 @@
 """The collector's HTTP API: ``GET /hit`` (pixel), ``POST /v1/events`` (JSON batches), health and metrics.
 
+``GET /imp`` is the ad impression pixel: a banner's ``AdImpression`` on
+``ads.impressions`` (``impressions.py``), answered like ``GET /hit``.
+
 Answers are promises: 2xx only once the broker acknowledged every accepted
 event of the request, 503 with ``Retry-After`` when it did not, so that a tag
 or a server-side sender retries instead of losing hits. Invalid events are
@@ -30,8 +33,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from passerelle.connectors.collector.config import CollectorConfig
+from passerelle.connectors.collector.impressions import pixel_to_impression
 from passerelle.connectors.collector.metrics import CollectorMetrics
-from passerelle.connectors.collector.producer import DeliveryResult, HitProducer, OutRecord
+from passerelle.connectors.collector.producer import HITS, IMPRESSIONS, DeliveryResult, HitProducer, OutRecord
 from passerelle.connectors.collector.validation import (
     HitRules,
     InvalidEvent,
@@ -104,9 +108,12 @@ class Collector:
         )
 
     async def deliver(self, endpoint: str, hits: Sequence[Hit]) -> list[DeliveryResult]:
-        started = time.perf_counter()
         records = [OutRecord(h.visitor_id, h.to_avro(), h.event_time) for h in hits]
-        results = await self.producer.send(records)
+        return await self.deliver_records(endpoint, records, HITS)
+
+    async def deliver_records(self, endpoint: str, records: list[OutRecord], stream: str) -> list[DeliveryResult]:
+        started = time.perf_counter()
+        results = await self.producer.send(records, stream)
         self.metrics.produce_seconds.labels(endpoint).observe(time.perf_counter() - started)
         failed = rejected = 0
         for result in results:
@@ -141,6 +148,22 @@ class Collector:
             return JSONResponse({"error": "invalid hit", "errors": [result.error]}, status_code=400, headers=NO_CACHE)
         if not result.ok:
             return self.unavailable({"error": "the hit could not be stored, retry later", "event_id": hit.event_id})
+        return Response(PIXEL_GIF, media_type="image/gif", headers=NO_CACHE)
+
+    async def impression(self, request: Request) -> Response:
+        """``GET /imp``: one ``AdImpression``, the GIF once the broker acknowledged it (400 / 503 as ``/hit``)."""
+        try:
+            imp = pixel_to_impression(request.query_params, self.context(request), self.rules)
+        except InvalidEvent as exc:
+            self.metrics.events.labels("impression", "rejected").inc()
+            return JSONResponse({"error": "invalid impression", "errors": exc.errors}, 400, headers=NO_CACHE)
+        record = OutRecord(imp.visitor_id, imp.to_avro(), imp.event_time)
+        (result,) = await self.deliver_records("impression", [record], IMPRESSIONS)
+        if result.rejected:
+            return JSONResponse({"error": "invalid impression", "errors": [result.error]}, 400, headers=NO_CACHE)
+        if not result.ok:
+            body = {"error": "the impression could not be stored, retry later", "impression_id": imp.impression_id}
+            return self.unavailable(body)
         return Response(PIXEL_GIF, media_type="image/gif", headers=NO_CACHE)
 
     # --- batches --------------------------------------------------------------------------------
@@ -295,6 +318,11 @@ def create_app(config: CollectorConfig, producer: HitProducer | None = None) -> 
     async def hit(request: Request) -> Response:
         started = time.perf_counter()
         return timed("pixel", await collector.pixel(request), started)
+
+    @app.get("/imp", summary="ad impression pixel: query parameters, answers a 1x1 GIF")
+    async def imp(request: Request) -> Response:
+        started = time.perf_counter()
+        return timed("impression", await collector.impression(request), started)
 
     @app.post("/v1/events", summary="JSON batch of events, API key required")
     async def events(request: Request) -> Response:

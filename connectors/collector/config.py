@@ -16,6 +16,9 @@ from passerelle.schemas.clients import Connection, Connects
 DEFAULT_TOPIC = "hits.raw"
 CATALOG_TOPIC = "hits.raw"
 """The catalog entry whose key/value schemas the collector writes, whatever topic name it writes to."""
+DEFAULT_IMPRESSIONS_TOPIC = "ads.impressions"
+IMPRESSIONS_CATALOG_TOPIC = "ads.impressions"
+"""The catalog entry of the impressions ``GET /imp`` writes (``AdImpression``), whatever topic name it writes to."""
 
 MAX_IPV4_PREFIX = 24
 MAX_IPV6_PREFIX = 48
@@ -73,6 +76,7 @@ class CollectorConfig(Connects):
     schema_registry_url: str
     sites: Mapping[str, str] = field(repr=False)  # API keys: never in a log line
     topic: str = DEFAULT_TOPIC
+    impressions_topic: str = DEFAULT_IMPRESSIONS_TOPIC
     catalog_path: Path | None = None
     max_batch_events: int = 500
     max_body_bytes: int = 1024 * 1024
@@ -108,6 +112,8 @@ class CollectorConfig(Connects):
             problems.append("schema_registry_url is empty")
         if not self.topic:
             problems.append("topic is empty")
+        if not self.impressions_topic:
+            problems.append("impressions_topic is empty")
         for site, key in self.sites.items():
             if not site or not site.strip():
                 problems.append("a site name is empty")

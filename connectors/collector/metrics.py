@@ -21,7 +21,7 @@ class CollectorMetrics:
         r = self.registry
         self.events = Counter(
             "passerelle_collector_events",
-            "Events received, by endpoint (pixel, batch) and outcome (accepted, rejected, failed)",
+            "Events received, by endpoint (pixel, batch, impression) and outcome (accepted, rejected, failed)",
             ["endpoint", "outcome"],
             registry=r,
         )
@@ -39,7 +39,7 @@ class CollectorMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        for endpoint in ("pixel", "batch"):
+        for endpoint in ("pixel", "batch", "impression"):
             for outcome in ("accepted", "rejected", "failed"):
                 self.events.labels(endpoint, outcome)
 

@@ -29,7 +29,12 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from passerelle.connectors.collector import refusals
-from passerelle.connectors.collector.config import CATALOG_TOPIC, CollectorConfig, CollectorStartupError
+from passerelle.connectors.collector.config import (
+    CATALOG_TOPIC,
+    IMPRESSIONS_CATALOG_TOPIC,
+    CollectorConfig,
+    CollectorStartupError,
+)
 from passerelle.schemas import clients
 from passerelle.schemas.catalog import load_catalog
 from passerelle.schemas.errors import ContractError, SerializationError
@@ -138,16 +143,28 @@ def producer_config(config: CollectorConfig, error_cb: Any = None) -> dict[str, 
     return conf
 
 
+HITS, IMPRESSIONS = "hits", "impressions"
+"""The streams a collector writes: hits (``topic``, ``Hit``) and ad impressions (``impressions_topic``)."""
+
+
 class HitProducer:
-    """Encodes hits in the Confluent wire format and produces them, one awaitable call per request."""
+    """Encodes hits (and ad impressions) in the Confluent wire format and produces them, one awaitable call per request.
+
+    One librdkafka producer serves both streams. The impressions' schemas are
+    looked up at start too, but a problem with them (subject not registered,
+    topic refused) only makes ``GET /imp`` answer 503: it never stops the hits.
+    """
 
     def __init__(self, config: CollectorConfig, registry: RegistryLike | None = None) -> None:
         self.config = config
         self.topic = config.topic
+        self.impressions_topic = config.impressions_topic
         self._registry = registry
         self._producer: Producer | None = None
         self._key_encoder: AvroEncoder | None = None
         self._value_encoder: AvroEncoder | None = None
+        self._impression_encoders: tuple[AvroEncoder, AvroEncoder] | None = None
+        self._impressions_problem: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._fatal: str | None = None
@@ -176,25 +193,34 @@ class HitProducer:
                 # A broker that is down is no reason not to serve: requests answer 503 until it is back.
                 log.warning("%s; answering 503 until it is", exc)
             else:
-                denied = clients.kafka.topic_error(meta, self.topic, conn, clients.admin_client(conn))
+                admin = clients.admin_client(conn)
+                denied = clients.kafka.topic_error(meta, self.topic, conn, admin)
                 if denied is not None:
                     raise denied
-            self._key_encoder, self._value_encoder = self._encoders()
+                refused = clients.kafka.topic_error(meta, self.impressions_topic, conn, admin)
+                if refused is not None:
+                    log.warning("GET /imp will fail: %s", refused)
+            self._key_encoder, self._value_encoder = self._encoders(CATALOG_TOPIC, self.topic)
+            try:
+                self._impression_encoders = self._encoders(IMPRESSIONS_CATALOG_TOPIC, self.impressions_topic)
+            except CollectorStartupError as exc:
+                self._impressions_problem = str(exc)
+                log.error("impressions cannot be encoded, GET /imp answers 503: %s", exc)
             self._producer = clients.producer(conn, producer_config(self.config, error_cb=self._on_error))
             self._stop.clear()
             self._thread = threading.Thread(target=self._poll_loop, name="collector-delivery", daemon=True)
             self._thread.start()
 
-    def _encoders(self) -> tuple[AvroEncoder, AvroEncoder]:
+    def _encoders(self, catalog_topic: str, topic: str) -> tuple[AvroEncoder, AvroEncoder]:
         try:
             catalog = load_catalog(self.config.catalog_path)
-            spec = catalog.topic(CATALOG_TOPIC)
+            spec = catalog.topic(catalog_topic)
             key_text = catalog.schema_text(spec.key_schema)
             value_text = catalog.schema_text(spec.value_schema)
             registry = self._registry or clients.registry_client(self.config.conn)
             auto = self.config.auto_register_schemas
-            key = AvroEncoder.for_subject(registry, f"{self.topic}-key", key_text, auto_register=auto)
-            value = AvroEncoder.for_subject(registry, f"{self.topic}-value", value_text, auto_register=auto)
+            key = AvroEncoder.for_subject(registry, f"{topic}-key", key_text, auto_register=auto)
+            value = AvroEncoder.for_subject(registry, f"{topic}-value", value_text, auto_register=auto)
         except ContractError as exc:
             raise CollectorStartupError(f"{exc} (schema registry {self.config.schema_registry_url})") from exc
         return key, value
@@ -213,8 +239,10 @@ class HitProducer:
                 return
             producer.poll(0.05)
 
-    async def send(self, records: Sequence[OutRecord]) -> list[DeliveryResult]:
-        """Produce ``records``; return once each one is acknowledged, failed, or timed out (in order).
+    async def send(self, records: Sequence[OutRecord], stream: str = HITS) -> list[DeliveryResult]:
+        """Produce ``records`` (hits, or ``IMPRESSIONS``); return once each one is acknowledged, failed, or timed out.
+
+        Results are in the order of ``records``.
 
         A record over ``max_record_bytes`` once encoded (key and value, the
         bytes already made for Kafka: no second serialization to measure it),
@@ -229,6 +257,10 @@ class HitProducer:
         deadline = loop.time() + self.config.produce_timeout_s
         producer, topic, limit = self._producer, self.topic, self.config.max_record_bytes
         key_enc, value_enc = self._key_encoder, self._value_encoder
+        if stream == IMPRESSIONS:
+            if self._impression_encoders is None:
+                return [DeliveryResult(f"impressions unavailable: {self._impressions_problem}")] * len(records)
+            topic, (key_enc, value_enc) = self.impressions_topic, self._impression_encoders
         for index, record in enumerate(records):
             try:
                 key = key_enc.encode(record.key)

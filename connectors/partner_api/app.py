@@ -1,4 +1,4 @@
-"""The partner API over HTTP: campaign declarations, the undeclared tags, tagged URLs.
+"""The partner API over HTTP: campaign declarations, the undeclared tags, tagged URLs, impressions, metrics.
 
 Every ``/v1`` endpoint needs an API key (``Authorization: Bearer <key>`` or
 ``X-Api-Key``) with the endpoint's scope, and acts for the key's partner
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -34,15 +35,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from passerelle.connectors.partner_api import campaign_rules as rules
 from passerelle.connectors.partner_api.config import ApiConfig
-from passerelle.connectors.partner_api.keys import AuthError, KeyRing, Principal
+from passerelle.connectors.partner_api.keys import AuthError, KeyRing, Principal, Throttled
 from passerelle.connectors.partner_api.tables import TableFollower, TopicWriter
 from passerelle.connectors.partner_api.tagging import (
-    TAG_FAMILIES,
     CampaignTag,
     landing_of,
     landing_problem,
-    read_tag,
-    strip_campaign_params,
     tag_of,
     tag_url,
 )
@@ -82,16 +80,17 @@ def _field_of(loc: tuple[Any, ...]) -> str:
 class BodyLimit:
     """413 for a body over the limit, declared (``Content-Length``) or actually sent (chunked)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, paths: dict[str, int] | None = None) -> None:
+        self.app, self.default, self.paths = app, limit, paths or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.paths.get(scope.get("path", ""), self.default)  # per path: the batch imports are larger
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            reason = f"body of {int(declared)} bytes exceeds the limit of {self.limit} bytes"
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            reason = f"body of {int(declared)} bytes exceeds the limit of {limit} bytes"
             response = JSONResponse(_error_body([{"field": "body", "reason": reason}]), status_code=413)
             await response(scope, receive, send)
             return
@@ -102,8 +101,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise ApiError(413, rules.FieldError("body", f"body exceeds the limit of {self.limit} bytes"))
+                if received > limit:
+                    raise ApiError(413, rules.FieldError("body", f"body exceeds the limit of {limit} bytes"))
             return message
 
         await self.app(scope, limited, send)
@@ -353,7 +352,7 @@ def judged(record: dict[str, Any], early: list[rules.FieldError], table: dict[st
 
 
 class Backend:
-    """The Kafka side of the API: the three tables it follows and the writer of ``campaigns``."""
+    """The Kafka side of the API: the three tables it follows, the writers of campaigns, impressions, metrics."""
 
     def __init__(self, config: ApiConfig) -> None:
         self.config = config
@@ -370,6 +369,11 @@ class Backend:
             auto_register=config.auto_register_schemas,
             timeout_s=config.produce_timeout_s,
         )
+        self.impressions, self.metrics = (
+            TopicWriter(conn, topic, schema, catalog_path=config.catalog_path, timeout_s=config.produce_timeout_s,
+                        auto_register=config.auto_register_schemas, linger_ms=5)
+            for topic, schema in ((config.topics.impressions, "AdImpression"), (config.topics.metrics, "PartnerMetric"))
+        )  # fmt: skip
         self.write_lock = asyncio.Lock()
         self._started = False
 
@@ -381,10 +385,12 @@ class Backend:
         clients.ensure_reachable(self.config.conn, timeout_s=min(15.0, self.config.start_timeout_s))
         for table in (self.keys, self.campaigns, self.undeclared):
             table.start(self.config.start_timeout_s)
-        self.writer.start()
+        for writer in (self.writer, self.impressions, self.metrics):
+            writer.start()
 
     def close(self) -> None:
-        self.writer.close()
+        for writer in (self.writer, self.impressions, self.metrics):
+            writer.close()
         for table in (self.keys, self.campaigns, self.undeclared):
             table.close()
 
@@ -422,6 +428,11 @@ async def principal(
         raise ApiError(401, rules.FieldError("authorization", reason), challenge)
     try:
         return await asyncio.to_thread(backend.keyring.authenticate, presented)
+    except Throttled as exc:
+        log.warning("throttled an API key: %s", exc)
+        reason = "too many attempts with this API key id; retry later"
+        retry = {"Retry-After": str(math.ceil(exc.retry_after_s))}
+        raise ApiError(429, rules.FieldError("authorization", reason), retry) from None
     except AuthError as exc:
         log.info("refused an API key: %s", exc)
         reason = "API key not valid (unknown, wrong or revoked)"
@@ -462,7 +473,8 @@ def create_app(config: ApiConfig, backend: Backend | None = None) -> FastAPI:
     )
     _serve_docs(app)
     app.state.backend = backend
-    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    imports = {"/v1/impressions": config.max_import_body_bytes, "/v1/metrics": config.max_import_body_bytes}
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes, paths=imports)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -549,7 +561,8 @@ def create_app(config: ApiConfig, backend: Backend | None = None) -> FastAPI:
         draft = backend.undeclared.get(key)
         if draft is None:
             raise ApiError(404, rules.FieldError("key", f"{key!r} is not in the undeclared list"))
-        record, early = build_record(body or DeclareUndeclaredIn(), key, who.partner, now_ms(), draft_defaults(draft))
+        defaults = rules.draft_defaults(draft)
+        record, early = build_record(body or DeclareUndeclaredIn(), key, who.partner, now_ms(), defaults)
         await declare(record, early, who, create=True)
         return campaign_view(record)
 
@@ -620,6 +633,10 @@ def create_app(config: ApiConfig, backend: Backend | None = None) -> FastAPI:
                 raise ApiError(422, [rules.FieldError("landing", e.reason) for e in exc.errors]) from None
             raise
 
+    from passerelle.connectors.partner_api import impressions, metrics_routes  # they import this module
+
+    impressions.install(app, backend, scoped("impressions:write"))
+    metrics_routes.install(app, backend, scoped("metrics:write"))
     return app
 
 
@@ -636,22 +653,6 @@ def tagged(record: dict[str, Any], landing: str | None) -> dict[str, str]:
     if len(url) > 2 * 2048:
         raise ApiError(422, rules.FieldError("landing", "the tagged URL would be too long"))
     return {"campaign": str(record["key"]), "landing": target, "url": url}
-
-
-def draft_defaults(draft: dict[str, Any]) -> dict[str, Any]:
-    """What an undeclared tag's draft says, as declaration fields (a medium outside the vocabulary is left out)."""
-    seen = str(draft.get("tagged_url_template") or "")
-    tag = read_tag(seen) if seen else None
-    defaults: dict[str, Any] = {"name": draft.get("name") or draft.get("key")}
-    if tag is not None and tag.family in TAG_FAMILIES:
-        defaults["family"] = tag.family
-        if tag.source:
-            defaults["source"] = tag.source
-    if landing_problem(seen) is None:
-        defaults["landing_url"] = strip_campaign_params(seen)
-    if draft.get("medium") in rules.CAMPAIGN_MEDIA:
-        defaults["medium"] = draft["medium"]
-    return defaults
 
 
 def undeclared_view(draft: dict[str, Any]) -> dict[str, Any]:

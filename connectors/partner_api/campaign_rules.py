@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from passerelle.connectors.partner_api.tagging import TAG_FAMILIES, landing_problem, read_tag
+from passerelle.connectors.partner_api.tagging import TAG_FAMILIES, landing_problem, read_tag, strip_campaign_params
 from passerelle.streams.enrichment import media
 from passerelle.streams.enrichment.xtor import PREFIX_MEDIUM
 
@@ -213,3 +213,24 @@ def _cost_errors(candidate: Mapping[str, Any]) -> list[FieldError]:
     if currency is not None and currency not in ISO_4217:
         errors.append(FieldError("currency", "an ISO 4217 code in capitals, e.g. EUR"))
     return errors
+
+
+def draft_defaults(draft: Mapping[str, Any]) -> dict[str, Any]:
+    """What an undeclared tag's draft says, as declaration fields: family, source, landing URL (the URL the tag
+    was seen on, untagged), name, and the medium when it is one a campaign may have.
+
+    The API's "declare from the list" and the processor's automatic
+    declarations both start from it, so a tag is declared alike either way.
+    """
+    seen = str(draft.get("tagged_url_template") or "")
+    tag = read_tag(seen) if seen else None
+    defaults: dict[str, Any] = {"name": draft.get("name") or draft.get("key")}
+    if tag is not None and tag.family in TAG_FAMILIES:
+        defaults["family"] = tag.family
+        if tag.source:
+            defaults["source"] = tag.source
+    if landing_problem(seen) is None:
+        defaults["landing_url"] = strip_campaign_params(seen)
+    if draft.get("medium") in CAMPAIGN_MEDIA:
+        defaults["medium"] = draft["medium"]
+    return defaults

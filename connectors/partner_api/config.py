@@ -21,6 +21,8 @@ class ApiTopics:
     campaigns: str = "campaigns"
     undeclared: str = "campaigns.undeclared"
     keys: str = "partners.keys"
+    impressions: str = "ads.impressions"
+    metrics: str = "partners.metrics"
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,10 @@ class ApiConfig(Connects):
     catalog_path: Path | None = None
     max_batch_urls: int = 1000
     max_body_bytes: int = 1024 * 1024
+    max_batch_impressions: int = 10_000
+    max_batch_metrics: int = 10_000
+    max_import_body_bytes: int = 16 * 1024 * 1024
+    """Body limit of POST /v1/impressions and /v1/metrics (10,000 impressions are about 2 MB of JSON)."""
     start_timeout_s: float = 30.0
     produce_timeout_s: float = 10.0
     auto_register_schemas: bool = True
@@ -44,5 +50,10 @@ class ApiConfig(Connects):
             problems.append(f"max_batch_urls must be >= 1, got {self.max_batch_urls}")
         if self.max_body_bytes < 1024:
             problems.append(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        for name in ("max_batch_impressions", "max_batch_metrics"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_import_body_bytes < 1024:
+            problems.append(f"max_import_body_bytes must be >= 1024, got {self.max_import_body_bytes}")
         if problems:
             raise ApiStartupError("invalid partner API configuration: " + "; ".join(problems))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +27,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 from passerelle.connectors.partner_api.config import ApiStartupError
 from passerelle.schemas import clients
 from passerelle.schemas.catalog import load_catalog
-from passerelle.schemas.errors import ContractError
+from passerelle.schemas.errors import ContractError, SerializationError
 from passerelle.schemas.serde import AvroDecoder, AvroEncoder, SchemaCache, registry_fetcher
 from passerelle.schemas.timeconv import to_millis
 
@@ -45,10 +45,17 @@ class TableFollower:
     """A compacted topic as a dict of its latest value per key, kept current by a background thread."""
 
     def __init__(
-        self, conn: clients.Connection, topic: str, *, on_change: OnChange | None = None, poll_s: float = 0.2
+        self,
+        conn: clients.Connection,
+        topic: str,
+        *,
+        on_change: OnChange | None = None,
+        poll_s: float = 0.2,
+        group_id: str | None = None,
     ) -> None:
         self.conn = conn
         self.topic = topic
+        self.group_id = group_id or f"passerelle-api-{topic}"
         self.on_change = on_change
         self.poll_s = poll_s
         self._data: dict[str, dict[str, Any]] = {}
@@ -96,7 +103,7 @@ class TableFollower:
         """Read the table to its current end (blocking), then follow it in the background."""
         consumer = clients.consumer(
             self.conn,
-            f"passerelle-api-{self.topic}",  # required by librdkafka; never joined nor committed (assign only)
+            self.group_id,  # required by librdkafka; never joined nor committed (assign only)
             {
                 "enable.partition.eof": True,
                 "isolation.level": "read_committed",
@@ -176,8 +183,10 @@ class TopicWriter:
         catalog_path: Any = None,
         auto_register: bool = True,
         timeout_s: float = 10.0,
+        linger_ms: int = 0,
     ) -> None:
         self.conn = conn
+        self.linger_ms = linger_ms
         self.topic = topic
         self.value_schema = value_schema
         self.catalog_path = catalog_path
@@ -204,7 +213,7 @@ class TopicWriter:
             raise ApiStartupError(f"{exc} (schema registry {self.conn.registry_url})") from exc
         ms = int(self.timeout_s * 1000)
         self._producer = clients.producer(
-            self.conn, {"linger.ms": 0, "message.timeout.ms": ms, "allow.auto.create.topics": False}
+            self.conn, {"linger.ms": self.linger_ms, "message.timeout.ms": ms, "allow.auto.create.topics": False}
         )
 
     def write(self, key: str, value: dict[str, Any] | None) -> tuple[int, int]:
@@ -230,6 +239,42 @@ class TopicWriter:
             raise RuntimeError(f"Kafka refused the record for topic '{self.topic}': {outcome['error'].str()}")
         partition, offset = outcome["at"]
         return int(partition), int(offset)
+
+    def write_many(self, records: Sequence[tuple[str, dict[str, Any], int | None]]) -> list[str | None]:
+        """Produce (key, value, timestamp ms or None) records and wait for every acknowledgement.
+
+        One entry per record, in order: None once Kafka acknowledged it, else
+        why not. A record that cannot be encoded (``rejected:`` prefix) is
+        never produced; any other error is transient (retry).
+        """
+        if self._producer is None or self._key is None or self._value is None:
+            raise RuntimeError("TopicWriter.write_many() before start()")
+        outcome: list[str | None] = ["not acknowledged by Kafka in time"] * len(records)
+        pending = [0]
+        lock = threading.Lock()
+
+        def report(index: int) -> Callable[[KafkaError | None, Any], None]:
+            def delivered(err: KafkaError | None, _msg: Any) -> None:
+                with lock:
+                    outcome[index] = None if err is None else f"Kafka refused it: {err.str()}"
+                    pending[0] -= 1
+
+            return delivered
+
+        for index, (key, value, timestamp) in enumerate(records):
+            try:
+                encoded, encoded_key = self._value.encode(value), self._key.encode(key)
+            except SerializationError as exc:
+                outcome[index] = f"rejected: cannot be encoded ({exc})"
+                continue
+            with lock:
+                pending[0] += 1
+            extra = {"timestamp": timestamp} if timestamp is not None else {}
+            clients.produce(self._producer, self.topic, encoded, encoded_key, on_delivery=report(index), **extra)
+        deadline = time.monotonic() + self.timeout_s + 1
+        while pending[0] > 0 and time.monotonic() < deadline:
+            self._producer.poll(0.05)
+        return outcome
 
     def close(self) -> None:
         if self._producer is not None:

@@ -139,6 +139,7 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
             ("WRITE",),
             "the HTTP collector produces every hit to hits.raw (idempotent producer: nothing on the cluster)",
         ),
+        Grant(TOPIC, ("ads.impressions",), ("WRITE",), "`GET /imp`: the ad impression pixel's AdImpression records"),
     ),
     "enrich": (
         Grant(TOPIC, ("hits.raw",), ("READ",), "its input"),
@@ -390,6 +391,49 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
             prefixed=True,
         ),
     ),
+    "campaign-declarations": (
+        Grant(
+            TOPIC,
+            ("campaigns.declarations", "campaigns.undeclared"),
+            ("READ",),
+            "its inputs: partners' declarations published on Kafka, the undeclared tags (auto-declaration rules). "
+            "No component here writes campaigns.declarations: the processor trusts a record's `partner` field (or "
+            "a deletion's `partner` header) as the writer's, so grant WRITE on it only to a principal trusted for "
+            "every partner id it may write (a partner's own platform, a gateway), never to one partners share",
+        ),
+        Grant(
+            TOPIC,
+            ("campaigns", "partners.keys"),
+            ("READ",),
+            "lookup tables: the declared campaigns (ownership, clashes), the partners' keys (who may declare)",
+        ),
+        Grant(TOPIC, ("campaigns", DEAD_LETTERS), ("WRITE",), "accepted declarations and deletions, dead letters"),
+        Grant(
+            TOPIC,
+            ("passerelle-campaign-declarations-",),
+            ("CREATE", "READ", "WRITE"),
+            "its state changelogs `passerelle-campaign-declarations-<store>-changelog`",
+            prefixed=True,
+        ),
+        Grant(
+            GROUP,
+            (
+                "passerelle-campaign-declarations",
+                "passerelle-campaign-declarations-restore",
+                "passerelle-table-campaigns",
+                "passerelle-table-partners.keys",
+            ),
+            ("READ",),
+            "its consumer group, the restore reader's and the lookup tables' readers' groups",
+        ),
+        Grant(
+            TRANSACTIONAL_ID,
+            ("passerelle-campaign-declarations-",),
+            ("WRITE",),
+            "exactly-once: transactional id `passerelle-campaign-declarations-<instance id>`",
+            prefixed=True,
+        ),
+    ),
     "remarketing": (
         Grant(
             TOPIC,
@@ -462,10 +506,31 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
             "declarations, changes and deletions (tombstones) of campaigns (idempotent producer)",
         ),
         Grant(
+            TOPIC,
+            ("ads.impressions", "partners.metrics"),
+            ("WRITE",),
+            "POST /v1/impressions and POST /v1/metrics: partners' impressions and daily figures",
+        ),
+        Grant(
             GROUP,
             ("passerelle-api-partners.keys", "passerelle-api-campaigns", "passerelle-api-campaigns.undeclared"),
             ("READ",),
             "its table readers name a `passerelle-api-<topic>` group (assign only, never committed)",
+        ),
+    ),
+    "metrics-import": (
+        Grant(
+            TOPIC,
+            ("partners.keys", "campaigns"),
+            ("READ",),
+            "`passerelle metrics import`: the partner must have a key; campaign ownership from the campaigns table",
+        ),
+        Grant(TOPIC, ("partners.metrics",), ("WRITE",), "the figures of the file (idempotent producer)"),
+        Grant(
+            GROUP,
+            ("passerelle-metrics-import",),
+            ("READ",),
+            "its table readers name the `passerelle-metrics-import` group (assign only, never committed)",
         ),
     ),
     "partners-admin": (

@@ -1,4 +1,4 @@
-"""``passerelle api``: the partner API in the foreground (campaign declarations, tagged URLs).
+"""``passerelle api``: the partner API in the foreground (campaigns, tagged URLs, impressions, metrics).
 
 The port is bound and the tables read (keys, campaigns, undeclared tags)
 before uvicorn serves, so a taken port, a missing topic or an unreachable
@@ -41,13 +41,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``api``."""
     p = sub.add_parser(
         "api",
-        help="run the partner API (campaign declarations, tagged URLs) in the foreground",
+        help="run the partner API (campaigns, tagged URLs, impressions, metrics) in the foreground",
         description="Serve the partner API: partners declare, change and delete their campaigns (published on the "
-        "compacted campaigns topic), list the undeclared tags and declare them, and get landing URLs tagged in their "
-        "campaign's family (xtor, at_*, utm_*, mtm_*). API keys come from `passerelle partners add`. OpenAPI "
+        "compacted campaigns topic), list the undeclared tags and declare them, get landing URLs tagged in their "
+        "campaign's family (xtor, at_*, utm_*, mtm_*), upload ad impressions (POST /v1/impressions -> "
+        "ads.impressions) and daily metrics (POST /v1/metrics -> partners.metrics, a re-upload replaces). API keys "
+        "come from `passerelle partners add`; repeated wrong secrets for a key id are answered 429. OpenAPI "
         "document at /openapi.json, interactive docs at /docs, /healthz. Stops on Ctrl-C or SIGTERM.",
         epilog="Settings: PASSERELLE_API_HOST, PASSERELLE_API_PORT, PASSERELLE_API_MAX_BATCH_URLS, "
-        "PASSERELLE_API_MAX_BODY_BYTES, PASSERELLE_API_START_TIMEOUT_SECONDS, PASSERELLE_BOOTSTRAP_SERVERS, "
+        "PASSERELLE_API_MAX_BATCH_IMPRESSIONS, PASSERELLE_API_MAX_BATCH_METRICS, PASSERELLE_API_MAX_BODY_BYTES, "
+        "PASSERELLE_API_MAX_IMPORT_BODY_BYTES, PASSERELLE_API_START_TIMEOUT_SECONDS, PASSERELLE_BOOTSTRAP_SERVERS, "
         "PASSERELLE_SCHEMA_REGISTRY_URL.",
     )
     p.add_argument("--host", help="address to bind (default: PASSERELLE_API_HOST, 127.0.0.1)")

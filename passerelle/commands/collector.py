@@ -53,13 +53,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Serve GET /hit (pixel, answers a 1x1 GIF) and POST /v1/events (JSON batches with an API "
         "key); every valid event becomes an Avro Hit on hits.raw, keyed by visitor id, and is answered only once "
         "the broker acknowledged it (503 with Retry-After otherwise). Client IPs are truncated (IPv4 /24, IPv6 "
-        "/48) before they reach Kafka. Also GET /healthz and GET /metrics. Stops on Ctrl-C or SIGTERM.",
+        "/48) before they reach Kafka. GET /imp is the ad server's impression pixel (site, vid, as, and c, cr, pl, "
+        "iid, ts): an AdImpression on ads.impressions, keyed by visitor id, for post-view. Also GET /healthz and "
+        "GET /metrics. Stops on Ctrl-C or SIGTERM.",
         epilog="Settings: PASSERELLE_COLLECTOR_SITES (JSON site -> API key, required), PASSERELLE_COLLECTOR_HOST, "
         "PASSERELLE_COLLECTOR_PORT, PASSERELLE_COLLECTOR_MAX_EVENTS, PASSERELLE_COLLECTOR_MAX_BODY_BYTES, "
         "PASSERELLE_COLLECTOR_MAX_RECORD_BYTES, PASSERELLE_COLLECTOR_TRUST_FORWARDED, "
         "PASSERELLE_COLLECTOR_TRUSTED_PROXIES, PASSERELLE_COLLECTOR_HEADERS_TIMEOUT_SECONDS, "
         "PASSERELLE_COLLECTOR_BODY_TIMEOUT_SECONDS, PASSERELLE_COLLECTOR_MAX_CONCURRENCY, "
-        "PASSERELLE_COLLECTOR_OPENAPI, PASSERELLE_BOOTSTRAP_SERVERS, PASSERELLE_SCHEMA_REGISTRY_URL.",
+        "PASSERELLE_COLLECTOR_OPENAPI, PASSERELLE_COLLECTOR_IMPRESSIONS_TOPIC, PASSERELLE_BOOTSTRAP_SERVERS, "
+        "PASSERELLE_SCHEMA_REGISTRY_URL.",
     )
     p.add_argument("--host", help="address to bind (default: PASSERELLE_COLLECTOR_HOST, 127.0.0.1)")
     p.add_argument("--port", type=int, help="HTTP port (default: PASSERELLE_COLLECTOR_PORT, 8088)")

@@ -395,3 +395,68 @@ def test_cli_serves_hits_and_refuses_a_taken_port(
         assert proc.wait(30) == 0, log.read_text()
     records = read(kafka_bootstrap, schema_registry_url, topic, until=1)
     assert [value["visitor_id"] for _, value in records] == ["cli"]
+
+
+# --- GET /imp: the ad impression pixel -------------------------------------------------------------------------
+
+
+def test_impression_pixel_lands_on_ads_impressions_keyed_by_visitor(
+    kafka_bootstrap: str, schema_registry_url: str, topic: str, unique: Callable[[str], str]
+) -> None:
+    impressions = unique("ads.impressions")
+    create_topics(kafka_bootstrap, {impressions: 6})
+    config = config_for(kafka_bootstrap, schema_registry_url, topic, impressions_topic=impressions)
+    sent_at = int(time.time() * 1000) - 2000
+    good = {"site": SITE, "vid": "visitor-imp", "c": "RT-1", "cr": "banner-300x250", "pl": "news/top",
+            "as": "retargeter", "iid": "imp-0001", "ts": str(sent_at), "_": "cachebuster"}  # fmt: skip
+    bad = [({"vid": "v", "as": "rt"}, "site"), ({"site": "nope.example", "vid": "v", "as": "rt"}, "site"),
+           ({"site": SITE, "as": "rt"}, "vid"), ({"site": SITE, "vid": "v"}, "as"),
+           ({"site": SITE, "vid": "v", "as": "rt", "ts": "later"}, "ts")]  # fmt: skip
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response, list[httpx.Response], httpx.Response]:
+        async with collector(config) as client:
+            ok = await client.get("/imp", params=good)
+            drawn = await client.get("/imp", params={"site": SITE, "visitor_id": "visitor-2", "ad_server": "rt"})
+            refused = [await client.get("/imp", params=params) for params, _ in bad]
+            return ok, drawn, refused, await client.get("/metrics")
+
+    ok, drawn, refused, metrics = run(scenario())
+    assert ok.status_code == 200 and ok.content == PIXEL_GIF and ok.headers["content-type"] == "image/gif"
+    assert drawn.status_code == 200
+    assert "no-store" in ok.headers["cache-control"]
+    for answer, (_, field) in zip(refused, bad, strict=True):
+        assert answer.status_code == 400, answer.text
+        assert any(e.startswith(f"{field}:") for e in answer.json()["errors"]), answer.json()
+    records = read(kafka_bootstrap, schema_registry_url, impressions, until=2)
+    assert len(records) == 2
+    by_visitor = {value["visitor_id"]: (msg, value) for msg, value in records}
+    msg, value = by_visitor["visitor-imp"]
+    assert decoded_key(kafka_bootstrap, schema_registry_url, impressions, msg.key()) == "visitor-imp"
+    assert value["impression_id"] == "imp-0001" and value["ad_server"] == "retargeter"
+    assert (value["campaign_key"], value["creative"], value["placement"]) == ("RT-1", "banner-300x250", "news/top")
+    assert int(value["event_time"].timestamp() * 1000) == sent_at and msg.timestamp()[1] == sent_at
+    assert len(by_visitor["visitor-2"][1]["impression_id"]) == 36  # a UUID4 drawn by the collector
+    assert read(kafka_bootstrap, schema_registry_url, topic, until=1, idle=1) == []  # no hit written
+    text = metrics.text
+    assert 'passerelle_collector_events_total{endpoint="impression",outcome="accepted"} 2.0' in text
+    assert 'passerelle_collector_events_total{endpoint="impression",outcome="rejected"} 5.0' in text
+    assert 'passerelle_collector_request_seconds_count{endpoint="impression",status="400"} 5.0' in text
+
+
+def test_impression_not_acknowledged_is_503_with_retry_after(
+    kafka_bootstrap: str, schema_registry_url: str, topic: str, unique: Callable[[str], str]
+) -> None:
+    missing = unique("ads.impressions")  # never created: the broker never acknowledges
+    config = config_for(kafka_bootstrap, schema_registry_url, topic, impressions_topic=missing, produce_timeout_s=2,
+                        retry_after_s=7)  # fmt: skip
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        async with collector(config) as client:
+            imp = await client.get("/imp", params={"site": SITE, "vid": "v", "as": "rt", "iid": "imp-503"})
+            hit = await client.get("/hit", params={"site": SITE, "vid": "v", "url": "https://shop.example/"})
+            return imp, hit
+
+    imp, hit = run(scenario())
+    assert imp.status_code == 503 and imp.headers["retry-after"] == "7", imp.text
+    assert imp.json()["impression_id"] == "imp-503"
+    assert hit.status_code == 200  # the hits do not depend on the impressions topic

@@ -413,3 +413,21 @@ def test_served_by_uvicorn_on_a_port(env: Env) -> None:
         srv.should_exit = True
         thread.join(15)
         sock.close()
+
+
+def test_wrong_secrets_for_one_key_id_are_answered_429_without_hashing(env: Env) -> None:
+    from passerelle.connectors.partner_api.keys import CHECK_BURST
+
+    code, out = cli("partners", "add", "guessed", "--scope", "campaigns:read", "--topic", env.keys_topic)
+    assert code == 0
+    key_id, secret = out.strip().split(".")
+    right = {"Authorization": f"Bearer {key_id}.{secret}"}
+    wrong = {"Authorization": f"Bearer {key_id}.{secret[::-1]}"}
+    assert until(lambda: env.client.get("/v1/campaigns", headers=right).status_code == 200), "new key not picked up"
+    answers = [env.client.get("/v1/campaigns", headers=wrong).status_code for _ in range(CHECK_BURST)]
+    assert answers == [401] * CHECK_BURST
+    throttled = env.client.get("/v1/campaigns", headers=wrong)
+    assert throttled.status_code == 429 and "authorization" in errors(throttled)
+    assert 1 <= int(throttled.headers["retry-after"]) <= 6
+    # The partner's own verified key is not locked out by someone guessing at its key id.
+    assert env.client.get("/v1/campaigns", headers=right).status_code == 200

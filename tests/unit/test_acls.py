@@ -43,7 +43,15 @@ def allowed(component: str, resource: str, name: str, operation: str) -> bool:
 def runtime_processors() -> dict[str, tuple[str, Callable[[], Any]]]:
     """Each runtime processor's principal: (the command's default app id, the processor the command builds)."""
     from passerelle import settings as s
-    from passerelle.commands import campaign_counts, carts, crm_activity, crm_normalizer, enrich, postview
+    from passerelle.commands import (
+        campaign_counts,
+        campaign_declarations,
+        carts,
+        crm_activity,
+        crm_normalizer,
+        enrich,
+        postview,
+    )
 
     return {
         "enrich": ("enrich", lambda: enrich.build(s.EnrichmentSettings())),
@@ -53,6 +61,10 @@ def runtime_processors() -> dict[str, tuple[str, Callable[[], Any]]]:
         "crm-activity": ("crm-activity", lambda: crm_activity.build(s.CrmActivitySettings())),
         "crm-activity-messages": ("crm-activity-messages", lambda: crm_activity.build_messages(s.ProcessorSettings())),
         "postview": ("postview", lambda: postview.build(s.PostViewSettings())),
+        "campaign-declarations": (
+            "campaign-declarations",
+            lambda: campaign_declarations.build(s.CampaignDeclarationsSettings()),
+        ),
     }
 
 
@@ -134,6 +146,17 @@ def test_postview_reads_and_writes_only_its_topics() -> None:
     }  # fmt: skip
     assert "ads.postview" in acls.CATALOG_TOPICS
     assert not allowed("postview", acls.TOPIC, "ads.impressions", "WRITE")
+
+
+def test_campaign_declarations_reads_and_writes_only_its_topics() -> None:
+    bindings = acls.bindings("campaign-declarations")
+    topics = {(n, op) for r, n, _, op, _ in bindings if r == acls.TOPIC and not n.startswith("passerelle-")}
+    assert topics == {
+        ("campaigns.declarations", "READ"), ("campaigns.undeclared", "READ"), ("campaigns", "READ"),
+        ("partners.keys", "READ"), ("campaigns", "WRITE"), (acls.DEAD_LETTERS, "WRITE"),
+    }  # fmt: skip
+    # partners' declarations are trusted as their writer's: no component may write them
+    assert [c for c in acls.GRANTS if allowed(c, acls.TOPIC, "campaigns.declarations", "WRITE")] == []
 
 
 def test_crm_import_reads_and_writes_the_profiles_under_its_own_group(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -48,6 +48,8 @@ COMMANDS = [
     ["connect", "pause"], ["connect", "resume"], ["connect", "delete"], ["demo-crm"], ["api"], ["partners"],
     ["partners", "add"], ["partners", "list"], ["partners", "revoke"], ["campaigns"], ["campaigns", "undeclared"],
     ["postview"], ["bench", "postview"],
+    ["metrics"], ["metrics", "import"],
+    ["campaign-declarations"],
 ]  # fmt: skip
 
 
