@@ -27,7 +27,7 @@ import math
 import random
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -361,6 +361,49 @@ class Journey:
         return self.channel.kind
 
 
+@dataclass(frozen=True)
+class FirstVisit:
+    """What a visitor's first visit left, for a partner deciding what to do with them (a retargeting partner).
+
+    Times are from the journey's start (its first hit is at 0); the journey is
+    placed in the shop's window only afterwards.
+    """
+
+    index: int
+    visitor_id: str
+    end_ms: int
+    """Time of the first visit's last hit."""
+    room_ms: int
+    """Time left in the window after ``end_ms``, two hours kept for a later visit to end in."""
+    viewed: tuple[str, ...]
+    """Product ids viewed, oldest first."""
+    cart: tuple[str, ...]
+    """Product ids left in the cart (empty: no cart, or it was ordered)."""
+    ordered: bool
+
+
+@dataclass(frozen=True)
+class Revisit:
+    """What follows a first visit when a partner decides it, instead of the shop's own return visit.
+
+    ``visit`` False: no later visit at all. Otherwise a visit ``after_ms``
+    after the first visit's last hit, landing on ``url`` from ``referrer``
+    (a click on a banner), or typed in when ``url`` is None (a direct return).
+    ``tail_ms``: the partner's own activity (impressions) lasts that long
+    after the first visit, so the journey is placed with room for it.
+    """
+
+    after_ms: int = 0
+    url: str | None = None
+    referrer: str | None = None
+    visit: bool = True
+    tail_ms: int = 0
+
+
+RevisitPlan = Callable[[FirstVisit], "Revisit | None"]
+"""Called after each first visit; None keeps the shop's own return visit (and the journey unchanged)."""
+
+
 @dataclass
 class _Visitor:
     """The mutable state of one visitor while their visits are simulated."""
@@ -464,10 +507,10 @@ class Shop:
 
     # --- visitors ---------------------------------------------------------------------------------------
 
-    def journeys(self, visitors: int) -> Iterator[Journey]:
+    def journeys(self, visitors: int, revisit: RevisitPlan | None = None) -> Iterator[Journey]:
         """Journeys of visitors ``0..visitors-1``; each one's events are in time order."""
         for index in range(visitors):
-            yield self.journey(index)
+            yield self.journey(index, revisit)
 
     def events(self, visitors: int) -> list[dict[str, Any]]:
         """Every visitor's events merged in event-time order, as a site's traffic reaches a collector.
@@ -477,8 +520,12 @@ class Shop:
         """
         return merge_events(self.journeys(visitors))
 
-    def journey(self, index: int) -> Journey:
-        """The journey of visitor ``index``: one visit, sometimes a direct return visit hours or days later."""
+    def journey(self, index: int, revisit: RevisitPlan | None = None) -> Journey:
+        """The journey of visitor ``index``: one visit, sometimes a direct return visit hours or days later.
+
+        ``revisit`` (a partner's plan) may decide what follows the first visit
+        instead; when it returns None the journey is exactly the one without it.
+        """
         rng = random.Random(f"{self.seed}:visitor:{index}")
         channel = rng.choices(CHANNELS, weights=[c.weight for c in CHANNELS])[0]
         visitor = _Visitor(
@@ -493,16 +540,37 @@ class Shop:
         url, referrer = self._arrival(rng, channel)
         end = self._visit(visitor, 0, url, referrer)
         first_visit_events = len(visitor.events)
-        returned = rng.random() < P_RETURN
-        if returned:
-            gap = int(min(max(rng.lognormvariate(math.log(10 * HOUR), 1.0), HOUR), 3 * DAY))
-            room = self.span_ms - end - 2 * HOUR  # the second visit needs room too
-            if gap > room:
-                gap = int(room * rng.uniform(0.5, 1.0))
-            returned = gap > VISIT_TIMEOUT_MS + MINUTE
+        room = self.span_ms - end - 2 * HOUR  # the second visit needs room too
+        plan = None
+        if revisit is not None:
+            first = FirstVisit(
+                index=index,
+                visitor_id=visitor.visitor_id,
+                end_ms=end,
+                room_ms=room,
+                viewed=tuple(visitor.viewed),
+                cart=tuple(visitor.cart),
+                ordered=visitor.orders > 0,
+            )
+            plan = revisit(first)
+        if plan is not None:
+            returned = plan.visit
+            if returned and plan.url is not None:
+                self._visit(visitor, end + plan.after_ms, plan.url, plan.referrer)
+            elif returned:
+                self._return_visit(visitor, end + plan.after_ms)
+        else:
+            returned = rng.random() < P_RETURN
             if returned:
-                self._return_visit(visitor, end + gap)
+                gap = int(min(max(rng.lognormvariate(math.log(10 * HOUR), 1.0), HOUR), 3 * DAY))
+                if gap > room:
+                    gap = int(room * rng.uniform(0.5, 1.0))
+                returned = gap > VISIT_TIMEOUT_MS + MINUTE
+                if returned:
+                    self._return_visit(visitor, end + gap)
         duration = visitor.events[-1]["event_time"]
+        if plan is not None:
+            duration = max(duration, end + plan.tail_ms)
         offset = self.start_ms + rng.randrange(max(1, self.span_ms - duration))
         for event in visitor.events:
             event["event_time"] += offset

@@ -14,6 +14,7 @@ import os
 import random
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from passerelle.connectors.generator.send import (
     CAMPAIGNS_TOPIC,
@@ -26,6 +27,9 @@ from passerelle.connectors.generator.send import (
 from passerelle.connectors.generator.shop import HOUR, MIN_SPAN_MS, Shop, merge_events, mix
 from passerelle.errors import PasserelleError
 from passerelle.settings import CollectorSettings, load
+
+if TYPE_CHECKING:
+    from passerelle.connectors.generator.retargeting import PartnerClient
 
 DEFAULT_SITE = "shop.example"
 MAX_LIVE_HOURS = 23.0
@@ -79,13 +83,55 @@ def _run(args: argparse.Namespace) -> int:
     now = int(time.time() * 1000)
     shop = Shop(seed, now - span_ms, site=site, span_ms=span_ms, customers=customers)
     if args.dry_run:
+        if args.retargeting_api:
+            raise PasserelleError("--dry-run sends nothing: it cannot be combined with --retargeting-api")
         return _dry_run(shop, args.visitors, seed)
+    if not 0 < args.retargeting_share <= 1:
+        raise PasserelleError(f"--retargeting-share must be in (0, 1], got {args.retargeting_share}")
 
     url = (args.collector or f"http://127.0.0.1:{settings.collector_port}").rstrip("/")
-    events = shop.events(args.visitors)
     options = SendOptions(batch_size=args.batch_size, rate=args.rate)
+    partner = None
+    if args.retargeting_api:
+        from passerelle.connectors.generator import retargeting
+
+        if not args.retargeting_key:
+            raise PasserelleError(
+                "--retargeting-api needs --retargeting-key (make one with `passerelle partners add "
+                f"{retargeting.PARTNER} " + " ".join(f"--scope {s}" for s in retargeting.SCOPES) + "`)"
+            )
+        partner = retargeting.PartnerClient(args.retargeting_api, args.retargeting_key)
+    try:
+        return _send(args, settings, shop, seed, site, key, url, options, partner)
+    finally:
+        if partner is not None:
+            partner.close()
+
+
+def _send(
+    args: argparse.Namespace,
+    settings: CollectorSettings,
+    shop: Shop,
+    seed: int,
+    site: str,
+    key: str,
+    url: str,
+    options: SendOptions,
+    partner: PartnerClient | None,
+) -> int:
+    """Reference data to Kafka, the retargeting partner's declarations and impressions, then the hits."""
+    traffic = None
     with EventSender(url, key, options) as sender:
         sender.probe()
+        if partner is not None:
+            from passerelle.connectors.generator import retargeting
+
+            partner.declare(retargeting.declarations(shop))
+            traffic = retargeting.simulate(shop, args.visitors, partner.tagged_urls, args.retargeting_share)
+            events = traffic.events()
+            partner.report_impressions(traffic.impressions)  # before the visits they precede
+        else:
+            events = shop.events(args.visitors)
         campaigns = profiles = 0
         if not args.no_campaigns:
             campaigns = publish_campaigns(
@@ -111,6 +157,16 @@ def _run(args: argparse.Namespace) -> int:
     print(f"seed                 {seed}")
     for line in report.lines():
         print(line)
+    if partner is not None and traffic is not None:
+        partner.upload_metrics(traffic.metrics())
+        outcomes = traffic.outcomes()
+        print(f"retargeted visitors  {len(traffic.targets)}: {outcomes['click']} clicked, {outcomes['postview']} came "
+              f"back directly, {outcomes['none']} did not come back")  # fmt: skip
+        for line in partner.report.lines():
+            print(line)
+        if partner.report.errors or partner.report.undeclared:
+            print("error: the partner API refused some impressions or metrics (see above)", file=sys.stderr)
+            return 1
     if report.rejected:
         print(f"error: {report.rejected} event(s) rejected by the collector (see first rejection)", file=sys.stderr)
         return 1
@@ -163,4 +219,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hours", type=float, default=22.0, help="time window the events fill, ending now (default 22)")
     p.add_argument("--campaigns-topic", default=CAMPAIGNS_TOPIC, help=f"topic of campaigns (default {CAMPAIGNS_TOPIC})")
     p.add_argument("--crm-topic", default=CRM_TOPIC, help=f"topic of CRM profiles (default {CRM_TOPIC})")
+    rt = p.add_argument_group(
+        "retargeting partner",
+        "A retargeting partner stand-in (partner id 'retarget', Criteo-like) that works through the partner API "
+        "(`passerelle api`): it declares its display campaigns (PUT /v1/campaigns/{key}, utm tags), gets tagged "
+        "product URLs (POST /v1/campaigns/urls), retargets some visitors who viewed products without ordering, "
+        "reports their impressions (POST /v1/impressions) before the hits are sent, and after them uploads its daily "
+        "impressions, clicks and cost in EUR per campaign (POST /v1/metrics). Some retargeted visitors click a "
+        "banner (a visit on the tagged URL), some come back later by typing the address (post-view), the others "
+        "do not come back; the other visitors are the same as without it.",
+    )
+    rt.add_argument("--retargeting-api", metavar="URL", help="partner API base URL (e.g. http://127.0.0.1:8090); "
+                    "enables the stand-in")  # fmt: skip
+    rt.add_argument(
+        "--retargeting-key",
+        metavar="KEY",
+        help="the partner's API key (`passerelle partners add retarget "
+        "--scope campaigns:write --scope campaigns:read --scope impressions:write --scope metrics:write`)",
+    )
+    rt.add_argument(
+        "--retargeting-share",
+        type=float,
+        default=0.6,
+        metavar="SHARE",
+        help="share of the eligible visitors (products viewed, no order) retargeted (default 0.6)",
+    )
     p.set_defaults(func=_run)

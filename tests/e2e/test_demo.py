@@ -62,6 +62,22 @@ def test_up_is_idempotent_and_demo_reads_back_decoded_hits(env: dict[str, str]) 
     assert identified > 0 and with_crm > 0  # identities stitched and CRM profiles joined
     assert re.search(r"by medium: \w+=\d+", out)
 
+    # The retargeting stand-in, through the partner API only: declared, attributed, credited, measured.
+    declared = int(re.search(r"retargeting campaigns (\d+) declared through the API", out).group(1))  # type: ignore[union-attr]
+    assert declared == 2
+    clicked, came_back = map(int, re.search(r"retargeted visitors\s+\d+: (\d+) clicked a banner, (\d+) came back",
+                                            out).groups())  # type: ignore[union-attr]  # fmt: skip
+    assert clicked > 0 and came_back > 0
+    shown, sent_imps = map(int, re.search(r"impressions reported\s+(\d+) accepted of (\d+)", out).groups())  # type: ignore[union-attr]
+    assert shown == sent_imps > 0
+    found = re.search(r"hits attributed to the retargeting campaigns: (\d+) \(.*\), (\d+) undeclared", out)
+    assert found and int(found.group(1)) >= clicked and int(found.group(2)) == 0, out
+    postviews = re.search(r"post-view records: (\d+) on ads.postview \((\d+) visits, (\d+) of them without", out)
+    # every visit that followed impressions is credited to them, the clicked ones and the direct returns
+    assert postviews and int(postviews.group(2)) == clicked + came_back and int(postviews.group(3)) == came_back, out
+    uploaded = re.search(r"metrics uploaded\s+(\d+) accepted of (\d+).*", out)
+    assert uploaded and int(uploaded.group(1)) == int(uploaded.group(2)) > 0 and "undeclared" not in uploaded.group(0)
+
     down = cli(env, "down", "--purge")
     assert down.returncode == 0 and "kafka     stopped" in down.stdout
     assert not Path(env["PASSERELLE_STATE_DIR"]).exists()

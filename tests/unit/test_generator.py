@@ -347,3 +347,23 @@ def test_dry_run_prints_valid_json_events(capsys: pytest.CaptureFixture[str], mo
     assert [e["event_time"] for e in events] == sorted(e["event_time"] for e in events)  # as a site sends them
     assert len({e["visitor_id"] for e in events}) == 8
     assert "seed 3" in err and "dry run" in err
+
+
+def test_retargeting_options_are_documented_and_checked(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in [k for k in os.environ if k.startswith("PASSERELLE_")]:
+        monkeypatch.delenv(key)
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for option in ("--retargeting-api URL", "--retargeting-key KEY", "--retargeting-share SHARE"):
+        assert option in out
+    assert "POST /v1/impressions" in out and "POST /v1/metrics" in out
+    for args, message in (
+        (["--dry-run", "--retargeting-api", "http://127.0.0.1:1"], "cannot be combined"),
+        (["--site", "s", "--api-key", "k", "--retargeting-api", "http://127.0.0.1:1"], "needs --retargeting-key"),
+        (["--site", "s", "--api-key", "k", "--retargeting-share", "0"], "--retargeting-share"),
+    ):
+        assert main(["generate", "--visitors", "3", *args]) != 0
+        assert message in capsys.readouterr().err
