@@ -1,0 +1,1 @@
+"""Conversion paths: multichannel touchpoints per person, attribution models, rows for the CRM."""
