@@ -28,6 +28,7 @@ from passerelle.streams.campaign_counts.processor import CampaignCountsProcessor
 from passerelle.streams.campaign_counts.rules import CampaignCounter, CampaignCountsConfig
 from passerelle.streams.runtime import Runner, RunnerConfig
 from tests.integration.kafka_helpers import TopicReader, create_topics, produce_avro
+from tests.records import enriched_hit
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,19 +77,7 @@ def main() -> None:
 def enriched(visitor: str, n: int, visit: int, campaign: str | None, at: int,
              order: tuple[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
     """An ``EnrichedHit`` as the enrichment writes it."""
-    return {
-        "event_id": f"{visitor}-{n}", "site": "shop.example", "visitor_id": visitor, "customer_id": None,
-        "event_time": at, "type": "order" if order else "page_view", "url": "https://shop.example/",
-        "referrer": None, "page": None, "campaign_params": {}, "product": None,
-        "order": {"order_id": order[0], "revenue": order[1], "currency": "EUR", "lines": []} if order else None,
-        "consent": {"analytics": True, "marketing": True}, "user_agent": None, "ip_truncated": None,
-        "visit_id": f"{visitor}:{visit}", "visit_number": visit,
-        "traffic_source": {"medium": "email" if campaign else "direct", "source": None, "campaign": campaign,
-                           "term": None, "content": None, "click_id": None, "network": None},
-        "declared_campaign": {"key": campaign, "name": f"Campaign {campaign}", "partner": "mailer",
-                              "channel": "email"} if campaign else None,
-        "campaign_undeclared": False, "crm": None, "enriched_at": at,
-    }  # fmt: skip
+    return enriched_hit(visitor, at, event_id=f"{visitor}-{n}", visit=visit, campaign=campaign, order=order)
 
 
 def traffic(first: int, visitors: int, at: int) -> list[dict[str, Any]]:

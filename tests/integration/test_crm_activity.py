@@ -36,6 +36,7 @@ from passerelle.streams.crm_activity.processor import CrmActivityProcessor, CrmA
 from passerelle.streams.crm_activity.rules import DAY_MS, HOUR_MS, MINUTE_MS, CrmActivityConfig
 from passerelle.streams.runtime import Processor, Runner, RunnerConfig
 from tests.integration.kafka_helpers import TopicReader, create_topics, produce_avro
+from tests.records import enriched_hit
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,19 +55,8 @@ def schema(name: str) -> str:
 def enriched(visitor: str, n: int, visit: int, customer: str | None, at: int, campaign: str | None = None,
              order: tuple[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
     """An ``EnrichedHit`` as the enrichment writes it."""
-    return {
-        "event_id": f"{visitor}-{n}", "site": "shop.example", "visitor_id": visitor, "customer_id": customer,
-        "event_time": at, "type": "order" if order else "page_view", "url": "https://shop.example/",
-        "referrer": None, "page": None, "campaign_params": {}, "product": None,
-        "order": {"order_id": order[0], "revenue": order[1], "currency": "EUR", "lines": []} if order else None,
-        "consent": {"analytics": True, "marketing": True}, "user_agent": None, "ip_truncated": None,
-        "visit_id": f"{visitor}:{visit}", "visit_number": visit,
-        "traffic_source": {"medium": "email" if campaign else "direct", "source": None, "campaign": campaign,
-                           "term": None, "content": None, "click_id": None, "network": None},
-        "declared_campaign": {"key": campaign, "name": f"Campaign {campaign}", "partner": "mailer",
-                              "channel": "email"} if campaign else None,
-        "campaign_undeclared": False, "crm": None, "enriched_at": at,
-    }  # fmt: skip
+    return enriched_hit(visitor, at, event_id=f"{visitor}-{n}", visit=visit, customer=customer, campaign=campaign,
+                        order=order)  # fmt: skip
 
 
 def abandoned(visitor: str, customer: str | None, at: int) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from passerelle.schemas.catalog import load_catalog
 from passerelle.streams.postview.processor import PostViewProcessor, PostViewTopics
 from passerelle.streams.runtime import Runner, RunnerConfig
 from tests.integration.kafka_helpers import TopicReader, create_topics, produce_avro
+from tests.records import enriched_hit
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,17 +89,8 @@ def impression(visitor: str, imp_id: str, campaign: str, at: int, site: str = SI
 
 def enriched(visitor: str, n: int, visit: int, at: int, order: str | None = None) -> dict[str, Any]:
     """An ``EnrichedHit`` as the enrichment writes it (a direct visit: post-view is credited whatever the source)."""
-    return {
-        "event_id": f"{visitor}-{n}", "site": SITE, "visitor_id": visitor, "customer_id": None,
-        "event_time": at, "type": "order" if order else "page_view", "url": "https://shop.example/",
-        "referrer": None, "page": None, "campaign_params": {}, "product": None,
-        "order": {"order_id": order, "revenue": 25.5, "currency": "EUR", "lines": []} if order else None,
-        "consent": {"analytics": True, "marketing": True}, "user_agent": None, "ip_truncated": None,
-        "visit_id": f"{visitor}:{visit}", "visit_number": visit,
-        "traffic_source": {"medium": "direct", "source": None, "campaign": None, "term": None, "content": None,
-                           "click_id": None, "network": None},
-        "declared_campaign": None, "campaign_undeclared": False, "crm": None, "enriched_at": at,
-    }  # fmt: skip
+    return enriched_hit(visitor, at, event_id=f"{visitor}-{n}", visit=visit, site=SITE,
+                        order=(order, 25.5) if order else None)  # fmt: skip
 
 
 def traffic(first: int, visitors: int, now: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -40,6 +40,7 @@ from passerelle.streams.crm_activity.rules import (
 )
 from passerelle.streams.runtime import OutRecord
 from passerelle.streams.runtime.testing import ProcessorDriver, Step
+from tests.records import enriched_hit
 
 pytestmark = pytest.mark.unit
 
@@ -59,19 +60,8 @@ CONFIG = CrmActivityConfig(emit_interval_ms=1_000)
 def hit(visitor: str, at: int, visit: int = 1, customer: str | None = "c1", campaign: str | None = None,
         order: tuple[str, float] | None = None, n: int = 0) -> dict[str, Any]:  # fmt: skip
     """An ``EnrichedHit`` as fastavro decodes it; ``order`` = (order id, revenue)."""
-    return {
-        "event_id": f"e-{visitor}-{at}-{n}", "site": "shop.example", "visitor_id": visitor, "customer_id": customer,
-        "event_time": at, "type": "order" if order else "page_view", "url": "https://shop.example/",
-        "referrer": None, "page": None, "campaign_params": {}, "product": None,
-        "order": {"order_id": order[0], "revenue": order[1], "currency": "EUR", "lines": []} if order else None,
-        "consent": {"analytics": True, "marketing": True}, "user_agent": None, "ip_truncated": None,
-        "visit_id": f"{visitor}:{visit}", "visit_number": visit,
-        "traffic_source": {"medium": "email" if campaign else "direct", "source": None, "campaign": campaign,
-                           "term": None, "content": None, "click_id": None, "network": None},
-        "declared_campaign": {"key": campaign, "name": f"Campaign {campaign}", "partner": "mailer",
-                              "channel": "email"} if campaign else None,
-        "campaign_undeclared": False, "crm": None, "enriched_at": at,
-    }  # fmt: skip
+    return enriched_hit(visitor, at, event_id=f"e-{visitor}-{at}-{n}", visit=visit, customer=customer,
+                        campaign=campaign, order=order)  # fmt: skip
 
 
 def cart(visitor: str, at: int, customer: str | None = "c1", episode: str = "1") -> dict[str, Any]:

@@ -21,6 +21,7 @@ from passerelle.streams.postview.processor import SWEEP, VISITORS, PostViewProce
 from passerelle.streams.postview.rules import ALL, HOUR_MS, MINUTE_MS, PostView, PostViewConfig
 from passerelle.streams.runtime import OutRecord
 from passerelle.streams.runtime.testing import ProcessorDriver, Step
+from tests.records import enriched_hit
 
 pytestmark = pytest.mark.unit
 
@@ -45,19 +46,9 @@ def imp(visitor: str, at: int, campaign: str | None = "DISP-1", imp_id: str | No
 def hit(visitor: str, at: int, visit: int = 1, customer: str | None = None, order: tuple[str, float] | None = None,
         medium: str = "direct", campaign: str | None = None, site: str = SITE) -> dict[str, Any]:  # fmt: skip
     """An ``EnrichedHit``; ``order`` = (order id, revenue)."""
-    return {
-        "event_id": f"e-{visitor}-{at}", "site": site, "visitor_id": visitor, "customer_id": customer,
-        "event_time": at, "type": "order" if order else "page_view", "url": f"https://{site}/",
-        "referrer": None, "page": None, "campaign_params": {}, "product": None,
-        "order": {"order_id": order[0], "revenue": order[1], "currency": "EUR", "lines": []} if order else None,
-        "consent": {"analytics": True, "marketing": True}, "user_agent": None, "ip_truncated": None,
-        "visit_id": f"{visitor}:{visit}", "visit_number": visit,
-        "traffic_source": {"medium": medium, "source": None, "campaign": campaign, "term": None, "content": None,
-                           "click_id": None, "network": None},
-        "declared_campaign": {"key": campaign, "name": campaign, "partner": "mailer", "channel": medium}
-        if campaign else None,
-        "campaign_undeclared": False, "crm": None, "enriched_at": at,
-    }  # fmt: skip
+    return enriched_hit(visitor, at, event_id=f"e-{visitor}-{at}", visit=visit, customer=customer, order=order,
+                        medium=medium, campaign=campaign, site=site, campaign_name=campaign,
+                        channel=medium)  # fmt: skip
 
 
 def erasure(customer: str | None = None, visitor: str | None = None, kind: str = "erasure") -> dict[str, Any]:
