@@ -305,7 +305,8 @@ def test_up_restores_the_table(secure_stack: SecureStack, topics: list[str]) -> 
         AclOperation.ANY, AclPermissionType.ANY,
     )  # fmt: skip
     left = root.describe_acls(collector).result(30)
-    assert {(b.name, b.operation) for b in left} == {("hits.raw", AclOperation.WRITE)}
+    granted = {("hits.raw", AclOperation.WRITE), ("ads.impressions", AclOperation.WRITE)}  # hits and /imp
+    assert {(b.name, b.operation) for b in left} == granted
     meta = admin(secure_stack, "generator").list_topics(timeout=15)  # logs in again, same password
     assert meta.brokers
 
