@@ -27,6 +27,8 @@ COMMAND_MODULES = (
     "passerelle.commands.crm_normalizer",
     "passerelle.commands.crm_activity",
     "passerelle.commands.postview",
+    "passerelle.commands.conversion_paths",
+    "passerelle.commands.attribution",
     "passerelle.commands.campaign_declarations",
     "passerelle.commands.crm",
     "passerelle.commands.metrics",

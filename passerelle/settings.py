@@ -545,6 +545,72 @@ class PostViewSettings(ProcessorSettings):
         )
 
 
+# --- conversion paths -------------------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from passerelle.streams.conversion_paths.rules import PathsConfig
+
+
+class ConversionPathsSettings(ProcessorSettings):
+    """Settings of ``passerelle conversion-paths``: the runtime's, plus lookback, goals, models and lateness."""
+
+    paths_lookback_days: float = Field(default=30, gt=0, description="How far back a touchpoint counts on a path")
+    paths_goals: str = Field(
+        default="",
+        description='Conversions besides orders, a JSON list: [{"name": "signup", "page_pattern": "/welcome", '
+        '"value": 5}] or {"name", "hit_type"} (none: orders only)',
+    )
+    paths_position_first: float = Field(
+        default=0.4, ge=0, le=1, description="Position-based model: credit of the first touchpoint"
+    )
+    paths_position_last: float = Field(
+        default=0.4, ge=0, le=1, description="Position-based model: credit of the last touchpoint"
+    )
+    paths_half_life_days: float = Field(default=7, gt=0, description="Time-decay model: half-life of a touchpoint")
+    paths_reset_after_conversion: bool = Field(
+        default=True, description="A path starts after the person's previous conversion (false: the whole lookback)"
+    )
+    paths_grace_minutes: float = Field(
+        default=60,
+        ge=0,
+        description="How long after a conversion a late touchpoint is still attached to it (the path re-emitted "
+        "with revision + 1); later ones are counted late",
+    )
+    paths_postview_channel: str = Field(
+        default="display (post-view)", min_length=1, description="Channel of post-view exposures on the paths"
+    )
+
+    @model_validator(mode="after")
+    def _check_paths(self) -> ConversionPathsSettings:
+        if self.paths_position_first + self.paths_position_last > 1:
+            raise ValueError("PASSERELLE_PATHS_POSITION_FIRST + PASSERELLE_PATHS_POSITION_LAST must be at most 1")
+        from passerelle.streams.conversion_paths.rules import parse_goals
+
+        try:
+            parse_goals(self.paths_goals)
+        except Exception as exc:  # JSON or goal errors: one line naming the setting
+            raise ValueError(f"PASSERELLE_PATHS_GOALS: {exc}") from None
+        return self
+
+    def to_config(self) -> PathsConfig:
+        """The rules, in the milliseconds they count in, the goals parsed."""
+        from passerelle.streams.conversion_paths.models import ModelConfig
+        from passerelle.streams.conversion_paths.rules import DAY_MS, PathsConfig, parse_goals
+
+        return PathsConfig(
+            lookback_ms=max(1, int(self.paths_lookback_days * DAY_MS)),
+            goals=parse_goals(self.paths_goals),
+            model=ModelConfig(
+                position_first=self.paths_position_first,
+                position_last=self.paths_position_last,
+                half_life_ms=max(1, int(self.paths_half_life_days * DAY_MS)),
+            ),
+            reset_after_conversion=self.paths_reset_after_conversion,
+            grace_ms=int(self.paths_grace_minutes * 60_000),
+            postview_channel=self.paths_postview_channel,
+        )
+
+
 # --- campaign declarations --------------------------------------------------------------------------------
 
 if TYPE_CHECKING:

@@ -168,6 +168,19 @@ class Touchpoint(AvroModel):
     source: str | None = None
     campaign: str | None = None
     at: EpochMillis
+    kind: str = "visit"
+    channel: str = ""
+    campaign_key: str | None = None
+    visitor_id: str | None = None
+    direct: bool = False
+
+
+class ModelCredits(AvroModel):
+    """The attribution of a conversion under one model (``ConversionPath.models``)."""
+
+    model: str
+    credits: list[float]
+    revenue_cents: list[int]
 
 
 class RecordHeader(AvroModel):
@@ -361,11 +374,17 @@ class ConversionPath(AvroModel):
     conversion_id: str
     visitor_id: str
     customer_id: str | None = None
-    order_id: str
+    order_id: str | None = None
     revenue: float
-    currency: str
+    currency: str | None = None
     touchpoints: list[Touchpoint]
     converted_at: EpochMillis
+    goal: str | None = None
+    revenue_cents: int = 0
+    path_length: int = 0
+    time_to_conversion_ms: int = 0
+    revision: int = 0
+    models: list[ModelCredits] = Field(default_factory=list)
 
 
 class PrivacyRequest(AvroModel):
@@ -518,6 +537,49 @@ class WebActivityDelta(AvroModel):
 MODELS[WebActivityDelta.schema_name] = WebActivityDelta
 
 
+class CrmConversionPath(AvroModel):
+    """One conversion and its path for the CRM's ``conversion_paths`` table (``CrmConversionPath.avsc``)."""
+
+    schema_name: ClassVar[str] = "CrmConversionPath"
+
+    conversion_id: str
+    customer_id: str
+    order_id: str | None = None
+    goal: str | None = None
+    converted_at: EpochMillis
+    revenue: float
+    currency: str | None = None
+    path_length: int = Field(ge=0)
+    time_to_conversion_ms: int = Field(ge=0)
+    first_channel: str | None = None
+    last_channel: str | None = None
+    channels: str
+    credits: str
+    revision: int = Field(ge=0)
+    updated_at: EpochMillis
+
+
+MODELS[CrmConversionPath.schema_name] = CrmConversionPath
+
+
+class CustomerChannels(AvroModel):
+    """The channels that brought one customer, for the CRM's ``customer_channels`` table (``CustomerChannels.avsc``)."""
+
+    schema_name: ClassVar[str] = "CustomerChannels"
+
+    customer_id: str
+    first_channel: str | None = None
+    last_channel: str | None = None
+    touchpoints: int = Field(ge=0)
+    channels: str
+    last_conversion_id: str | None = None
+    last_conversion_at: EpochMillis | None = None
+    updated_at: EpochMillis
+
+
+MODELS[CustomerChannels.schema_name] = CustomerChannels
+
+
 class PostViewKind(StrEnum):
     """What followed a display impression (Avro enum ``passerelle.PostViewKind``)."""
 
@@ -568,3 +630,72 @@ class PartnerKey(AvroModel):
 
 
 MODELS[PartnerKey.schema_name] = PartnerKey
+
+
+class MarkovChannel(AvroModel):
+    """One channel's Markov attribution (``MarkovAttribution.channels``)."""
+
+    channel: str
+    removal_effect: float = Field(ge=0, le=1)
+    credit: float = Field(ge=0, le=1)
+    conversions: float = Field(ge=0)
+
+
+class MarkovAttribution(AvroModel):
+    """Data-driven attribution of one period (``MarkovAttribution.avsc``, topic ``attribution.markov``)."""
+
+    schema_name: ClassVar[str] = "MarkovAttribution"
+
+    period: str
+    period_start: EpochMillis
+    period_end: EpochMillis
+    computed_at: EpochMillis
+    journeys: int = Field(ge=0)
+    conversions: int = Field(ge=0)
+    channels: list[MarkovChannel]
+
+
+MODELS[MarkovAttribution.schema_name] = MarkovAttribution
+
+
+class PathTouch(AvroModel):
+    """A touchpoint as conversion-paths keeps it (``PathEvent.touchpoints``)."""
+
+    id: str
+    kind: str
+    channel: str
+    medium: str
+    source: str | None = None
+    campaign: str | None = None
+    campaign_key: str | None = None
+    at: int
+    visitor_id: str
+    direct: bool
+
+
+class PathConversion(AvroModel):
+    """A conversion as conversion-paths keeps it (``PathEvent.conversion``)."""
+
+    conversion_id: str
+    order_id: str | None = None
+    goal: str | None = None
+    revenue: float
+    currency: str | None = None
+    at: int
+    event_id: str
+    visitor_id: str
+
+
+class PathEvent(AvroModel):
+    """A touchpoint, conversion or hand-over re-keyed by customer (``PathEvent.avsc``, internal to conversion-paths)."""
+
+    schema_name: ClassVar[str] = "PathEvent"
+
+    kind: str
+    customer_id: str
+    visitor_id: str
+    touchpoints: list[PathTouch] = Field(default_factory=list)
+    conversion: PathConversion | None = None
+
+
+MODELS[PathEvent.schema_name] = PathEvent

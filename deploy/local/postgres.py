@@ -7,8 +7,9 @@ cluster belongs to the ``postgres`` user and every server command runs through
 
 Three roles, passwords random and made once (``postgres/secrets.env``, owner
 only): ``postgres`` (superuser, migrations), ``debezium`` (REPLICATION, reads
-the CRM tables) and ``crm_sink`` (writes ``web_activity`` only). The Connect
-worker gets them as environment variables, which connector configs name as
+the CRM tables) and ``crm_sink`` (writes ``web_activity``, ``conversion_paths``
+and ``customer_channels`` only, granted by the migrations). The Connect worker
+gets them as environment variables, which connector configs name as
 ``${env:...}``: no password is ever in a connector file.
 """
 

@@ -95,7 +95,7 @@ def flow(
     f = Flow(kafka_bootstrap, schema_registry_url, tmp_path_factory.mktemp("crm-flow"), connect_worker, crm_postgres)
     cli(f.env, "topics", "create")
     cli(f.env, "schemas", "register")
-    configs.apply(f.client, configs.load(), wait=90)
+    configs.apply(f.client, configs.load(names=("crm-source", "crm-sink")), wait=90)  # the two this flow tests
     f.start("crm-normalizer")
     f.start("enrich")
     try:

@@ -47,6 +47,7 @@ def runtime_processors() -> dict[str, tuple[str, Callable[[], Any]]]:
         campaign_counts,
         campaign_declarations,
         carts,
+        conversion_paths,
         crm_activity,
         crm_normalizer,
         enrich,
@@ -61,6 +62,7 @@ def runtime_processors() -> dict[str, tuple[str, Callable[[], Any]]]:
         "crm-activity": ("crm-activity", lambda: crm_activity.build(s.CrmActivitySettings())),
         "crm-activity-messages": ("crm-activity-messages", lambda: crm_activity.build_messages(s.ProcessorSettings())),
         "postview": ("postview", lambda: postview.build(s.PostViewSettings())),
+        "conversion-paths": ("conversion-paths", lambda: conversion_paths.build(s.ConversionPathsSettings())),
         "campaign-declarations": (
             "campaign-declarations",
             lambda: campaign_declarations.build(s.CampaignDeclarationsSettings()),

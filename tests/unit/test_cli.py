@@ -50,6 +50,8 @@ COMMANDS = [
     ["postview"], ["bench", "postview"],
     ["metrics"], ["metrics", "import"],
     ["campaign-declarations"],
+    ["attribution"], ["attribution", "markov"],
+    ["conversion-paths"],
 ]  # fmt: skip
 
 

@@ -2,21 +2,51 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from passerelle.connectors.connect import configs, strimzi
+from passerelle.schemas.catalog import load_catalog
 
 pytestmark = pytest.mark.unit
+MIGRATIONS = Path(configs.__file__).resolve().parents[1] / "crm" / "migrations"
 
 
 def test_the_shipped_files_load_and_name_their_secrets() -> None:
     items = {item.name: item for item in configs.load()}
-    assert set(items) == {"crm-source", "crm-sink"}
+    assert set(items) == {"crm-source", "crm-sink", "crm-paths-sink", "crm-channels-sink"}
     assert items["crm-source"].config["database.password"] == "${env:PASSERELLE_CRM_DB_CDC_PASSWORD}"
-    assert items["crm-sink"].config["connection.password"] == "${env:PASSERELLE_CRM_DB_SINK_PASSWORD}"
+    for sink in ("crm-sink", "crm-paths-sink", "crm-channels-sink"):
+        assert items[sink].config["connection.password"] == "${env:PASSERELLE_CRM_DB_SINK_PASSWORD}"
+
+
+def _migration_tables() -> dict[str, list[str]]:
+    """Column names of each ``CREATE TABLE`` of the CRM migrations."""
+    sql = "\n".join(p.read_text() for p in sorted(MIGRATIONS.glob("*.sql")))
+    tables = {}
+    for name, body in re.findall(r"CREATE TABLE (\w+) \((.*?)\n\);", sql, re.DOTALL):
+        lines = [line.split("--")[0].strip() for line in body.splitlines()]
+        tables[name] = [line.split()[0] for line in lines if line and not line.startswith(("PRIMARY", "UNIQUE"))]
+    return tables
+
+
+@pytest.mark.parametrize("name", ["crm-sink", "crm-paths-sink", "crm-channels-sink"])
+def test_each_jdbc_sink_reads_a_connect_json_topic_into_a_table_with_every_field(name: str) -> None:
+    config = {item.name: item for item in configs.load()}[name].config
+    spec = load_catalog().topic(config["topics"])
+    assert spec.wire_format == "connect-json" and spec.cleanup_policy == "compact"
+    fields = [f["name"] for f in json.loads(load_catalog().schema_text(spec.value_schema))["fields"]]
+    # schema.evolution=none: the table must have every field, the key field first and as primary key.
+    assert config["schema.evolution"] == "none" and config["insert.mode"] == "upsert"
+    assert config["delete.enabled"] == "true" and config["primary.key.mode"] == "record_key"
+    assert config["primary.key.fields"] == config["transforms.key.field"] == fields[0]
+    assert config["consumer.override.isolation.level"] == "read_committed"
+    assert config["errors.deadletterqueue.topic.name"] == "errors.connect"
+    assert _migration_tables()[config["collection.name.format"]] == fields
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 -- The sample CRM database: customers and their consents, as a CRM team keeps them.
--- Applied once by `passerelle up --with postgres` (or `passerelle crm migrate`) in the
+-- Applied once by `passerelle up --with postgres` (deploy/local/postgres.py: migrate) in the
 -- `crm` database; every migration runs in its own transaction and is recorded in
 -- schema_migrations, so applying twice changes nothing.
 --
