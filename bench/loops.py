@@ -1,5 +1,5 @@
 """The raw confluent-kafka batch loop's plumbing, shared by the raw workers (``bench.workers``,
-``bench.enrich_workers``, ``bench.postview``), and the result line every worker prints.
+``bench.enrich_workers``, ``bench.postview``, ``bench.paths``), and the result line every worker prints.
 
 Only per-run and per-batch helpers live here: the per-record work (decode, the job,
 encode, ``producer.produce`` with its ``BufferError`` fallback) stays inline in each
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, Message
@@ -22,11 +22,13 @@ from passerelle.schemas.clients import Connection
 from passerelle.schemas.serde import AvroEncoder, SchemaCache, registry_fetcher
 
 
-def report(started: float, records: float) -> None:
-    """The worker's result, its last JSON line: seconds since ``started``, the record count, peak RSS."""
+def report(started: float, records: float, extra: Mapping[str, Any] | None = None) -> None:
+    """The worker's result, its last JSON line: seconds since ``started``, the record count, peak RSS (and the
+    ``extra`` keys, if any)."""
     elapsed = time.perf_counter() - started
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"elapsed": elapsed, "records": records, "peak_rss_mb": rss_kb / 1024}), flush=True)
+    result = {"elapsed": elapsed, "records": records, "peak_rss_mb": rss_kb / 1024, **(extra or {})}
+    print(json.dumps(result), flush=True)
 
 
 def drain(consumer: Consumer) -> list[Message]:
@@ -67,10 +69,11 @@ class RawLoop:
         self.producer.poll(0)
         self.consumer.commit(asynchronous=True)
 
-    def finish(self, done: int) -> None:
-        """Wait for every output to be acknowledged, print the result line (``done`` records), leave the group."""
+    def finish(self, done: int, extra: Mapping[str, Any] | None = None) -> None:
+        """Wait for every output to be acknowledged, print the result line (``done`` records, ``extra``), leave
+        the group."""
         self.producer.flush(60)
-        report(self.started, done)
+        report(self.started, done, extra)
         self.consumer.close()
 
 

@@ -1,5 +1,5 @@
 """Running a processor on the runtime from a bench worker's parsed arguments (``bench.workers``,
-``bench.enrich_workers``, ``bench.postview``, ``bench.rebalance_worker``).
+``bench.enrich_workers``, ``bench.postview``, ``bench.paths``, ``bench.rebalance_worker``).
 
 A worker's arguments carry ``group``, ``bootstrap``, ``registry``, ``records``, ``commit_ms``,
 ``min_commit_ms``, ``batch_size`` and ``dlq``; the clock starts at the first record consumed and
@@ -40,14 +40,17 @@ def runner_config(
     output_schemas: Mapping[str, str],
     exactly_once: bool,
     input_schemas: Mapping[str, str] | None = None,
+    wire_formats: Mapping[str, str] | None = None,
 ) -> RunnerConfig:
-    """The worker's ``RunnerConfig``: its group as the application id, its connection, commit and batch settings."""
+    """The worker's ``RunnerConfig``: its group as the application id, its connection, commit and batch settings
+    (``wire_formats``: the topics that are not Confluent Avro, e.g. ``connect-json`` CRM rows)."""
     return RunnerConfig(
         app_id=args.group,
         bootstrap_servers=args.bootstrap,
         schema_registry_url=args.registry,
         input_schemas=dict(input_schemas or {}),
         output_schemas=output_schemas,
+        wire_formats=dict(wire_formats or {}),
         exactly_once=exactly_once,
         batch_size=args.batch_size,
         commit_interval_ms=args.commit_ms,
@@ -56,9 +59,31 @@ def runner_config(
     )
 
 
-def run_timed(runner: Runner, records: int, count: Count = "in", then: Callable[[], Any] | None = None) -> None:
-    """Run until ``records`` are counted, call ``then`` (if any), print the result line."""
+def run_timed(
+    runner: Runner,
+    records: int,
+    count: Count = "in",
+    then: Callable[[], Any] | None = None,
+    internal: str | None = None,
+) -> None:
+    """Run until ``records`` are counted, call ``then`` (if any), print the result line.
+
+    ``internal``: a topic the processor writes and reads back (a repartition topic, e.g. conversion paths'
+    events): its records are not counted as input, the run goes on until every record written to it has been
+    read back, and the result line adds the records produced per output topic (``outputs``).
+    """
     started = 0.0
+
+    def internal_count(metric: Any) -> float:
+        return float(metric.labels(runner.processor.name, internal)._value.get())
+
+    def consumed() -> float:
+        return runner.records_in if internal is None else runner.records_in - internal_count(runner.metrics.records_in)
+
+    def settled() -> bool:
+        return internal is None or internal_count(runner.metrics.records_in) >= internal_count(
+            runner.metrics.records_out
+        )
 
     def done() -> bool:
         nonlocal started
@@ -66,12 +91,17 @@ def run_timed(runner: Runner, records: int, count: Count = "in", then: Callable[
             started = time.perf_counter()
         if count == "out":
             return runner.records_out >= records
-        return runner.records_in >= records and (count == "in" or runner.records_out >= records)
+        return consumed() >= records and settled() and (count == "in" or runner.records_out >= records)
 
     runner.run(until=done)  # returns after the final commit (flush + offsets or transaction)
     if then is not None:
         then()
-    report(started or time.perf_counter(), runner.records_out if count == "out" else runner.records_in)
+    extra = None
+    if internal is not None:
+        outputs = {t: runner.metrics.records_out.labels(runner.processor.name, t)._value.get()
+                   for t in runner.processor.outputs}  # fmt: skip
+        extra = {"outputs": outputs}
+    report(started or time.perf_counter(), runner.records_out if count == "out" else consumed(), extra)
 
 
 def run_processor(

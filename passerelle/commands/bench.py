@@ -51,6 +51,18 @@ def _postview(args: argparse.Namespace) -> int:
     return postview.main(argv, settings.bootstrap_servers, settings.schema_registry_url)
 
 
+def _paths(args: argparse.Namespace) -> int:
+    from bench import paths
+
+    settings = load()
+    argv = [
+        "--records", str(args.records), "--rounds", str(args.rounds), "--commit-ms", str(args.commit_ms),
+        "--min-commit-ms", str(args.min_commit_ms), "--batch-size", str(args.batch_size),
+        "--timeout", str(args.timeout),
+    ]  # fmt: skip
+    return paths.main(argv, settings.bootstrap_servers, settings.schema_registry_url)
+
+
 def _collector(args: argparse.Namespace) -> int:
     from bench import collector
 
@@ -129,6 +141,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     postview.add_arguments(q)
     q.set_defaults(func=_postview)
+    from bench import paths
+
+    q = bsub.add_parser(
+        "paths",
+        help="conversion-paths processor (at-least-once, exactly-once) vs the raw loop doing the same bookkeeping",
+        description=paths.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    paths.add_arguments(q)
+    q.set_defaults(func=_paths)
     q = bsub.add_parser(
         "collector",
         help="HTTP collector: accepted events/s for pixel hits and batches of 100, on loopback",

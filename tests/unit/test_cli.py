@@ -51,6 +51,7 @@ COMMANDS = [
     ["metrics"], ["metrics", "import"],
     ["campaign-declarations"],
     ["attribution"], ["attribution", "markov"],
+    ["bench", "paths"],
     ["conversion-paths"],
 ]  # fmt: skip
 
