@@ -81,10 +81,10 @@ def cleanup(client: ConnectClient, pg: postgres.Postgres, *items: configs.Connec
 def psql_rows(pg: postgres.Postgres, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Rows of a query, as the superuser over TCP."""
     with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-        return list(conn.execute(sql, params).fetchall())  # type: ignore[arg-type]
+        return list(conn.execute(sql, params).fetchall())
 
 
 def execute(pg: postgres.Postgres, sql: str, params: tuple[Any, ...] = ()) -> None:
     """One statement in its own transaction, as the CRM's application would write."""
     with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-        conn.execute(sql, params)  # type: ignore[arg-type]
+        conn.execute(sql, params)
