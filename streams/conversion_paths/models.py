@@ -18,9 +18,11 @@ Pure functions: no I/O, no clock (the conversion time is an argument). The formu
   touch, so a very old touch underflows to 0 credit instead of every weight overflowing. Equal timestamps get
   equal weights.
 
-Exact sums. Each model's weights are normalised with exact rational arithmetic (``fractions.Fraction`` of the
-float weights) and every credit except one is rounded DOWN to a multiple of 2**-53; the rounding remainder goes
-to the last touch that has credit (positive weight). Every credit is then ``k / 2**53`` for an integer k and the
+Exact sums. Each model's weights are normalised with exact integer arithmetic (every float weight is a
+dyadic rational, so a model's weights are integers over one power of two; ``fractions.Fraction`` gives the
+same results 14x slower: 6.6 s against 0.47 s for 3,000 paths, side by side) and every credit except one is
+rounded DOWN to a multiple of 2**-53; the rounding remainder goes to the last touch that has credit (positive
+weight). Every credit is then ``k / 2**53`` for an integer k and the
 k sum to 2**53, so every partial sum is exactly representable: the credits of a model sum to exactly ``1.0`` in
 any order of summation (``sum``, ``math.fsum``, a database's ``SUM`` over doubles). The price: a credit is at most
 2**-53 below its exact value (1/5 is ``0.19999999999999996``), the remainder touch at most n * 2**-53 above.
@@ -37,7 +39,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Final
 
 MODELS: Final = ("first_touch", "last_touch", "last_non_direct", "linear", "position_based", "time_decay")
@@ -82,12 +83,11 @@ def credits(touches: Sequence[Touch], converted_at: int, config: ModelConfig = M
     n = len(touches)
     if n == 0:
         return {}
-    one, zero = Fraction(1), Fraction(0)
-    weights: dict[str, list[Fraction]] = {
-        "first_touch": [one] + [zero] * (n - 1),
-        "last_touch": [zero] * (n - 1) + [one],
+    weights: dict[str, list[int]] = {
+        "first_touch": [1] + [0] * (n - 1),
+        "last_touch": [0] * (n - 1) + [1],
         "last_non_direct": _one_hot(n, _last_non_direct(touches)),
-        "linear": [one] * n,
+        "linear": [1] * n,
         "position_based": _position_weights(n, config),
         "time_decay": _time_decay_weights(touches, converted_at, config.half_life_ms),
     }
@@ -113,27 +113,36 @@ def revenue_shares(credit: Sequence[float], revenue_cents: int) -> list[int]:
         return [-share for share in revenue_shares(credit, -revenue_cents)]
     if revenue_cents == 0:
         return [0] * n
-    exact = [Fraction(c) for c in credit]
-    total = sum(exact, Fraction(0))
+    exact = _dyadic(credit)  # part i / total is credit i / sum of credits, exactly
+    total = sum(exact)
     if total == 0:
         raise ValueError("no credit to share the revenue over (no touch, or every credit is 0)")
     last = max(i for i, c in enumerate(exact) if c > 0)
-    snap = Fraction(revenue_cents, 1 << _SNAP_SHIFT)
+    # share i = part * revenue / total; it counts as the next cent when within revenue / 2**50 below it:
+    # (down + 1) - part * revenue / total <= revenue / 2**50, both sides times total * 2**50, in integers.
     shares = []
     for part in exact:
-        amount = part * revenue_cents / total
-        down = math.floor(amount)
-        shares.append(down + 1 if down + 1 - amount <= snap else down)
+        scaled = part * revenue_cents
+        down = scaled // total
+        near = (((down + 1) * total - scaled) << _SNAP_SHIFT) <= revenue_cents * total
+        shares.append(down + 1 if near else down)
     shares[last] = 0
     if sum(shares) > revenue_cents:  # only with a huge revenue times many touches: plain rounding down
-        shares = [math.floor(part * revenue_cents / total) for part in exact]
+        shares = [part * revenue_cents // total for part in exact]
         shares[last] = 0
     shares[last] = revenue_cents - sum(shares)
     return shares
 
 
-def _one_hot(n: int, index: int) -> list[Fraction]:
-    return [Fraction(1) if i == index else Fraction(0) for i in range(n)]
+def _dyadic(values: Sequence[float]) -> list[int]:
+    """Integers proportional to ``values`` exactly: each float is p / 2**k, put over the largest 2**k."""
+    ratios = [float(v).as_integer_ratio() for v in values]
+    common = max((q for _, q in ratios), default=1)
+    return [p * (common // q) for p, q in ratios]
+
+
+def _one_hot(n: int, index: int) -> list[int]:
+    return [1 if i == index else 0 for i in range(n)]
 
 
 def _last_non_direct(touches: Sequence[Touch]) -> int:
@@ -143,30 +152,31 @@ def _last_non_direct(touches: Sequence[Touch]) -> int:
     return len(touches) - 1
 
 
-def _position_weights(n: int, config: ModelConfig) -> list[Fraction]:
-    first, last = Fraction(config.position_first), Fraction(config.position_last)
+def _position_weights(n: int, config: ModelConfig) -> list[int]:
+    first, last, one = _dyadic([config.position_first, config.position_last, 1.0])
     if n == 1:
-        return [Fraction(1)]
+        return [1]
     if n == 2:
-        return [first, last] if first + last > 0 else [Fraction(1), Fraction(1)]
-    # first + last <= 1 was checked in floats; as exact rationals it may exceed 1 by a rounding error.
-    middle = max(Fraction(0), 1 - first - last) / (n - 2)
-    return [first] + [middle] * (n - 2) + [last]
+        return [first, last] if first + last > 0 else [1, 1]
+    # The middle touches share 1 - first - last: every weight times (n - 2) keeps them integers.
+    # first + last <= 1 was checked in floats; exactly, it may exceed 1 by a rounding error: the middle gets 0.
+    middle = max(0, one - first - last)
+    return [first * (n - 2)] + [middle] * (n - 2) + [last * (n - 2)]
 
 
-def _time_decay_weights(touches: Sequence[Touch], converted_at: int, half_life_ms: int) -> list[Fraction]:
+def _time_decay_weights(touches: Sequence[Touch], converted_at: int, half_life_ms: int) -> list[int]:
     # 2**(-(converted_at - at)/h) normalised == 2**((at - newest)/h) normalised: converted_at cancels out, and
     # relative to the newest touch no weight exceeds 1 (no overflow, even for a touch after converted_at).
     del converted_at
     newest = max(t.at for t in touches)
-    return [Fraction(2.0 ** ((t.at - newest) / half_life_ms)) for t in touches]
+    return _dyadic([2.0 ** ((t.at - newest) / half_life_ms) for t in touches])
 
 
-def _normalise(weights: list[Fraction]) -> list[float]:
+def _normalise(weights: list[int]) -> list[float]:
     """Weights -> credits that are multiples of 2**-53 summing to exactly 1 (remainder on the last credited)."""
-    total = sum(weights, Fraction(0))
+    total = sum(weights)
     last = max(i for i, w in enumerate(weights) if w > 0)
-    units = [math.floor(w * _UNITS / total) for w in weights]
+    units = [w * _UNITS // total for w in weights]
     units[last] = 0
     units[last] = _UNITS - sum(units)
     return [u / _UNITS for u in units]

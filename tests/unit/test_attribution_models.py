@@ -320,6 +320,44 @@ def test_property_every_model_sums_to_exactly_one(touches: list[Touch], config: 
             assert decay[i] == decay[i + 1]
 
 
+def reference_credits(touches: list[Touch], config: ModelConfig) -> dict[str, list[float]]:
+    """The models' definition in exact rationals (``Fraction``), floored to 2**-53 with the remainder on the last
+    credited touch: what the module's integer arithmetic must give, bit for bit."""
+    n, newest = len(touches), max(t.at for t in touches)
+    first, last = Fraction(config.position_first), Fraction(config.position_last)
+    if n == 1:
+        position = [Fraction(1)]
+    elif n == 2:
+        position = [first, last] if first + last > 0 else [Fraction(1), Fraction(1)]
+    else:
+        middle = max(Fraction(0), 1 - first - last) / (n - 2)
+        position = [first] + [middle] * (n - 2) + [last]
+    lnd = max((i for i, t in enumerate(touches) if not t.direct), default=n - 1)
+    weights = {
+        "first_touch": [Fraction(int(i == 0)) for i in range(n)],
+        "last_touch": [Fraction(int(i == n - 1)) for i in range(n)],
+        "last_non_direct": [Fraction(int(i == lnd)) for i in range(n)],
+        "linear": [Fraction(1)] * n,
+        "position_based": position,
+        "time_decay": [Fraction(2.0 ** ((t.at - newest) / config.half_life_ms)) for t in touches],
+    }
+    out = {}
+    for model, w in weights.items():
+        total, units = sum(w), [math.floor(x * 2**53 / sum(w)) for x in w]
+        at = max(i for i, x in enumerate(w) if x > 0)
+        units[at] = 0
+        units[at] = 2**53 - sum(units)
+        out[model] = [u / 2**53 for u in units]
+        assert total > 0
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(touches=touches_st, config=configs())
+def test_property_credits_equal_the_exact_rational_definition(touches: list[Touch], config: ModelConfig) -> None:
+    assert credits(touches, CONV, config) == reference_credits(touches, config)
+
+
 @settings(max_examples=300, deadline=None)
 @given(touches=touches_st, config=configs(), revenue=st.integers(min_value=0, max_value=10**11))
 def test_property_revenue_shares_sum_to_the_revenue(touches: list[Touch], config: ModelConfig, revenue: int) -> None:
