@@ -16,11 +16,9 @@ most of the weight:
 from __future__ import annotations
 
 import ipaddress
-import math
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -35,6 +33,7 @@ from pydantic import (
 )
 
 from passerelle.schemas.models import Consent, Hit, HitType, Order, Product
+from passerelle.schemas.timeconv import parse_epoch_ms
 from passerelle.streams.enrichment.params import normalize_params, parse_campaign_params
 
 # --- field types -----------------------------------------------------------------------------------
@@ -174,29 +173,13 @@ def client_ip(peer: str | None, forwarded_for: str | None, proxies: tuple[Networ
 
 
 def parse_event_time(value: Any) -> int | None:
-    """Epoch milliseconds from what a tag sends: int/float millis, a digit string, or ISO 8601 with a zone."""
+    """Epoch milliseconds from what a tag sends (``parse_epoch_ms``); None when absent or empty."""
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
-        raise ValueError("event_time must be epoch milliseconds or an ISO 8601 time with a zone, not a boolean")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("event_time must be a finite number of epoch milliseconds")
-        return int(value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            return int(text)
-        try:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            raise ValueError("event_time must be epoch milliseconds or an ISO 8601 time with a zone") from None
-        if moment.tzinfo is None:
-            raise ValueError("event_time has no time zone; send UTC (...Z) or an offset")
-        return int(moment.timestamp() * 1000)
-    raise ValueError("event_time must be epoch milliseconds or an ISO 8601 time with a zone")
+    try:
+        return parse_epoch_ms(value)
+    except ValueError as exc:
+        raise ValueError(f"event_time {exc}") from None
 
 
 def resolve_event_time(client_ms: int | None, received_at_ms: int, rules: HitRules) -> int:

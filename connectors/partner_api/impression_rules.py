@@ -26,13 +26,12 @@ Unknown fields are refused (a typo must not lose data silently).
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any, Final
 
 from passerelle.connectors.partner_api.campaign_rules import FieldError
+from passerelle.schemas.timeconv import parse_epoch_ms
 
 MAX_ID: Final = 128
 MAX_LABEL: Final = 256
@@ -55,30 +54,6 @@ def text_problem(value: Any, limit: int) -> str | None:
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         return "contains control characters"
     return None
-
-
-def parse_time_ms(value: Any) -> int:
-    """Epoch milliseconds from epoch milliseconds (int, or a digit string) or ISO 8601 with a zone; ``ValueError``."""
-    if isinstance(value, bool) or value is None:
-        raise ValueError("epoch milliseconds or ISO 8601 with a zone, e.g. 2026-11-29T10:00:00Z")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("a finite number of epoch milliseconds")
-        return int(value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            return int(text)
-        try:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            raise ValueError("epoch milliseconds or ISO 8601 with a zone, e.g. 2026-11-29T10:00:00Z") from None
-        if moment.tzinfo is None:
-            raise ValueError("ISO 8601 without a zone; add Z (UTC) or an offset such as +01:00")
-        return int(moment.timestamp() * 1000)
-    raise ValueError("epoch milliseconds or ISO 8601 with a zone, e.g. 2026-11-29T10:00:00Z")
 
 
 def validate_impression(item: Any, ad_server: str, now_ms: int) -> tuple[dict[str, Any] | None, list[FieldError]]:
@@ -113,9 +88,9 @@ def validate_impression(item: Any, ad_server: str, now_ms: int) -> tuple[dict[st
         errors.append(FieldError("event_time", "required: ISO 8601 with a zone, or epoch milliseconds"))
     else:
         try:
-            event_time = parse_time_ms(item["event_time"])
+            event_time = parse_epoch_ms(item["event_time"])
         except ValueError as exc:
-            errors.append(FieldError("event_time", str(exc)))
+            errors.append(FieldError("event_time", f"event_time {exc}"))
         else:
             if event_time > now_ms + MAX_SKEW_MS:
                 errors.append(FieldError("event_time", "in the future (more than 5 minutes ahead of the server)"))
