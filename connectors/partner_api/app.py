@@ -38,7 +38,6 @@ from passerelle.connectors.partner_api.config import ApiConfig
 from passerelle.connectors.partner_api.keys import AuthError, KeyRing, Principal, Throttled
 from passerelle.connectors.partner_api.tables import TableFollower, TopicWriter
 from passerelle.connectors.partner_api.tagging import (
-    CampaignTag,
     landing_of,
     landing_problem,
     tag_of,
@@ -49,7 +48,6 @@ from passerelle.schemas import clients
 log = logging.getLogger(__name__)
 
 Family = Literal["xtor", "at", "utm", "mtm"]
-MAX_SOURCE = 100
 
 
 # --- errors --------------------------------------------------------------------------------------------------
@@ -289,46 +287,8 @@ def build_record(body: CampaignIn | DeclareUndeclaredIn, key: str, partner: str,
     """The ``Campaign`` record a request declares (defaults filled), and the problems only the API sees."""
     given = {name: value for name, value in body.model_dump().items() if value is not None}
     data = {**defaults, **given}
-    errors: list[rules.FieldError] = []
-    family = data.get("family") or ("xtor" if rules.xtor_medium(key) else "utm")
-    key_error = rules.key_problem(key, family)
-    if key_error is not None:
-        errors.append(rules.FieldError("key", key_error))
-    medium = data.get("medium")
-    if medium is None:
-        medium = rules.xtor_medium(key) if family == "xtor" else rules.CHANNELS.get(str(data.get("channel")))
-        if medium is None and key_error is None:
-            errors.append(rules.FieldError("medium", f"required (one of {', '.join(rules.CAMPAIGN_MEDIA)})"))
-    channel = data.get("channel") or rules.CHANNEL_OF_MEDIUM.get(str(medium))
-    source = data.get("source") if family != "xtor" else None
-    if family != "xtor":
-        source = source or partner
-        if len(source) > MAX_SOURCE or any(ord(ch) < 32 for ch in source) or not source.strip():
-            errors.append(rules.FieldError("source", f"1-{MAX_SOURCE} characters, no control characters"))
-    elif data.get("source") is not None and "source" in given:
-        errors.append(rules.FieldError("source", "an xtor tag carries no source; leave it out"))
-    landing = data.get("landing_url")
-    problem = landing_problem(landing)
-    template = ""
-    if problem is not None:
-        errors.append(rules.FieldError("landing_url", problem))
-    else:
-        template = tag_url(str(landing), CampaignTag(family, key, medium if family != "xtor" else None, source))
-    record = {
-        "key": key,
-        "name": data.get("name"),
-        "partner": partner,
-        "channel": channel or "",
-        "medium": medium or "",
-        "tagged_url_template": template,
-        "valid_from": _ms(data.get("valid_from")),
-        "valid_to": _ms(data.get("valid_to")),
-        "cost_model": data.get("cost_model"),
-        "cost_amount": data.get("cost_amount"),
-        "currency": data.get("currency"),
-        "declared_at": now_ms,
-    }
-    return record, errors
+    data["valid_from"], data["valid_to"] = _ms(data.get("valid_from")), _ms(data.get("valid_to"))
+    return rules.campaign_record(key, data, partner, now_ms, source_given="source" in given)
 
 
 def judged(record: dict[str, Any], early: list[rules.FieldError], table: dict[str, dict[str, Any]], partner: str

@@ -41,7 +41,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from passerelle.connectors.partner_api.tagging import TAG_FAMILIES, landing_problem, read_tag, strip_campaign_params
+from passerelle.connectors.partner_api.tagging import (
+    TAG_FAMILIES,
+    CampaignTag,
+    landing_problem,
+    read_tag,
+    strip_campaign_params,
+    tag_url,
+)
 from passerelle.streams.enrichment import media
 from passerelle.streams.enrichment.xtor import PREFIX_MEDIUM
 
@@ -234,3 +241,70 @@ def draft_defaults(draft: Mapping[str, Any]) -> dict[str, Any]:
     if draft.get("medium") in CAMPAIGN_MEDIA:
         defaults["medium"] = draft["medium"]
     return defaults
+
+
+MAX_SOURCE: Final = 100
+"""Longest ``source`` written in a tag (``utm_source``, ``at_platform``, ``mtm_source``)."""
+
+
+def campaign_record(
+    key: str,
+    data: Mapping[str, Any],
+    partner: str,
+    now_ms: int,
+    *,
+    source_given: bool = False,
+    landing_field: str = "landing_url",
+    medium_hint: str = "",
+) -> tuple[dict[str, Any], list[FieldError]]:
+    """The ``Campaign`` record ``data`` declares for ``partner`` (defaults filled, the landing URL tagged), and the
+    problems found building it; ``validate_declaration`` then judges the record.
+
+    The API (a request's fields over a draft's) and the campaign-declarations
+    processor (an automatic rule over a draft) both build with it: the family
+    given, else xtor for an xtor-shaped key, utm otherwise; the medium given,
+    else the xtor prefix's or the channel's; the channel given, else the
+    medium's; the source given, else the partner id (no source in an xtor tag:
+    an error when ``source_given``). ``data``'s times are epoch milliseconds.
+    """
+    errors: list[FieldError] = []
+    family = data.get("family") or ("xtor" if xtor_medium(key) else "utm")
+    key_error = key_problem(key, family)
+    if key_error is not None:
+        errors.append(FieldError("key", key_error))
+    medium = data.get("medium")
+    if medium is None:
+        medium = xtor_medium(key) if family == "xtor" else CHANNELS.get(str(data.get("channel")))
+        if medium is None and key_error is None:
+            errors.append(FieldError("medium", f"required (one of {', '.join(CAMPAIGN_MEDIA)}){medium_hint}"))
+    channel = data.get("channel") or CHANNEL_OF_MEDIUM.get(str(medium))
+    source = None
+    if family != "xtor":
+        source = str(data.get("source") or partner)
+        if len(source) > MAX_SOURCE or any(ord(ch) < 32 for ch in source) or not source.strip():
+            errors.append(FieldError("source", f"1-{MAX_SOURCE} characters, no control characters"))
+    elif data.get("source") is not None and source_given:
+        errors.append(FieldError("source", "an xtor tag carries no source; leave it out"))
+    landing = data.get("landing_url")
+    template = ""
+    problem = landing_problem(landing)
+    if problem is not None:
+        note = "the URL the tag was seen on: " if landing_field != "landing_url" else ""
+        errors.append(FieldError(landing_field, note + problem))
+    elif key_error is None:
+        template = tag_url(str(landing), CampaignTag(family, key, medium if family != "xtor" else None, source))
+    record = {
+        "key": key,
+        "name": data.get("name"),
+        "partner": partner,
+        "channel": channel or "",
+        "medium": medium or "",
+        "tagged_url_template": template,
+        "valid_from": data.get("valid_from"),
+        "valid_to": data.get("valid_to"),
+        "cost_model": data.get("cost_model"),
+        "cost_amount": data.get("cost_amount"),
+        "currency": data.get("currency"),
+        "declared_at": now_ms,
+    }
+    return record, errors

@@ -41,9 +41,7 @@ from passerelle.connectors.partner_api import campaign_rules as rules
 from passerelle.connectors.partner_api.tagging import (
     TAG_FAMILIES,
     CampaignTag,
-    landing_problem,
     read_tag,
-    tag_url,
 )
 from passerelle.errors import PasserelleError
 from passerelle.schemas.timeconv import to_millis
@@ -51,7 +49,6 @@ from passerelle.schemas.timeconv import to_millis
 PARTNER_HEADER: Final = "partner"
 """The header naming the partner on a deletion (a tombstone has no value to name it)."""
 TIMESTAMP_FIELDS: Final = ("valid_from", "valid_to", "declared_at")
-MAX_SOURCE: Final = 100
 RULE_FIELDS: Final = ("partner", "prefix", "min", "max", "family", "source", "medium", "channel")
 
 
@@ -269,49 +266,15 @@ def draft_declaration(key: str, draft: Mapping[str, Any], rule: AutoRule, now: i
     without its campaign parameters, tagged anew.
     """
     data = rules.draft_defaults(draft)
+    data["name"] = str(data.get("name") or key)[: rules.MAX_NAME]
     if rule.medium is not None:
         data["medium"] = rule.medium
     if rule.channel is not None:
         data["channel"] = rule.channel
-    errors: list[rules.FieldError] = []
-    family = data.get("family") or ("xtor" if rules.xtor_medium(key) else "utm")
-    key_error = rules.key_problem(key, family)
-    if key_error is not None:
-        errors.append(rules.FieldError("key", key_error))
-    medium = data.get("medium")
-    if medium is None:
-        medium = rules.xtor_medium(key) if family == "xtor" else rules.CHANNELS.get(str(data.get("channel")))
-        if medium is None and key_error is None:
-            errors.append(rules.FieldError("medium", f"required (one of {', '.join(rules.CAMPAIGN_MEDIA)}): "
-                                           "the tag has none, give the rule one"))  # fmt: skip
-    channel = data.get("channel") or rules.CHANNEL_OF_MEDIUM.get(str(medium))
-    source = None
-    if family != "xtor":
-        source = str(data.get("source") or rule.partner)
-        if len(source) > MAX_SOURCE or any(ord(ch) < 32 for ch in source) or not source.strip():
-            errors.append(rules.FieldError("source", f"1-{MAX_SOURCE} characters, no control characters"))
-    landing = data.get("landing_url")
-    template = ""
-    problem = landing_problem(landing)
-    if problem is not None:
-        errors.append(rules.FieldError("tagged_url_template", f"the URL the tag was seen on: {problem}"))
-    elif key_error is None:
-        template = tag_url(str(landing), CampaignTag(family, key, medium if family != "xtor" else None, source))
-    record = {
-        "key": key,
-        "name": str(data.get("name") or key)[: rules.MAX_NAME],
-        "partner": rule.partner,
-        "channel": channel or "",
-        "medium": medium or "",
-        "tagged_url_template": template,
-        "valid_from": None,
-        "valid_to": None,
-        "cost_model": None,
-        "cost_amount": None,
-        "currency": None,
-        "declared_at": now,
-    }
-    return record, errors
+    for dropped in ("valid_from", "valid_to", "cost_model", "cost_amount", "currency"):
+        data.pop(dropped, None)
+    return rules.campaign_record(key, data, rule.partner, now, landing_field="tagged_url_template",
+                                 medium_hint=": the tag has none, give the rule one")  # fmt: skip
 
 
 def auto_declaration(key: str, draft: Mapping[str, Any], rule: AutoRule, now: int) -> dict[str, Any]:
