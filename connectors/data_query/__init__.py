@@ -1,0 +1,1 @@
+"""Data Query: report queries over the analytics store, relative periods, export formats."""
