@@ -661,6 +661,18 @@ class ApiSettings(PasserelleSettings):
     api_start_timeout_seconds: float = Field(
         default=30, gt=0, description="Time to read the keys, campaigns and undeclared tables at start"
     )
+    warehouse_store: str = Field(
+        default="",
+        description="Analytics store the query endpoints read: duckdb:///path.duckdb or postgresql://...; default: "
+        "<state dir>/warehouse.duckdb (the same setting as `passerelle warehouse`)",
+    )
+    api_warehouse_sink: bool = Field(
+        default=True, description="With a DuckDB store, run the warehouse sink inside the API (one process per file)"
+    )
+    warehouse_site_timezones: str = Field(
+        default="", description="The API's warehouse sink: each site's time zone, e.g. shop=Europe/Paris (others: UTC)"
+    )
+    warehouse_topics: str = Field(default="", description="The API's warehouse sink: topic of a role, e.g. hits=...")
 
     def api_config(self) -> ApiConfig:
         """The plain configuration the API takes (it cannot import ``passerelle.settings``)."""
@@ -676,5 +688,35 @@ class ApiSettings(PasserelleSettings):
             max_batch_metrics=self.api_max_batch_metrics,
             max_import_body_bytes=self.api_max_import_body_bytes,
             start_timeout_s=self.api_start_timeout_seconds,
+            warehouse_url=self.warehouse_store or f"duckdb:///{(self.state_dir / 'warehouse.duckdb').resolve()}",
+            warehouse_sink=self.api_warehouse_sink,
+            warehouse_site_timezones=self.warehouse_site_timezones,
+            warehouse_topics=self.warehouse_topics,
             connection=self.connection(),
         )
+
+
+# --- analytics store sink ---------------------------------------------------------------------------------
+
+
+class WarehouseSettings(PasserelleSettings):
+    """Settings of ``passerelle warehouse``: the store, the topics, the sites' time zones, the batches."""
+
+    warehouse_store: str = Field(
+        default="",
+        description="Store URL: duckdb:///path.duckdb or postgresql://...; default: <state dir>/warehouse.duckdb",
+    )
+    warehouse_site_timezones: str = Field(
+        default="",
+        description="Each site's time zone for local days, e.g. shop=Europe/Paris,blog=America/New_York (others: UTC)",
+    )
+    warehouse_topics: str = Field(
+        default="",
+        description="Topic of a role when not the catalog's, e.g. hits=hits.enriched.eu (roles: hits, carts, "
+        "messages, deliveries, campaigns, postview, metrics, paths, privacy, profiles, links)",
+    )
+    warehouse_batch_size: int = Field(default=10_000, ge=1, description="Most records written per store transaction")
+    warehouse_max_wait_ms: int = Field(default=500, ge=1, description="Longest a batch waits to fill up")
+    instance_id: str = Field(default="0", description="Stable id of this sink instance (static group membership)")
+    metrics_port: int | None = Field(default=None, description="Serve /metrics on this port (none: off)")
+    dead_letter_topic: str = Field(default="errors.deadletters", description="Where undecodable records go")

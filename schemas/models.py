@@ -699,3 +699,22 @@ class PathEvent(AvroModel):
 
 
 MODELS[PathEvent.schema_name] = PathEvent
+
+
+class QueryTemplate(AvroModel):
+    """A saved report template of the partner API, keyed by template id (``QueryTemplate.avsc``)."""
+
+    schema_name: ClassVar[str] = "QueryTemplate"
+
+    template_id: str
+    partner: str
+    name: str
+    query: str
+    version: int = Field(ge=1)
+    created_at: EpochMillis
+    updated_at: EpochMillis
+    updated_by: str | None = None
+    token_hash: str
+
+
+MODELS[QueryTemplate.schema_name] = QueryTemplate

@@ -417,9 +417,14 @@ def create_app(config: ApiConfig, backend: Backend | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(backend.start)
+        query = getattr(app.state, "query", None)  # the query endpoints, when a store is configured
+        if query is not None:
+            await asyncio.to_thread(query.start)
         try:
             yield
         finally:
+            if query is not None:
+                await asyncio.to_thread(query.close)
             await asyncio.to_thread(backend.close)
 
     app = FastAPI(
@@ -597,6 +602,11 @@ def create_app(config: ApiConfig, backend: Backend | None = None) -> FastAPI:
 
     impressions.install(app, backend, scoped("impressions:write"))
     metrics_routes.install(app, backend, scoped("metrics:write"))
+    if config.warehouse_url is not None:
+        from passerelle.connectors.partner_api import query_routes
+
+        app.state.query = query_routes.QueryService(config)
+        query_routes.install(app, app.state.query, scoped)
     return app
 
 

@@ -23,6 +23,7 @@ class ApiTopics:
     keys: str = "partners.keys"
     impressions: str = "ads.impressions"
     metrics: str = "partners.metrics"
+    templates: str = "query.templates"
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,15 @@ class ApiConfig(Connects):
     start_timeout_s: float = 30.0
     produce_timeout_s: float = 10.0
     auto_register_schemas: bool = True
+    warehouse_url: str | None = None
+    """The analytics store the query endpoints read (duckdb:///… or postgresql://…); None: no query endpoints."""
+    warehouse_sink: bool = True
+    """With a DuckDB store, run the sink filling it in a thread of the API (DuckDB admits one process per file)."""
+    warehouse_site_timezones: str = ""
+    """The in-process sink's site time zones (``shop=Europe/Paris,...``), as ``PASSERELLE_WAREHOUSE_SITE_TIMEZONES``."""
+    warehouse_topics: str = ""
+    """The in-process sink's topic of a role when not the catalog's (``hits=...``): PASSERELLE_WAREHOUSE_TOPICS."""
+    warehouse_group_id: str = "passerelle-warehouse"
     connection: Connection | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

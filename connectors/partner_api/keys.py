@@ -34,9 +34,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-SCOPES: Final = ("campaigns:write", "campaigns:read", "impressions:write", "metrics:write", "query:read")
-"""What a key may do. ``campaigns:*``, ``impressions:write`` and ``metrics:write`` are served; ``query:read`` is
-reserved for the next endpoints."""
+SCOPES: Final = (
+    "campaigns:write", "campaigns:read", "impressions:write", "metrics:write", "query:read", "query:write"
+)  # fmt: skip
+"""What a key may do. ``query:read`` runs queries and reads/runs the partner's report templates; ``query:write``
+saves, changes and deletes templates (a dashboard's key needs only ``query:read``)."""
 
 KEY_ID: Final = re.compile(r"[a-z0-9]{16}")
 SECRET: Final = re.compile(r"[A-Za-z0-9_-]{43}")

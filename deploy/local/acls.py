@@ -65,6 +65,7 @@ CATALOG_TOPICS = (
     "campaigns.undeclared",
     "campaigns.declarations",
     "partners.keys",
+    "query.templates",
     "ads.impressions",
     "ads.postview",
     "partners.metrics",
@@ -441,6 +442,36 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
             prefixed=True,
         ),
     ),
+    "warehouse": (
+        Grant(
+            TOPIC,
+            (
+                "hits.enriched",
+                "carts.abandoned",
+                "remarketing.messages",
+                "remarketing.deliveries",
+                "campaigns",
+                "ads.postview",
+                "partners.metrics",
+                "conversions.paths",
+            ),
+            ("READ",),
+            "`passerelle warehouse`: the topics it writes into the analytics store",
+        ),
+        Grant(
+            TOPIC,
+            ("privacy.requests", "crm.profiles", "identity.links"),
+            ("READ",),
+            "erasures (requests, CRM tombstones) and the visitor ids linked to a customer",
+        ),
+        Grant(TOPIC, (DEAD_LETTERS,), ("WRITE",), "undecodable records"),
+        Grant(
+            GROUP,
+            ("passerelle-warehouse",),
+            ("READ",),
+            "its consumer group (offsets live in the store; the group's are committed for lag tools)",
+        ),
+    ),
     "campaign-declarations": (
         Grant(
             TOPIC,
@@ -562,8 +593,15 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
             "POST /v1/impressions and POST /v1/metrics: partners' impressions and daily figures",
         ),
         Grant(
+            TOPIC,
+            ("query.templates",),
+            ("READ", "WRITE"),
+            "the report templates of /v1/query/templates: followed whole, saved and deleted (tombstones)",
+        ),
+        Grant(
             GROUP,
-            ("passerelle-api-partners.keys", "passerelle-api-campaigns", "passerelle-api-campaigns.undeclared"),
+            ("passerelle-api-partners.keys", "passerelle-api-campaigns", "passerelle-api-campaigns.undeclared",
+             "passerelle-api-query.templates"),
             ("READ",),
             "its table readers name a `passerelle-api-<topic>` group (assign only, never committed)",
         ),

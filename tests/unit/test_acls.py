@@ -150,6 +150,17 @@ def test_postview_reads_and_writes_only_its_topics() -> None:
     assert not allowed("postview", acls.TOPIC, "ads.impressions", "WRITE")
 
 
+def test_warehouse_reads_its_topics_and_writes_only_dead_letters() -> None:
+    bindings = acls.bindings("warehouse")
+    topics = {(n, op) for r, n, _, op, _ in bindings if r == acls.TOPIC}
+    from passerelle.connectors.warehouse.sink import DEFAULT_TOPICS
+
+    assert topics == {(t, "READ") for t in DEFAULT_TOPICS.values()} | {(acls.DEAD_LETTERS, "WRITE")}
+    assert set(DEFAULT_TOPICS.values()) <= set(acls.CATALOG_TOPICS)
+    assert allowed("warehouse", acls.GROUP, "passerelle-warehouse", "READ")
+    assert not allowed("warehouse", acls.GROUP, "passerelle-postview", "READ")
+
+
 def test_campaign_declarations_reads_and_writes_only_its_topics() -> None:
     bindings = acls.bindings("campaign-declarations")
     topics = {(n, op) for r, n, _, op, _ in bindings if r == acls.TOPIC and not n.startswith("passerelle-")}
@@ -245,3 +256,14 @@ def test_the_partner_api_and_its_admin_commands_reach_only_their_tables(monkeypa
         assert not [g for g in acls.GRANTS[component] if g.resource in (acls.CLUSTER, acls.TRANSACTIONAL_ID)]
         assert acls.registry_role(component) == "read"
     assert {"campaigns.declarations", "partners.keys"} <= set(acls.CATALOG_TOPICS)
+
+
+def test_the_api_follows_and_writes_the_query_templates_and_only_it() -> None:
+    """Report templates live on ``query.templates``: the API reads it whole (its table group) and writes it."""
+    from passerelle.connectors.partner_api.config import ApiTopics
+
+    templates = ApiTopics().templates
+    assert templates in acls.CATALOG_TOPICS
+    assert allowed("api", acls.TOPIC, templates, "READ") and allowed("api", acls.TOPIC, templates, "WRITE")
+    assert allowed("api", acls.GROUP, f"passerelle-api-{templates}", "READ")
+    assert not [c for c in acls.GRANTS if c != "api" and allowed(c, acls.TOPIC, templates, "WRITE")]

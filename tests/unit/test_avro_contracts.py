@@ -234,6 +234,17 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "revoked_at": None,
         "label": "campaign declarations from the emailing tool",
     },
+    "QueryTemplate": {
+        "template_id": "9a0b1c2d3e4f5a6b",
+        "partner": "mailer",
+        "name": "Visits by source, last 7 days",
+        "query": '{"dimensions":["source"],"metrics":["visits"],"period":"last7"}',
+        "version": 2,
+        "created_at": T0,
+        "updated_at": T0 + 60_000,
+        "updated_by": "3f9c0a7e5b2d4c18",
+        "token_hash": "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8",
+    },
     "WebActivityDelta": {
         "event_id": "order:shop.example:o-77",
         "customer_id": "C-1001",

@@ -33,6 +33,7 @@ EXPECTED = {
     "campaigns.declarations": ("Campaign", 1, "delete"),
     "ads.postview": ("PostView", 6, "delete"),
     "partners.keys": ("PartnerKey", 1, "compact"),
+    "query.templates": ("QueryTemplate", 1, "compact"),
     "carts.abandoned": ("CartAbandoned", None, "delete"),
     "campaigns.live": ("CampaignCounts", 1, "compact"),
     "campaigns.live.deltas": ("CampaignCounts", 6, "delete"),

@@ -46,13 +46,15 @@ COMMANDS = [
     ["crm-normalizer"], ["crm-activity"], ["crm-activity-messages"], ["crm"], ["crm", "import"], ["connect"],
     ["connect", "apply"], ["connect", "status"], ["connect", "manifest"], ["connect", "restart"],
     ["connect", "pause"], ["connect", "resume"], ["connect", "delete"], ["demo-crm"], ["api"], ["partners"],
-    ["partners", "add"], ["partners", "list"], ["partners", "revoke"], ["campaigns"], ["campaigns", "undeclared"],
+    ["partners", "add"], ["partners", "list"], ["partners", "revoke"], ["query"], ["query", "run"],
+    ["query", "templates"], ["campaigns"], ["campaigns", "undeclared"],
     ["postview"], ["bench", "postview"],
     ["metrics"], ["metrics", "import"],
     ["campaign-declarations"],
     ["attribution"], ["attribution", "markov"],
     ["bench", "paths"],
     ["conversion-paths"],
+    ["warehouse"],
 ]  # fmt: skip
 
 
