@@ -40,6 +40,7 @@ from confluent_kafka.admin import (
 )
 
 from passerelle.deploy.local import acls, secure, stack
+from passerelle.schemas.catalog import load_catalog
 from tests.conftest import ROOT, SecureStack
 
 pytestmark = pytest.mark.integration
@@ -52,10 +53,20 @@ def admin(s: SecureStack, component: str) -> AdminClient:
 
 
 def create(s: SecureStack, component: str, topics: list[str], partitions: int = 1) -> dict[str, KafkaException | None]:
-    """Create ``topics`` as ``component``: per topic None, or the broker's refusal (already-exists is success)."""
+    """Create ``topics`` as ``component``: per topic None, or the broker's refusal (already-exists is success).
+
+    A catalog topic gets the catalog's partitions and configs, as ``passerelle topics create`` would make it: the
+    stack is shared with other modules, whose ``topics create --fail-on-drift`` must find no drift."""
+    catalog = load_catalog()
     out: dict[str, KafkaException | None] = {}
     client = admin(s, component)  # kept alive until the futures are done
-    for topic, fut in client.create_topics([NewTopic(t, partitions, 1) for t in topics]).items():
+    new = [
+        NewTopic(t, catalog.topic(t).partitions, 1, config=catalog.topic(t).configs())
+        if t in catalog
+        else NewTopic(t, partitions, 1)
+        for t in topics
+    ]
+    for topic, fut in client.create_topics(new).items():
         try:
             fut.result(30)
             out[topic] = None
