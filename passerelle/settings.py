@@ -713,7 +713,7 @@ class WarehouseSettings(PasserelleSettings):
     warehouse_topics: str = Field(
         default="",
         description="Topic of a role when not the catalog's, e.g. hits=hits.enriched.eu (roles: hits, carts, "
-        "messages, deliveries, campaigns, postview, metrics, paths, privacy, profiles, links)",
+        "messages, deliveries, campaigns, postview, metrics, paths, privacy, profiles, links, markov)",
     )
     warehouse_batch_size: int = Field(default=10_000, ge=1, description="Most records written per store transaction")
     warehouse_max_wait_ms: int = Field(default=500, ge=1, description="Longest a batch waits to fill up")

@@ -14,6 +14,11 @@
   in the answers of create and token renewal) carry the token. ``format=iqy``
   answers an Excel web-query file pointing at the same URL in ``format=html``
   with the period left relative, so Excel's refresh brings the new days.
+- ``GET /v1/attribution/markov?period=&format=`` (``query:read``): the
+  data-driven attribution of a period label as ``passerelle attribution
+  markov`` last computed it (``connectors/data_query/markov``), in any format
+  but IQY; without ``period``, the most recently computed run. 404 naming the
+  labels the store has.
 
 Formats: ``json`` (query echoed, resolved period), ``csv``, ``xlsx``, ``html``,
 ``iqy``; results are streamed. Errors: 400 naming the problem (field
@@ -40,7 +45,7 @@ from fastapi import Body, Depends, FastAPI, Query, Request, Security
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 
-from passerelle.connectors.data_query import engine, formats, periods
+from passerelle.connectors.data_query import engine, formats, markov, periods
 from passerelle.connectors.data_query.result import Result
 from passerelle.connectors.partner_api import query_templates as qt
 from passerelle.connectors.partner_api.app import _api_key, _bearer, principal  # create_app imports this module
@@ -221,6 +226,29 @@ def install(app: FastAPI, service: QueryService, scoped: Callable[[str], Callabl
         period: str | None = Query(default=None, description="Overrides the body's period"),
     ) -> Response:
         return await answer(body, period, format, None, title=None)
+
+    @app.get("/v1/attribution/markov", tags=["query"], responses=_responses(400, 401, 403, 404),
+             summary="data-driven (Markov) attribution of a period label, as last computed (scope query:read)")
+    async def markov_attribution(
+        who: Principal = can_read,
+        period: str | None = Query(default=None, description="The run's label (`passerelle attribution markov "
+                                   "--label`); default: the most recently computed run"),
+        format: str = Query(default="json", description=FORMAT_HELP + " (not iqy)"),
+    ) -> Response:  # fmt: skip
+        fmt = format.lower()
+        if fmt not in formats.FORMATS or fmt == "iqy":
+            choices = ", ".join(f for f in formats.FORMATS if f != "iqy")
+            raise ApiError(400, FieldError("format", f"unknown format {fmt!r}: one of {choices}"))
+        try:
+            result = await asyncio.to_thread(markov.latest, service.the_store(), period)
+        except markov.NoRunError as exc:
+            raise ApiError(404, FieldError("period", str(exc))) from None
+        headers = {}
+        if fmt in ("csv", "xlsx"):
+            name = _filename("markov-" + result.period.expression, fmt)
+            headers["Content-Disposition"] = f'attachment; filename="{name}"'
+        return StreamingResponse(formats.render(result, fmt, title="Markov attribution"),
+                                 media_type=formats.media_type(fmt), headers=headers)  # fmt: skip
 
     @app.get("/v1/query/templates", tags=["query"], summary="your report templates (scope query:read)",
              responses=_responses(401, 403))  # fmt: skip

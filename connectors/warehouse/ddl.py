@@ -191,6 +191,22 @@ TABLES: Final[dict[str, str]] = {
             last_channel TEXT,
             revision INTEGER NOT NULL
         )""",
+    # attribution.markov (compacted, keyed by the period's label): the latest run's credits, one row per channel.
+    # Aggregates of many journeys, no person in them: erasure leaves them (the next run no longer counts the person).
+    "markov_credits": """
+        CREATE TABLE IF NOT EXISTS markov_credits (
+            period TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            period_start TIMESTAMPTZ NOT NULL,
+            period_end TIMESTAMPTZ NOT NULL,
+            computed_at TIMESTAMPTZ NOT NULL,
+            journeys BIGINT NOT NULL,
+            period_conversions BIGINT NOT NULL,
+            removal_effect DOUBLE PRECISION NOT NULL,
+            credit DOUBLE PRECISION NOT NULL,
+            conversions DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (period, channel)
+        )""",
     # Who was erased, and when (privacy.requests erasures, CRM tombstones; kind: customer | visitor): the sink
     # never writes a row of theirs dated up to then, even when it reads that row after the erasure (added by
     # the sink; the query model does not read it).

@@ -22,8 +22,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 # What the sink reads, by role; the topic names themselves come from the settings (catalog names by default).
 HITS, CARTS, MESSAGES, DELIVERIES = "hits", "carts", "messages", "deliveries"
 CAMPAIGNS, POSTVIEW, METRICS, PATHS = "campaigns", "postview", "metrics", "paths"
-PRIVACY, PROFILES, LINKS = "privacy", "profiles", "links"
-ROLES: Final = (HITS, CARTS, MESSAGES, DELIVERIES, CAMPAIGNS, POSTVIEW, METRICS, PATHS, PRIVACY, PROFILES, LINKS)
+PRIVACY, PROFILES, LINKS, MARKOV = "privacy", "profiles", "links", "markov"
+ROLES: Final = (HITS, CARTS, MESSAGES, DELIVERIES, CAMPAIGNS, POSTVIEW, METRICS, PATHS, PRIVACY, PROFILES, LINKS,
+                MARKOV)  # fmt: skip
 
 # Column kinds, for staging rows column-wise (Arrow types for DuckDB): text, int, float, bool, ts (UTC instant), day.
 COLUMNS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
@@ -77,6 +78,11 @@ COLUMNS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("conversion_id", "text"), ("visitor_id", "text"), ("customer_id", "text"), ("order_id", "text"),
         ("revenue", "float"), ("currency", "text"), ("converted_at", "ts"), ("path_length", "int"),
         ("time_to_conversion_ms", "int"), ("first_channel", "text"), ("last_channel", "text"), ("revision", "int"),
+    ),
+    "markov_credits": (
+        ("period", "text"), ("channel", "text"), ("period_start", "ts"), ("period_end", "ts"),
+        ("computed_at", "ts"), ("journeys", "int"), ("period_conversions", "int"), ("removal_effect", "float"),
+        ("credit", "float"), ("conversions", "float"),
     ),
 }  # fmt: skip
 """Every table the sink writes, its columns in DDL order with their kind."""
@@ -191,6 +197,7 @@ class Batch:
     campaigns: dict[str, Row | None] = field(default_factory=dict)
     metrics: dict[str, Row | None] = field(default_factory=dict)
     paths: dict[str, Row] = field(default_factory=dict)
+    markov: dict[str, list[Row]] = field(default_factory=dict)  # period label -> its channels' rows (latest run)
     unlinks: set[str] = field(default_factory=set)  # identity.links tombstones: visitor ids
     erasures: list[Erasure] = field(default_factory=list)
     skipped: int = 0  # records that write nothing (consent changes, CRM profile updates, erased persons)
@@ -203,6 +210,8 @@ class Batch:
             self.campaigns[str(key)] = None if value is None else campaign_row(value)
         elif role == METRICS:
             self.metrics[str(key)] = None if value is None else metric_row(value)
+        elif role == MARKOV:
+            self.markov[str(key)] = [] if value is None else markov_rows(value)
         elif role == PROFILES:
             if value is None:  # a CRM tombstone erases the customer
                 self._erase(str(key), None, datetime.fromtimestamp(timestamp_ms / 1000, UTC))
@@ -321,6 +330,7 @@ class Batch:
             + len(self.campaigns)
             + len(self.metrics)
             + len(self.paths)
+            + len(self.markov)
             + len(self.erasures)
             + len(self.unlinks)
         )
@@ -401,3 +411,12 @@ def path_row(rec: Mapping[str, Any]) -> Row:
             float(rec["revenue"]), rec.get("currency"), _utc(rec["converted_at"]), rec["path_length"],
             rec["time_to_conversion_ms"], touchpoints[0]["channel"] if touchpoints else None,
             touchpoints[-1]["channel"] if touchpoints else None, rec["revision"])  # fmt: skip
+
+
+def markov_rows(rec: Mapping[str, Any]) -> list[Row]:
+    """One ``markov_credits`` row per channel of a ``MarkovAttribution`` run (the period's label is the key)."""
+    head = (rec["period"],)
+    period = (_utc(rec["period_start"]), _utc(rec["period_end"]), _utc(rec["computed_at"]), rec["journeys"],
+              rec["conversions"])  # fmt: skip
+    return [(*head, c["channel"], *period, float(c["removal_effect"]), float(c["credit"]), float(c["conversions"]))
+            for c in rec["channels"]]  # fmt: skip

@@ -56,6 +56,7 @@ DEFAULT_TOPICS: Final[dict[str, str]] = {
     R.PRIVACY: "privacy.requests",
     R.PROFILES: "crm.profiles",
     R.LINKS: "identity.links",
+    R.MARKOV: "attribution.markov",
 }
 """The topic each role reads by default: the catalog's names."""
 
@@ -63,11 +64,11 @@ SCHEMAS: Final[dict[str, str]] = {
     R.HITS: "EnrichedHit", R.CARTS: "CartAbandoned", R.MESSAGES: "RemarketingMessage",
     R.DELIVERIES: "RemarketingDelivery", R.CAMPAIGNS: "Campaign", R.POSTVIEW: "PostView",
     R.METRICS: "PartnerMetric", R.PATHS: "ConversionPath", R.PRIVACY: "PrivacyRequest",
-    R.PROFILES: "CrmProfile", R.LINKS: "IdentityLink",
+    R.PROFILES: "CrmProfile", R.LINKS: "IdentityLink", R.MARKOV: "MarkovAttribution",
 }  # fmt: skip
 """The contract each role's values are read with (a record of another shape is a dead letter, not misread)."""
 
-KEYED: Final = frozenset({R.CAMPAIGNS, R.METRICS, R.PROFILES, R.LINKS})
+KEYED: Final = frozenset({R.CAMPAIGNS, R.METRICS, R.PROFILES, R.LINKS, R.MARKOV})
 """Roles whose key matters (tombstones of compacted tables); other keys are never decoded."""
 
 

@@ -70,6 +70,7 @@ MERGE: dict[str, str] = {
     "revenue = daily.revenue + excluded.revenue",
     "campaigns": f"ON CONFLICT (key) DO UPDATE SET {_replace_all('campaigns')}",
     "partner_metrics": f"ON CONFLICT (metric_id) DO UPDATE SET {_replace_all('partner_metrics')}",
+    "markov_credits": "ON CONFLICT DO NOTHING",  # the label's rows were deleted first, in the same transaction
     "conversion_paths": f"ON CONFLICT (conversion_id) DO UPDATE SET {_replace_all('conversion_paths')} "
     "WHERE excluded.revision >= conversion_paths.revision",
 }
@@ -158,6 +159,13 @@ class Writer:
             if batch.paths:
                 self._merge("conversion_paths", list(batch.paths.values()))
                 written["conversion_paths"] = len(batch.paths)
+            if batch.markov:  # a new run replaces its label's channels whole; a tombstone deletes them
+                for period in batch.markov:
+                    self._execute(f"DELETE FROM markov_credits WHERE period = {self.p}", [period])
+                credits = [row for rows in batch.markov.values() for row in rows]
+                if credits:
+                    self._merge("markov_credits", credits)
+                written["markov_credits"] = len(batch.markov)
             for visitor in batch.unlinks:
                 self._execute(f"DELETE FROM identities WHERE visitor_id = {self.p}", [visitor])
             for erasure in batch.erasures:

@@ -454,6 +454,7 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
                 "ads.postview",
                 "partners.metrics",
                 "conversions.paths",
+                "attribution.markov",
             ),
             ("READ",),
             "`passerelle warehouse`: the topics it writes into the analytics store",

@@ -269,3 +269,28 @@ def test_with_duckdb_the_api_runs_the_sink_and_new_hits_are_queryable(
                 break
             time.sleep(0.3)
         assert rows == [[3, 1]]
+
+        # The Markov job's run, published on attribution.markov, is read back by the same sink and served.
+        missing = client.get("/v1/attribution/markov", headers=env.h("reader"))
+        assert missing.status_code == 404 and "passerelle attribution markov" in errors(missing)["period"]
+        credits = [{"channel": "search", "removal_effect": 0.6, "credit": 0.75, "conversions": 3.0},
+                   {"channel": "email", "removal_effect": 0.2, "credit": 0.25, "conversions": 1.0}]  # fmt: skip
+        produce_avro(kafka_bootstrap, schema_registry_url, topics["markov"],
+                     load_catalog().schema_text(SCHEMAS["markov"]), [("last-30-days", {
+                         "period": "last-30-days", "period_start": now_ms - 30 * 86_400_000, "period_end": now_ms,
+                         "computed_at": now_ms, "journeys": 12, "conversions": 4, "channels": credits})])  # fmt: skip
+        deadline, answer = time.monotonic() + 60, None
+        while time.monotonic() < deadline:
+            answer = client.get("/v1/attribution/markov", headers=env.h("reader"))
+            if answer.status_code == 200:
+                break
+            time.sleep(0.3)
+        assert answer is not None and answer.status_code == 200, answer and answer.text
+        body = answer.json()
+        assert body["query"]["period"] == "last-30-days" and body["query"]["journeys"] == 12
+        assert body["rows"] == [["search", 0.6, 0.75, 3.0], ["email", 0.2, 0.25, 1.0]]
+        table = client.get("/v1/attribution/markov?period=last-30-days&format=csv", headers=env.h("reader"))
+        assert list(csv.reader(io.StringIO(table.text.lstrip("\ufeff"))))[1] == ["search", "0.6", "0.75", "3.0"]
+        other = client.get("/v1/attribution/markov?period=march", headers=env.h("reader"))
+        assert other.status_code == 404 and "last-30-days" in errors(other)["period"]
+        assert client.get("/v1/attribution/markov", headers=env.h("campaigner")).status_code == 403

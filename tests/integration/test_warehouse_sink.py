@@ -127,6 +127,14 @@ def test_every_topic_into_the_store_then_an_erasure(
             "path_length": 1, "time_to_conversion_ms": 300_000, "revision": 0, "models": []}  # fmt: skip
     produce(kafka_bootstrap, schema_registry_url, topics, "paths", [("v1", path), ("v1", {**path, "revision": 1,
             "path_length": 2})])  # fmt: skip
+    run = {"period": "last30", "period_start": at(-43200), "period_end": at(0), "computed_at": at(1), "journeys": 9,
+           "conversions": 3, "channels": [{"channel": "email", "removal_effect": 0.5, "credit": 0.5,
+                                           "conversions": 1.5}]}  # fmt: skip
+    rerun = {**run, "computed_at": at(2), "conversions": 4, "channels": [
+        {"channel": "direct", "removal_effect": 0.25, "credit": 0.25, "conversions": 1.0},
+        {"channel": "search", "removal_effect": 0.75, "credit": 0.75, "conversions": 3.0}]}  # fmt: skip
+    produce(kafka_bootstrap, schema_registry_url, topics, "markov", [("last30", run), ("march", {**run,
+            "period": "march"}), ("last30", rerun), ("march", None)])  # fmt: skip
 
     config = SinkConfig(
         connection=Connection.plain(kafka_bootstrap, schema_registry_url),
@@ -141,7 +149,8 @@ def test_every_topic_into_the_store_then_an_erasure(
     thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        wait_for(store, topics, {"hits": n_hits, "paths": 2, "campaigns": 3, "metrics": 1, "postview": 1})
+        wait_for(store, topics, {"hits": n_hits, "paths": 2, "campaigns": 3, "metrics": 1, "postview": 1,
+                                 "markov": 4})
         assert sorted(r[0] for r in query(store, "SELECT event_id FROM hits")) == ["h1", "h2", "h3", "h4"]
         d1, d2 = date(2026, 3, 1), date(2026, 3, 2)
         assert query(store, "SELECT visit_id, day, landing_page, medium, hits, orders, revenue, customer_id "
@@ -156,6 +165,9 @@ def test_every_topic_into_the_store_then_an_erasure(
         assert query(store, "SELECT key, name, cost_amount FROM campaigns") == [("K1", "Spring", 0.5)]  # K2 deleted
         assert query(store, "SELECT metric_id, day, value FROM partner_metrics") == [("pm1", d1, 12.5)]
         assert query(store, "SELECT conversion_id, revision, path_length FROM conversion_paths") == [("cv1", 1, 2)]
+        # The latest run of a label replaces its channels whole (email is gone); a tombstone deletes the label.
+        assert query(store, "SELECT period, channel, period_conversions, credit, conversions FROM markov_credits "
+                     "ORDER BY channel") == [("last30", "direct", 4, 0.25, 1.0), ("last30", "search", 4, 0.75, 3.0)]
         assert query(store, "SELECT event_id, day FROM carts_abandoned") == [("cart1", d1)]
         assert query(store, "SELECT message_id, has_promotion FROM remarketing_messages") == [("m1", False)]
         assert query(store, "SELECT message_id, outcome FROM remarketing_deliveries") == [("m1", "delivered")]
