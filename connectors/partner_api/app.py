@@ -603,10 +603,11 @@ def create_app(config: ApiConfig, backend: Backend | None = None) -> FastAPI:
     impressions.install(app, backend, scoped("impressions:write"))
     metrics_routes.install(app, backend, scoped("metrics:write"))
     if config.warehouse_url is not None:
-        from passerelle.connectors.partner_api import query_routes
+        from passerelle.connectors.partner_api import page_routes, query_routes
 
         app.state.query = query_routes.QueryService(config)
         query_routes.install(app, app.state.query, scoped)
+        page_routes.install(app)  # the template builder and the live dashboard (/pages/...)
     return app
 
 

@@ -8,7 +8,6 @@ import contextlib
 import csv
 import io
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,13 +21,14 @@ import openpyxl
 import pytest
 from fastapi.testclient import TestClient
 
-from passerelle.cli import build_parser, main
+from passerelle.cli import build_parser
 from passerelle.connectors.partner_api.app import create_app
-from passerelle.connectors.partner_api.config import ApiConfig, ApiTopics
+from passerelle.connectors.partner_api.config import ApiConfig
 from passerelle.connectors.warehouse.sink import DEFAULT_TOPICS, SCHEMAS
 from passerelle.connectors.warehouse.store import open_store
 from passerelle.schemas.catalog import load_catalog
 from tests.integration.kafka_helpers import create_topics, produce_avro
+from tests.integration.query_helpers import api_topics, isolate_env, make_keys
 from tests.records import enriched_hit
 
 pytestmark = pytest.mark.integration
@@ -45,13 +45,6 @@ class Env:
 
     def h(self, who: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[who]}"}
-
-
-def cli(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(list(args))
-    return code, out.getvalue()
 
 
 def fill(url: str) -> None:
@@ -71,30 +64,17 @@ def fill(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def env(kafka_bootstrap: str, schema_registry_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    run = uuid.uuid4().hex[:8]
-    topics = ApiTopics(campaigns=f"campaigns.q.{run}", undeclared=f"campaigns.undeclared.q.{run}",
-                       keys=f"partners.keys.q.{run}", templates=f"query.templates.q.{run}")  # fmt: skip
-    create_topics(kafka_bootstrap, {topics.campaigns: 1, topics.undeclared: 1, topics.keys: 1, topics.templates: 1},
-                  {"cleanup.policy": "compact"})  # fmt: skip
+    topics = api_topics(kafka_bootstrap, f"q.{uuid.uuid4().hex[:8]}")
     url = f"duckdb:///{Path(tmp_path_factory.mktemp('warehouse')) / 'store.duckdb'}"
     fill(url)
     with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith("PASSERELLE_"):
-                mp.delenv(name)
-        mp.setenv("PASSERELLE_BOOTSTRAP_SERVERS", kafka_bootstrap)
-        mp.setenv("PASSERELLE_SCHEMA_REGISTRY_URL", schema_registry_url)
-        keys = {}
-        for name, partner, scopes in (
+        isolate_env(mp, kafka_bootstrap, schema_registry_url)
+        keys = make_keys(topics.keys, (
             ("mailer", "mailer", ["query:read", "query:write"]),
             ("rival", "rival", ["query:read", "query:write"]),
             ("reader", "mailer", ["query:read"]),
             ("campaigner", "mailer", ["campaigns:read"]),
-        ):
-            scope_args = [a for s in scopes for a in ("--scope", s)]
-            code, out = cli("partners", "add", partner, *scope_args, "--label", name, "--topic", topics.keys)
-            assert code == 0
-            keys[name] = out.strip()
+        ))  # fmt: skip
         config = ApiConfig(bootstrap_servers=kafka_bootstrap, schema_registry_url=schema_registry_url, topics=topics,
                            warehouse_url=url, warehouse_sink=False)  # fmt: skip
         with TestClient(create_app(config)) as client:
@@ -279,14 +259,13 @@ def test_with_duckdb_the_api_runs_the_sink_and_new_hits_are_queryable(
                      load_catalog().schema_text(SCHEMAS["markov"]), [("last-30-days", {
                          "period": "last-30-days", "period_start": now_ms - 30 * 86_400_000, "period_end": now_ms,
                          "computed_at": now_ms, "journeys": 12, "conversions": 4, "channels": credits})])  # fmt: skip
-        deadline, answer = time.monotonic() + 60, None
-        while time.monotonic() < deadline:
-            answer = client.get("/v1/attribution/markov", headers=env.h("reader"))
-            if answer.status_code == 200:
-                break
+        deadline = time.monotonic() + 60
+        served = client.get("/v1/attribution/markov", headers=env.h("reader"))
+        while served.status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.3)
-        assert answer is not None and answer.status_code == 200, answer and answer.text
-        body = answer.json()
+            served = client.get("/v1/attribution/markov", headers=env.h("reader"))
+        assert served.status_code == 200, served.text
+        body = served.json()
         assert body["query"]["period"] == "last-30-days" and body["query"]["journeys"] == 12
         assert body["rows"] == [["search", 0.6, 0.75, 3.0], ["email", 0.2, 0.25, 1.0]]
         table = client.get("/v1/attribution/markov?period=last-30-days&format=csv", headers=env.h("reader"))
