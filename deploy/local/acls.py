@@ -110,6 +110,40 @@ ADMIN = "admin"
 CONTROLLER = "controller"
 """The controller listener's principal (SASL/PLAIN, static): a super user, never a client."""
 
+WAREHOUSE_SINK: tuple[Grant, ...] = (
+    Grant(
+        TOPIC,
+        (
+            "hits.enriched",
+            "carts.abandoned",
+            "remarketing.messages",
+            "remarketing.deliveries",
+            "campaigns",
+            "ads.postview",
+            "partners.metrics",
+            "conversions.paths",
+            "attribution.markov",
+        ),
+        ("READ",),
+        "the warehouse sink: the topics it writes into the analytics store",
+    ),
+    Grant(
+        TOPIC,
+        ("privacy.requests", "crm.profiles", "identity.links"),
+        ("READ",),
+        "erasures (requests, CRM tombstones) and the visitor ids linked to a customer",
+    ),
+    Grant(TOPIC, (DEAD_LETTERS,), ("WRITE",), "undecodable records"),
+    Grant(
+        GROUP,
+        ("passerelle-warehouse",),
+        ("READ",),
+        "its consumer group (offsets live in the store; the group's are committed for lag tools)",
+    ),
+)
+"""What the warehouse sink needs: ``passerelle warehouse``'s, and the partner API's when it runs the sink in its
+own process (a DuckDB store, ``PASSERELLE_API_WAREHOUSE_SINK``)."""
+
 GRANTS: dict[str, tuple[Grant, ...]] = {
     "deploy": (
         Grant(
@@ -442,37 +476,7 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
             prefixed=True,
         ),
     ),
-    "warehouse": (
-        Grant(
-            TOPIC,
-            (
-                "hits.enriched",
-                "carts.abandoned",
-                "remarketing.messages",
-                "remarketing.deliveries",
-                "campaigns",
-                "ads.postview",
-                "partners.metrics",
-                "conversions.paths",
-                "attribution.markov",
-            ),
-            ("READ",),
-            "`passerelle warehouse`: the topics it writes into the analytics store",
-        ),
-        Grant(
-            TOPIC,
-            ("privacy.requests", "crm.profiles", "identity.links"),
-            ("READ",),
-            "erasures (requests, CRM tombstones) and the visitor ids linked to a customer",
-        ),
-        Grant(TOPIC, (DEAD_LETTERS,), ("WRITE",), "undecodable records"),
-        Grant(
-            GROUP,
-            ("passerelle-warehouse",),
-            ("READ",),
-            "its consumer group (offsets live in the store; the group's are committed for lag tools)",
-        ),
-    ),
+    "warehouse": WAREHOUSE_SINK,
     "campaign-declarations": (
         Grant(
             TOPIC,
@@ -577,9 +581,10 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
     "api": (
         Grant(
             TOPIC,
-            ("partners.keys", "campaigns", "campaigns.undeclared"),
+            ("partners.keys", "campaigns.undeclared"),
             ("READ",),
-            "`passerelle api` follows the keys, the declared campaigns and the undeclared tags (tables read whole)",
+            "`passerelle api` follows the keys and the undeclared tags (tables read whole); `campaigns` too, "
+            "granted with the warehouse sink's topics below",
         ),
         Grant(
             TOPIC,
@@ -606,6 +611,7 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
             ("READ",),
             "its table readers name a `passerelle-api-<topic>` group (assign only, never committed)",
         ),
+        *WAREHOUSE_SINK,
     ),
     "metrics-import": (
         Grant(

@@ -161,6 +161,17 @@ def test_warehouse_reads_its_topics_and_writes_only_dead_letters() -> None:
     assert not allowed("warehouse", acls.GROUP, "passerelle-postview", "READ")
 
 
+def test_the_api_may_run_the_warehouse_sink_in_its_process() -> None:
+    """With a DuckDB store the API runs the sink itself (one process per file): the sink's reads under its user."""
+    from passerelle.connectors.partner_api.config import ApiConfig
+    from passerelle.connectors.warehouse.sink import DEFAULT_TOPICS
+
+    assert all(allowed("api", acls.TOPIC, t, "READ") for t in DEFAULT_TOPICS.values())
+    assert allowed("api", acls.TOPIC, acls.DEAD_LETTERS, "WRITE")
+    assert allowed("api", acls.GROUP, ApiConfig.warehouse_group_id, "READ")
+    assert not allowed("api", acls.TOPIC, "hits.enriched", "WRITE")
+
+
 def test_campaign_declarations_reads_and_writes_only_its_topics() -> None:
     bindings = acls.bindings("campaign-declarations")
     topics = {(n, op) for r, n, _, op, _ in bindings if r == acls.TOPIC and not n.startswith("passerelle-")}
