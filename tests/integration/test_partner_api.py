@@ -3,9 +3,6 @@ and the enrichment using (then forgetting) a campaign declared over REST."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 import threading
 import time
 import uuid
@@ -16,13 +13,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from passerelle.cli import main
 from passerelle.connectors.partner_api.app import create_app
 from passerelle.connectors.partner_api.config import ApiConfig, ApiTopics
 from passerelle.schemas.catalog import load_catalog
 from passerelle.streams.enrichment.attribution import attribute
 from passerelle.streams.enrichment.processor import EnrichmentProcessor, EnrichmentTopics
 from passerelle.streams.runtime import Runner, RunnerConfig
+from tests.integration.api_helpers import cli, isolate_env, make_keys
 from tests.integration.kafka_helpers import TopicReader, create_topics, produce_avro
 
 pytestmark = pytest.mark.integration
@@ -42,13 +39,6 @@ class Env:
 
     def h(self, who: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[who]}"}
-
-
-def cli(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(list(args))
-    return code, out.getvalue()
 
 
 def until(check: Callable[[], Any], timeout: float = 10.0, every: float = 0.1) -> Any:
@@ -75,21 +65,12 @@ def env(kafka_bootstrap: str, schema_registry_url: str) -> Iterator[Env]:
         {"cleanup.policy": "compact"},
     )  # fmt: skip
     with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith("PASSERELLE_"):
-                mp.delenv(name)
-        mp.setenv("PASSERELLE_BOOTSTRAP_SERVERS", kafka_bootstrap)
-        mp.setenv("PASSERELLE_SCHEMA_REGISTRY_URL", schema_registry_url)
-        keys = {}
-        for name, partner, scopes in (
+        isolate_env(mp, kafka_bootstrap, schema_registry_url)
+        keys = make_keys(keys_topic, [
             ("mailer", "mailer", ["campaigns:write", "campaigns:read"]),
             ("rival", "rival", ["campaigns:write", "campaigns:read"]),
             ("reader", "mailer", ["campaigns:read"]),
-        ):
-            scope_args = [a for s in scopes for a in ("--scope", s)]
-            code, out = cli("partners", "add", partner, *scope_args, "--label", name, "--topic", keys_topic)
-            assert code == 0
-            keys[name] = out.strip()
+        ])  # fmt: skip
         config = ApiConfig(
             bootstrap_servers=kafka_bootstrap, schema_registry_url=schema_registry_url,
             topics=ApiTopics(campaigns=t.campaigns, undeclared=t.undeclared, keys=keys_topic),

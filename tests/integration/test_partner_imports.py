@@ -3,9 +3,6 @@ and ``passerelle metrics import`` (the same rules from a CSV file)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,11 +15,11 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from fastapi.testclient import TestClient
 
-from passerelle.cli import main
 from passerelle.connectors.partner_api.app import create_app
 from passerelle.connectors.partner_api.config import ApiConfig, ApiTopics
 from passerelle.schemas.clients import Connection, consumer, registry_client
 from passerelle.schemas.serde import AvroDecoder, SchemaCache, registry_fetcher
+from tests.integration.api_helpers import cli, isolate_env, make_keys
 from tests.integration.kafka_helpers import create_topics
 
 pytestmark = pytest.mark.integration
@@ -69,13 +66,6 @@ class Env:
             reader.close()
 
 
-def cli(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(list(args))
-    return code, out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def env(kafka_bootstrap: str, schema_registry_url: str) -> Iterator[Env]:
     run = uuid.uuid4().hex[:8]
@@ -87,21 +77,12 @@ def env(kafka_bootstrap: str, schema_registry_url: str) -> Iterator[Env]:
     create_topics(kafka_bootstrap, {topics.campaigns: 1, topics.undeclared: 1, topics.keys: 1},
                   {"cleanup.policy": "compact"})  # fmt: skip
     with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith("PASSERELLE_"):
-                mp.delenv(name)
-        mp.setenv("PASSERELLE_BOOTSTRAP_SERVERS", kafka_bootstrap)
-        mp.setenv("PASSERELLE_SCHEMA_REGISTRY_URL", schema_registry_url)
-        keys = {}
-        for name, partner, scopes in (
+        isolate_env(mp, kafka_bootstrap, schema_registry_url)
+        keys = make_keys(topics.keys, [
             ("retargeter", "retargeter", ["impressions:write", "metrics:write", "campaigns:write"]),
             ("rival", "rival", ["campaigns:write", "metrics:write"]),
             ("reader", "retargeter", ["campaigns:read"]),
-        ):
-            scope_args = [a for s in scopes for a in ("--scope", s)]
-            code, out = cli("partners", "add", partner, *scope_args, "--label", name, "--topic", topics.keys)
-            assert code == 0
-            keys[name] = out.strip()
+        ])  # fmt: skip
         config = ApiConfig(bootstrap_servers=kafka_bootstrap, schema_registry_url=schema_registry_url, topics=topics,
                            max_batch_impressions=MAX_IMPRESSIONS)  # fmt: skip
         with TestClient(create_app(config)) as client:
@@ -232,11 +213,7 @@ def test_a_metric_of_another_partners_campaign_is_refused(env: Env) -> None:
 def test_the_csv_import_publishes_the_good_lines_and_names_the_bad_ones(
     env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for name in list(os.environ):
-        if name.startswith("PASSERELLE_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("PASSERELLE_BOOTSTRAP_SERVERS", env.bootstrap)
-    monkeypatch.setenv("PASSERELLE_SCHEMA_REGISTRY_URL", env.registry)
+    isolate_env(monkeypatch, env.bootstrap, env.registry)
     day = "2026-11-28"
     path = tmp_path / "figures.csv"
     path.write_text(

@@ -1,4 +1,4 @@
-"""What the Data Query tests share: the API's topics and keys on a real broker, the process environment, the
+"""What the partner API tests share: its topics and keys on a real broker, the process environment, the
 CLI called in-process, and the API served by uvicorn on a port (for a browser)."""
 
 from __future__ import annotations
