@@ -486,10 +486,19 @@ def create_app(config: ApiConfig, backend: Backend | None = None) -> FastAPI:
     def now_ms() -> int:
         return time.time_ns() // 1_000_000
 
-    @app.get("/healthz", summary="200 once the tables are read and followed", tags=["operations"])
+    @app.get("/healthz", tags=["operations"],
+             summary="200 once the tables are read and followed; 503 before, or once the in-process warehouse "
+             "sink stopped (queries would answer from a store that no longer follows the topics)")  # fmt: skip
     async def healthz() -> Response:
         ok = backend.ready
-        return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
+        body: dict[str, Any] = {"status": "ok" if ok else "unavailable"}
+        query = getattr(app.state, "query", None)
+        sink = query.sink_state() if query is not None else None
+        if sink is not None:
+            body["warehouse_sink"] = sink
+            if ok and sink != "running":
+                body["status"], ok = "degraded", False
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.post("/v1/campaigns", status_code=201, response_model=CampaignOut, tags=["campaigns"],
               summary="declare a campaign (scope campaigns:write)",

@@ -81,6 +81,8 @@ class QueryService:
         self._stop = threading.Event()
         self._sink: threading.Thread | None = None
         self.sink: Any = None
+        self.sink_error: str | None = None
+        """Why the in-process sink stopped, if it did: the store no longer follows the topics (``/healthz``)."""
 
     def start(self) -> None:
         from passerelle.connectors.warehouse.store import StoreError, open_store
@@ -110,7 +112,8 @@ class QueryService:
         def loop() -> None:
             try:
                 sink.run(self._stop)
-            except Exception:
+            except Exception as exc:
+                self.sink_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 log.exception("the warehouse sink in the API stopped")
 
         self._sink = threading.Thread(target=loop, name="warehouse-sink", daemon=True)
@@ -124,6 +127,14 @@ class QueryService:
         self.templates.close()
         if self.store is not None:
             self.store.close()
+
+    def sink_state(self) -> str | None:
+        """``running``, ``stopped: <why>``, or None when this API runs no sink (PostgreSQL, or turned off)."""
+        if self._sink is None:
+            return None
+        if self.sink_error is not None:
+            return f"stopped: {self.sink_error}"
+        return "running" if self._sink.is_alive() or self._stop.is_set() else "stopped"
 
     def the_store(self) -> Store:
         if self.store is None:

@@ -27,8 +27,8 @@ from passerelle.connectors.partner_api.config import ApiConfig
 from passerelle.connectors.warehouse.sink import DEFAULT_TOPICS, SCHEMAS
 from passerelle.connectors.warehouse.store import open_store
 from passerelle.schemas.catalog import load_catalog
-from tests.integration.kafka_helpers import create_topics, produce_avro
 from tests.integration.api_helpers import api_topics, isolate_env, make_keys
+from tests.integration.kafka_helpers import create_topics, produce_avro
 from tests.records import enriched_hit
 
 pytestmark = pytest.mark.integration
@@ -249,6 +249,7 @@ def test_with_duckdb_the_api_runs_the_sink_and_new_hits_are_queryable(
                 break
             time.sleep(0.3)
         assert rows == [[3, 1]]
+        assert client.get("/healthz").json() == {"status": "ok", "warehouse_sink": "running"}
 
         # The Markov job's run, published on attribution.markov, is read back by the same sink and served.
         missing = client.get("/v1/attribution/markov", headers=env.h("reader"))

@@ -28,8 +28,8 @@ from passerelle.connectors.partner_api.config import ApiConfig
 from passerelle.connectors.warehouse.sink import DEFAULT_TOPICS, SCHEMAS
 from passerelle.connectors.warehouse.store import open_store
 from passerelle.schemas.catalog import load_catalog
-from tests.integration.kafka_helpers import create_topics, produce_avro
 from tests.integration.api_helpers import api_topics, isolate_env, make_keys, served
+from tests.integration.kafka_helpers import create_topics, produce_avro
 from tests.records import enriched_hit
 
 pytestmark = pytest.mark.integration
