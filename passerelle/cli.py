@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "passerelle.commands.registry",
     "passerelle.commands.schemas",
     "passerelle.commands.topics",
+    "passerelle.commands.lag",
     "passerelle.commands.enrich",
     "passerelle.commands.carts",
     "passerelle.commands.campaign_counts",

@@ -56,6 +56,26 @@ class PasserelleSettings(BaseSettings):
         description="Optional components `passerelle up` also starts, comma-separated: postgres, connect "
         "(connect implies postgres); `up --with` adds to it",
     )
+    prometheus_port: int = Field(default=9090, description="Local Prometheus's port (`up --with monitoring`)")
+    alertmanager_port: int = Field(default=9094, description="Local Alertmanager's port (`up --with monitoring`)")
+    broker_jmx_port: int = Field(
+        default=9404, description="Port of the local broker's JMX exporter agent (`up --with monitoring`)"
+    )
+    lag_port: int = Field(default=9308, description="Port of the lag exporter's /metrics (`passerelle lag --serve`)")
+    lag_interval_s: float = Field(default=10.0, gt=0, description="Seconds between two refreshes of the lag exporter")
+    lag_groups: str = Field(
+        default="", description="Regular expression of the consumer groups `passerelle lag` reports (empty: all)"
+    )
+    monitoring_scrape_interval_s: float = Field(
+        default=15.0, gt=0, description="Prometheus's scrape and rule evaluation interval (`up --with monitoring`)"
+    )
+    monitoring_alert_for: str = Field(
+        default="",
+        description="Replaces every alert's `for` duration (e.g. 5s, for tests and demos); empty: the rules' own",
+    )
+    alert_webhook_url: str = Field(
+        default="", description="Where Alertmanager posts notifications (webhook); empty: alerts are only listed"
+    )
     schemas_topic: str = Field(default="_schemas", description="Compacted topic storing the registry")
     catalog: Path | None = Field(
         default=None, description="Topic catalog file (default: schemas/catalog.toml shipped with the code)"
@@ -397,6 +417,7 @@ class EmailingSettings(PasserelleSettings):
     emailing_request_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one partner request")
     emailing_concurrency: int = Field(default=3, ge=1, description="Partitions delivered in parallel")
     emailing_export_dir: Path = Field(default=Path("exports"), description="Folder of the batch-mode files")
+    metrics_port: int | None = Field(default=None, description="Serve /metrics on this port (none: off)")
     instance_id: str | None = Field(
         default=None, description="Stable id of this bridge instance (static group membership: fast restarts)"
     )

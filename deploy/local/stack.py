@@ -16,6 +16,7 @@ with TLS, SCRAM users and ACLs: see ``deploy/local/secure.py`` and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -32,6 +33,7 @@ from typing import Any
 
 from passerelle.deploy.local import acls, postgres
 from passerelle.deploy.local import connect as connect_worker
+from passerelle.deploy.local import monitoring as monitor
 from passerelle.deploy.local import secure as security
 
 HERE = Path(__file__).resolve().parent
@@ -39,8 +41,9 @@ POM = HERE / "pom.xml"
 LOG4J2 = HERE / "log4j2.yaml"
 BROKER_MARKER = "kafka.Kafka"
 REGISTRY_MARKER = "registry"
-OPTIONAL_COMPONENTS = ("postgres", "connect")
-"""What ``up --with`` may add; connect implies postgres (its connectors read and write the CRM database)."""
+OPTIONAL_COMPONENTS = ("postgres", "connect", "monitoring")
+"""What ``up --with`` may add; connect implies postgres (its connectors read and write the CRM database);
+monitoring is Prometheus, Alertmanager and the lag exporter (deploy/local/monitoring.py)."""
 CONNECT_LOG4J2 = connect_worker.HERE / "log4j2.properties"
 SECURE_COMPONENTS = acls.COMPONENTS
 
@@ -78,6 +81,8 @@ class StackConfig:
     """Optional components to start: ``postgres``, ``connect`` (see OPTIONAL_COMPONENTS)."""
     migrations: Path | None = None
     """Folder of the CRM database's migration files, applied on every ``up`` with postgres."""
+    monitoring: monitor.Monitoring | None = None
+    """Prometheus, Alertmanager and the lag exporter (``up --with monitoring``); None: not configured."""
 
     @property
     def bootstrap(self) -> str:
@@ -439,6 +444,7 @@ def start_broker(cfg: StackConfig, progress: bool = True) -> tuple[int, bool]:
     cmd = [
         java, f"-Xmx{cfg.broker_heap}", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={LOG4J2}", f"-Dkafka.logs.dir={cfg.kafka_dir}",
+        *_broker_agent(cfg),
         "-cp", classpath, "kafka.Kafka", str(cfg.kafka_dir / "server.properties"),
     ]  # fmt: skip
     if progress:
@@ -450,6 +456,19 @@ def start_broker(cfg: StackConfig, progress: bool = True) -> tuple[int, bool]:
     pid_file.write_text(str(proc.pid))
     _wait_broker(cfg, proc.pid)
     return proc.pid, True
+
+
+def _broker_agent(cfg: StackConfig) -> list[str]:
+    """``-javaagent`` of the JMX exporter when monitoring is wanted (its MBeans scraped by Prometheus)."""
+    mon = cfg.monitoring
+    if not cfg.wants("monitoring") or mon is None or mon.broker_jmx_port is None:
+        return []
+    _check_ports(cfg, [("broker jmx", mon.broker_jmx_port)])
+    try:
+        jar = monitor.ensure_jmx_agent(cfg.cache_dir)
+    except monitor.MonitoringError as exc:
+        raise StackError(str(exc)) from None
+    return [monitor.jmx_agent_argument(jar, cfg.host, mon.broker_jmx_port)]
 
 
 def _wait_broker(cfg: StackConfig, pid: int) -> None:
@@ -562,6 +581,35 @@ def up(cfg: StackConfig, progress: bool = True) -> list[str]:
         lines.extend(start_postgres(cfg, progress))
     if cfg.wants("connect"):
         lines.append(start_connect(cfg, progress))
+    if cfg.wants("monitoring"):
+        lines.extend(start_monitoring(cfg, progress))
+    return lines
+
+
+def start_monitoring(cfg: StackConfig, progress: bool = True) -> list[str]:
+    """Start Prometheus, Alertmanager and the lag exporter, scraping what runs (deploy/local/monitoring.py)."""
+    if cfg.monitoring is None:
+        raise StackError("monitoring is not configured (the CLI builds it from settings)")
+    if cfg.secure:
+        raise StackError(
+            "the local monitoring runs on the plaintext stack only for now (its exporter reads "
+            "every group's offsets, which needs an admin login on a secure stack)"
+        )
+    if progress:
+        print(
+            f"starting Prometheus on {cfg.monitoring.prometheus_url} and Alertmanager on "
+            f"{cfg.monitoring.alertmanager_url} ...",
+            flush=True,
+        )
+    mon, lines = cfg.monitoring, []
+    if mon.broker_jmx_port is not None and _read_pid(cfg.kafka_dir / "broker.pid", monitor.JMX_AGENT_MARKER) is None:
+        mon = dataclasses.replace(mon, broker_jmx_port=None)  # a broker started before: not scraped
+        lines.append("kafka     JMX metrics off: the broker was started without monitoring "
+                     "(`passerelle down` then `up --with monitoring` adds them)")  # fmt: skip
+    try:
+        lines[:0] = monitor.start(mon, check_port=lambda name, port: _check_ports(cfg, [(name, port)]))
+    except monitor.MonitoringError as exc:
+        raise StackError(str(exc)) from None
     return lines
 
 
@@ -606,6 +654,9 @@ def start_connect(cfg: StackConfig, progress: bool = True) -> str:
 def down(cfg: StackConfig, purge: bool = False) -> list[str]:
     """Stop the registry then the broker (clients first); ``purge`` also deletes the state folder."""
     lines = []
+    mon = cfg.monitoring or monitor.Monitoring(cfg.state_dir / "monitoring")
+    if mon.root.exists():  # first: no alert fires about the components stopping next
+        lines.extend(monitor.stop(mon))
     worker = cfg.connect
     cpid = connect_worker.stop(worker)
     if cpid is not None:
@@ -678,4 +729,9 @@ def status(cfg: StackConfig) -> list[ComponentStatus]:
                 worker.url, worker.log,
             )
         )  # fmt: skip
+    mon = cfg.monitoring or monitor.Monitoring(cfg.state_dir / "monitoring")
+    if cfg.wants("monitoring") or mon.root.exists():
+        for proc in monitor.status(mon):
+            out.append(ComponentStatus(proc.name, proc.pid, proc.pid is not None, proc.answering, proc.endpoint,
+                                       proc.log))  # fmt: skip
     return out

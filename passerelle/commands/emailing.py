@@ -42,6 +42,7 @@ def _bridge(args: argparse.Namespace) -> int:
             "auto_register_schemas": False,
             "group_id": args.group_id,
             "instance_id": s.instance_id,
+            "metrics_port": s.metrics_port,
             "connection": s.connection(),
         }
     )

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from passerelle.deploy.local import stack
+from passerelle.deploy.local import monitoring, stack
 from passerelle.deploy.local.acls import SCHEMAS_TOPIC
 from passerelle.errors import PasserelleError
 from passerelle.settings import PasserelleSettings, load
@@ -25,6 +25,7 @@ def stack_config(
     state_dir = settings.state_dir.resolve()
     if secure is None:
         secure = stack.is_secure(state_dir)
+    components = stack.parse_components(f"{settings.stack_with},{with_components}")
     return stack.StackConfig(
         state_dir=state_dir,
         cache_dir=settings.cache_dir.expanduser().resolve(),
@@ -41,8 +42,35 @@ def stack_config(
         secure=secure,
         postgres_port=settings.postgres_port,
         connect_port=settings.connect_port,
-        components=stack.parse_components(f"{settings.stack_with},{with_components}"),
+        components=components,
         migrations=MIGRATIONS,
+        monitoring=monitoring_config(settings, state_dir, probe_connect="connect" in components),
+    )
+
+
+def monitoring_config(settings: PasserelleSettings, state_dir: Path, probe_connect: bool) -> monitoring.Monitoring:
+    """Prometheus, Alertmanager and the lag exporter (``passerelle lag --serve``) of the stack in ``state_dir``.
+
+    ``probe_connect``: the stack runs a Connect worker, so the exporter watches its connectors' tasks.
+    """
+    root = state_dir / "monitoring"
+    exporter = [sys.executable, "-m", "passerelle", "lag", "--serve", "--targets-dir", str(root / "targets")]
+    return monitoring.Monitoring(
+        root=root,
+        prometheus_port=settings.prometheus_port,
+        alertmanager_port=settings.alertmanager_port,
+        exporter_port=settings.lag_port,
+        scrape_interval_s=settings.monitoring_scrape_interval_s,
+        alert_for=settings.monitoring_alert_for,
+        webhook_url=settings.alert_webhook_url,
+        exporter_command=exporter if probe_connect else [*exporter, "--no-connect"],
+        broker_jmx_port=settings.broker_jmx_port,
+        exporter_env={
+            "PASSERELLE_BOOTSTRAP_SERVERS": f"127.0.0.1:{settings.kafka_port}",
+            "PASSERELLE_SCHEMA_REGISTRY_URL": f"http://127.0.0.1:{settings.registry_port}",
+            "PASSERELLE_CONNECT_URL": f"http://127.0.0.1:{settings.connect_port}",
+            "PASSERELLE_LAG_PORT": str(settings.lag_port),
+        },
     )
 
 
@@ -78,6 +106,16 @@ def _status(args: argparse.Namespace) -> int:
     components = stack.status(cfg)
     for comp in components:
         print(comp.line())
+    prometheus = next((c for c in components if c.name == "prometheus"), None)
+    if cfg.monitoring is not None and prometheus is not None and prometheus.answering:
+        try:
+            firing = monitoring.firing_alerts(cfg.monitoring)
+        except Exception as exc:
+            print(f"alerts    cannot read them from {cfg.monitoring.prometheus_url}: {exc}")
+        else:
+            print(f"alerts    {len(firing)} firing" + (":" if firing else ""))
+            for alert in firing:
+                print(f"  {monitoring.describe_alert(alert)}")
     return 0 if all(c.running and c.answering for c in components) else 3
 
 
@@ -104,7 +142,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="COMPONENTS",
         help="also start optional components, comma-separated: postgres (the sample CRM database, migrations "
         "applied), connect (a Kafka Connect worker with the Debezium PostgreSQL source and JDBC sink; implies "
-        "postgres). Adds to PASSERELLE_STACK_WITH",
+        "postgres), monitoring (Prometheus, Alertmanager and the lag exporter on 127.0.0.1, scraping every "
+        "passerelle process found serving /metrics; rules from deploy/monitoring/). Adds to PASSERELLE_STACK_WITH",
     )
     p.add_argument(
         "--secure",
@@ -115,7 +154,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "down",
         help="stop the local stack",
-        description="Stop Kafka Connect, the schema registry, the Kafka broker (SIGTERM, then SIGKILL after 30 s) "
+        description="Stop the monitoring (lag exporter, Prometheus, Alertmanager), Kafka Connect, the schema "
+        "registry, the Kafka broker (SIGTERM, then SIGKILL after 30 s) "
         "and PostgreSQL, whichever run; "
         "a secure stack as well (its mode comes from the state folder).",
     )
@@ -125,6 +165,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "status",
         help="show whether the local stack runs and answers",
         description="Print each component's pid, endpoint and whether it answers; exit 3 if any is down. "
+        "With monitoring, also the alerts Prometheus reports as firing. "
         "On a secure stack (made with `up --secure`) the broker is probed as the admin user and the "
         "registry over HTTPS.",
     )

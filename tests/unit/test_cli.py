@@ -55,6 +55,7 @@ COMMANDS = [
     ["bench", "paths"],
     ["conversion-paths"],
     ["warehouse"],
+    ["lag"],
 ]  # fmt: skip
 
 
