@@ -5,8 +5,8 @@ no registry of them exists, so the scrape targets come from what actually
 runs. A process is a target when it is a passerelle process (``passerelle
 CMD`` or ``python -m passerelle CMD``, or any process carrying
 ``PASSERELLE_METRICS_PORT``) talking to *this* stack's broker, and serving
-``/metrics``: on ``PASSERELLE_METRICS_PORT``, or, for the collector, on its
-HTTP port. Reading another user's environment is refused by the kernel:
+``/metrics``: on ``PASSERELLE_METRICS_PORT``, or, for the collector and the
+partner API, on their HTTP port. Reading another user's environment is refused by the kernel:
 those processes are simply not seen.
 """
 
@@ -20,6 +20,12 @@ from pathlib import Path
 
 PROC = Path("/proc")
 COLLECTOR_DEFAULT_PORT = 8088
+API_DEFAULT_PORT = 8090
+OWN_PORT: dict[str, tuple[str, str, int]] = {
+    "collector": ("PASSERELLE_COLLECTOR_HOST", "PASSERELLE_COLLECTOR_PORT", COLLECTOR_DEFAULT_PORT),
+    "api": ("PASSERELLE_API_HOST", "PASSERELLE_API_PORT", API_DEFAULT_PORT),
+}
+"""Commands serving ``/metrics`` on their own HTTP address: (host setting, port setting, default port)."""
 
 
 @dataclass(frozen=True)
@@ -64,11 +70,12 @@ def target_of(argv: Sequence[str], env: Mapping[str, str], bootstrap: str) -> Ta
     if set(its_bootstrap.split(",")).isdisjoint(bootstrap.split(",")):
         return None
     port = env.get("PASSERELLE_METRICS_PORT")
-    if not port and command == "collector":
-        port = env.get("PASSERELLE_COLLECTOR_PORT", str(COLLECTOR_DEFAULT_PORT))
+    host = "127.0.0.1"
+    if not port and command in OWN_PORT:
+        host_setting, port_setting, default = OWN_PORT[command]
+        port, host = env.get(port_setting, str(default)), env.get(host_setting, "127.0.0.1")
     if not port or not port.isdigit():
         return None
-    host = env.get("PASSERELLE_COLLECTOR_HOST", "127.0.0.1") if command == "collector" else "127.0.0.1"
     return Target(command, "127.0.0.1" if host in ("0.0.0.0", "") else host, int(port))
 
 

@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from passerelle.connectors.partner_api import campaign_rules as rules
 from passerelle.connectors.partner_api.config import ApiConfig
 from passerelle.connectors.partner_api.keys import AuthError, KeyRing, Principal, Throttled
+from passerelle.connectors.partner_api.metrics import ApiMetrics, RequestTimer
 from passerelle.connectors.partner_api.tables import TableFollower, TopicWriter
 from passerelle.connectors.partner_api.tagging import (
     landing_of,
@@ -440,6 +441,8 @@ def create_app(config: ApiConfig, backend: Backend | None = None) -> FastAPI:
     app.state.backend = backend
     imports = {"/v1/impressions": config.max_import_body_bytes, "/v1/metrics": config.max_import_body_bytes}
     app.add_middleware(BodyLimit, limit=config.max_body_bytes, paths=imports)
+    app.state.metrics = api_metrics = ApiMetrics()
+    app.add_middleware(RequestTimer, metrics=api_metrics)  # outermost: a 413 of BodyLimit is timed too
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -485,6 +488,11 @@ def create_app(config: ApiConfig, backend: Backend | None = None) -> FastAPI:
 
     def now_ms() -> int:
         return time.time_ns() // 1_000_000
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics: request latency by route and status")
+    async def metrics() -> Response:
+        api_metrics.ready.set(1 if backend.ready else 0)
+        return Response(api_metrics.render(), media_type=api_metrics.content_type)
 
     @app.get("/healthz", tags=["operations"],
              summary="200 once the tables are read and followed; 503 before, or once the in-process warehouse "

@@ -283,6 +283,20 @@ def test_the_openapi_document_lists_every_endpoint(env: Env) -> None:
     assert env.client.get("/healthz").json() == {"status": "ok"}
 
 
+def test_metrics_count_requests_by_route_template_never_by_key(env: Env) -> None:
+    """A scraper sees each route once whatever the keys asked for: no campaign key becomes a series."""
+    for key in ("NO-SUCH-1", "NO-SUCH-2"):
+        assert env.client.get(f"/v1/campaigns/{key}", headers=env.h("reader")).status_code == 404
+    assert env.client.get("/v1/nothing-here").status_code == 404
+    text = env.client.get("/metrics").text
+    counts = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+              if line.startswith("passerelle_api_request_seconds_count")}  # fmt: skip
+    assert counts['passerelle_api_request_seconds_count{method="GET",route="/v1/campaigns/{key}",status="404"}'] >= 2
+    assert counts['passerelle_api_request_seconds_count{method="GET",route="unmatched",status="404"}'] >= 1
+    assert "NO-SUCH" not in text and "nothing-here" not in text
+    assert "passerelle_api_ready 1.0" in text
+
+
 # --- the enrichment uses what is declared --------------------------------------------------------------------
 
 

@@ -93,6 +93,8 @@ def test_a_target_is_a_process_of_this_stack_serving_metrics() -> None:
     assert targets.target_of(argv, {"PASSERELLE_KAFKA_PORT": "9092"}, "127.0.0.1:9092") is None  # no /metrics
     collector = targets.target_of(["passerelle", "collector"], {"PASSERELLE_COLLECTOR_PORT": "8099"}, "127.0.0.1:9092")
     assert collector == targets.Target("collector", "127.0.0.1", 8099)  # serves /metrics on its own port
+    api = targets.target_of(["passerelle", "api"], {"PASSERELLE_API_HOST": "0.0.0.0"}, "127.0.0.1:9092")
+    assert api == targets.Target("api", "127.0.0.1", 8090)  # its own port too; 0.0.0.0 is scraped on loopback
 
 
 def test_target_files_are_written_once_and_never_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
