@@ -73,6 +73,13 @@ def _collector(args: argparse.Namespace) -> int:
     return collector.main(argv, settings.bootstrap_servers, settings.schema_registry_url)
 
 
+def _query(args: argparse.Namespace) -> int:
+    from bench import query
+
+    settings = load()
+    return query.run(args, settings.bootstrap_servers, settings.schema_registry_url)
+
+
 def _not_here(args: argparse.Namespace) -> int:
     raise PasserelleError(
         "the benchmarks are not installed with the package: run `passerelle bench` from a checkout of the "
@@ -159,3 +166,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("collector_argv", nargs=argparse.REMAINDER, help="options for bench/collector.py")
     q.set_defaults(func=_collector)
+    from bench import query
+
+    q = bsub.add_parser(
+        "query",
+        help="dashboard queries through the partner API vs the same SQL on DuckDB; warehouse sink vs a raw loop",
+        description=query.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    query.add_arguments(q)
+    q.set_defaults(func=_query)

@@ -53,6 +53,7 @@ COMMANDS = [
     ["campaign-declarations"],
     ["attribution"], ["attribution", "markov"],
     ["bench", "paths"],
+    ["bench", "query"],
     ["conversion-paths"],
     ["warehouse"],
     ["lag"],
