@@ -237,6 +237,9 @@ class CollectorSettings(PasserelleSettings):
         default=1000, ge=1, description="Open connections and requests served at once; beyond, 503"
     )
     collector_openapi: bool = Field(default=False, description="Serve the API description at /openapi.json")
+    collector_workers: int = Field(
+        default=1, ge=1, le=64, description="Collector processes sharing the port (--workers); 1 per container and core"
+    )
     collector_impressions_topic: str = Field(
         default="ads.impressions", min_length=1, description="Topic GET /imp writes ad impressions to"
     )

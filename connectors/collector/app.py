@@ -24,13 +24,15 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from passerelle.connectors.collector.config import CollectorConfig
 from passerelle.connectors.collector.impressions import pixel_to_impression
@@ -41,10 +43,9 @@ from passerelle.connectors.collector.validation import (
     InvalidEvent,
     RequestContext,
     client_ip,
-    event_to_hit,
-    pixel_to_hit,
+    event_to_record,
+    pixel_to_record,
 )
-from passerelle.schemas.models import Hit
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ NO_CACHE = {
     "Pragma": "no-cache",
     "Expires": "0",
 }
+
+
+_CONTEXT_HEADERS = {b"x-forwarded-for": 0, b"user-agent": 1, b"referer": 2}
 
 
 class _Refused(Exception):
@@ -95,26 +99,40 @@ class Collector:
         self.rules = hit_rules(config)
         self._keys = [(site, key.encode()) for site, key in config.sites.items()]
         self._proxies = config.forwarding_proxies
+        self._gif = Response(PIXEL_GIF, media_type="image/gif", headers=NO_CACHE)  # sent as is, made once
 
     # --- shared steps ---------------------------------------------------------------------------
 
     def context(self, request: Request) -> RequestContext:
-        peer = request.client.host if request.client else None
+        """The request's peer and the headers an event may take, read in one pass over the raw headers.
+
+        As ``request.headers.get`` reads them (the first of repeated headers,
+        latin-1), without a lookup through Starlette's ``Headers`` per name.
+        """
+        found: list[str | None] = [None, None, None]
+        for name, value in request.scope["headers"]:
+            slot = _CONTEXT_HEADERS.get(name)
+            if slot is not None and found[slot] is None:
+                found[slot] = value.decode("latin-1")
+        client = request.scope.get("client")
+        peer = client[0] if client else None
+        forwarded_for, user_agent, referer = found
         return RequestContext(
             received_at_ms=time.time_ns() // 1_000_000,
-            client_ip=client_ip(peer, request.headers.get("x-forwarded-for"), self._proxies),
-            user_agent=request.headers.get("user-agent"),
-            referer=request.headers.get("referer"),
+            client_ip=client_ip(peer, forwarded_for, self._proxies),
+            user_agent=user_agent,
+            referer=referer,
         )
 
-    async def deliver(self, endpoint: str, hits: Sequence[Hit]) -> list[DeliveryResult]:
-        records = [OutRecord(h.visitor_id, h.to_avro(), h.event_time) for h in hits]
+    async def deliver(self, endpoint: str, hits: Sequence[dict[str, Any]]) -> list[DeliveryResult]:
+        """Produce hits given as their Avro values (``event_to_record``), keyed by visitor id."""
+        records = [OutRecord(h["visitor_id"], h, h["event_time"]) for h in hits]
         return await self.deliver_records(endpoint, records, HITS)
 
     async def deliver_records(self, endpoint: str, records: list[OutRecord], stream: str) -> list[DeliveryResult]:
         started = time.perf_counter()
         results = await self.producer.send(records, stream)
-        self.metrics.produce_seconds.labels(endpoint).observe(time.perf_counter() - started)
+        self.metrics.observe_produce(endpoint, time.perf_counter() - started)
         failed = rejected = 0
         for result in results:
             if not result.ok:
@@ -123,12 +141,12 @@ class Collector:
                 else:
                     failed += 1
         if failed:
-            self.metrics.events.labels(endpoint, "failed").inc(failed)
+            self.metrics.count(endpoint, "failed", failed)
             log.warning("%d of %d event(s) not acknowledged: %s", failed, len(results), _first_error(results))
         if rejected:
-            self.metrics.events.labels(endpoint, "rejected").inc(rejected)
+            self.metrics.count(endpoint, "rejected", rejected)
         if failed + rejected < len(results):
-            self.metrics.events.labels(endpoint, "accepted").inc(len(results) - failed - rejected)
+            self.metrics.count(endpoint, "accepted", len(results) - failed - rejected)
         return results
 
     def unavailable(self, body: dict[str, Any]) -> JSONResponse:
@@ -139,23 +157,23 @@ class Collector:
 
     async def pixel(self, request: Request) -> Response:
         try:
-            hit = pixel_to_hit(request.query_params, self.context(request), self.rules)
+            hit = pixel_to_record(query_params(request.scope), self.context(request), self.rules)
         except InvalidEvent as exc:
-            self.metrics.events.labels("pixel", "rejected").inc()
+            self.metrics.count("pixel", "rejected")
             return JSONResponse({"error": "invalid hit", "errors": exc.errors}, status_code=400, headers=NO_CACHE)
         (result,) = await self.deliver("pixel", [hit])
         if result.rejected:
             return JSONResponse({"error": "invalid hit", "errors": [result.error]}, status_code=400, headers=NO_CACHE)
         if not result.ok:
-            return self.unavailable({"error": "the hit could not be stored, retry later", "event_id": hit.event_id})
-        return Response(PIXEL_GIF, media_type="image/gif", headers=NO_CACHE)
+            return self.unavailable({"error": "the hit could not be stored, retry later", "event_id": hit["event_id"]})
+        return self._gif
 
     async def impression(self, request: Request) -> Response:
         """``GET /imp``: one ``AdImpression``, the GIF once the broker acknowledged it (400 / 503 as ``/hit``)."""
         try:
             imp = pixel_to_impression(request.query_params, self.context(request), self.rules)
         except InvalidEvent as exc:
-            self.metrics.events.labels("impression", "rejected").inc()
+            self.metrics.count("impression", "rejected")
             return JSONResponse({"error": "invalid impression", "errors": exc.errors}, 400, headers=NO_CACHE)
         record = OutRecord(imp.visitor_id, imp.to_avro(), imp.event_time)
         (result,) = await self.deliver_records("impression", [record], IMPRESSIONS)
@@ -244,18 +262,18 @@ class Collector:
 
         ctx, rules = self.context(request), self.rules.for_sites(covered)
         results: list[dict[str, Any]] = []
-        hits: list[Hit] = []
+        hits: list[dict[str, Any]] = []
         for index, raw in enumerate(events):
             try:
-                hit = event_to_hit(raw, ctx, rules)
+                hit = event_to_record(raw, ctx, rules)
             except InvalidEvent as exc:
                 results.append({"index": index, "status": "rejected", "errors": exc.errors})
                 continue
             hits.append(hit)
-            results.append({"index": index, "status": "accepted", "event_id": hit.event_id})
+            results.append({"index": index, "status": "accepted", "event_id": hit["event_id"]})
         rejected = len(events) - len(hits)
         if rejected:
-            self.metrics.events.labels("batch", "rejected").inc(rejected)  # later ones are counted by deliver()
+            self.metrics.count("batch", "rejected", rejected)  # later ones are counted by deliver()
 
         deliveries = iter(await self.deliver("batch", hits) if hits else [])
         failed = 0
@@ -284,8 +302,47 @@ class Collector:
         return JSONResponse({"status": "ok" if ok else "unavailable", "detail": detail}, status_code=200 if ok else 503)
 
 
+def query_params(scope: Scope) -> dict[str, str]:
+    """The query string as a dict, as Starlette's ``request.query_params`` reads it (latin-1, last value wins,
+    blanks kept) without building its multi-dict on every pixel."""
+    return dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+
+
 def _first_error(results: Sequence[DeliveryResult]) -> str:
     return next((r.error for r in results if r.error), "")
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class CollectorApp(FastAPI):
+    """FastAPI, with the two routes every tag calls served straight from the ASGI call.
+
+    ``GET /hit`` and ``POST /v1/events`` are most of the traffic; FastAPI's
+    per-request machinery (middleware stack, routing, the endpoint's
+    dependency resolution) cost more CPU than the collector's own work on a
+    pixel. They go from ``__call__`` to their handler with a plain Starlette
+    ``Request``; every other method or path (``/imp``, ``/healthz``,
+    ``/metrics``, a 404, a 405, the lifespan) goes through FastAPI as before.
+    The routes stay declared on FastAPI too, so its OpenAPI description
+    lists them.
+    """
+
+    hot_routes: dict[tuple[str, str], tuple[str, Handler]]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            route = self.hot_routes.get((scope["method"], scope["path"]))
+            if route is not None:
+                endpoint, handler = route
+                started = time.perf_counter()
+                response = await handler(Request(scope, receive))
+                self.state.collector.metrics.observe_request(
+                    endpoint, response.status_code, time.perf_counter() - started
+                )
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(config: CollectorConfig, producer: HitProducer | None = None) -> FastAPI:
@@ -304,14 +361,15 @@ def create_app(config: CollectorConfig, producer: HitProducer | None = None) -> 
     # The API description is for integrators, not for the public port: published only when asked. No /docs or
     # /redoc pages either way, which would load their scripts from a CDN.
     openapi_url = "/openapi.json" if config.serve_openapi else None
-    app = FastAPI(
+    app = CollectorApp(
         title="passerelle collector", lifespan=lifespan, openapi_url=openapi_url, docs_url=None, redoc_url=None
     )
     app.state.collector = collector
+    app.hot_routes = {("GET", "/hit"): ("pixel", collector.pixel), ("POST", "/v1/events"): ("batch", collector.batch)}
 
     def timed(endpoint: str, response: Response, started: float) -> Response:
         elapsed = time.perf_counter() - started
-        collector.metrics.request_seconds.labels(endpoint, str(response.status_code)).observe(elapsed)
+        collector.metrics.observe_request(endpoint, response.status_code, elapsed)
         return response
 
     @app.get("/hit", summary="pixel hit: query parameters, answers a 1x1 GIF")

@@ -73,6 +73,13 @@ def _collector(args: argparse.Namespace) -> int:
     return collector.main(argv, settings.bootstrap_servers, settings.schema_registry_url)
 
 
+def _collector_wrk(args: argparse.Namespace) -> int:
+    from bench import collector_wrk
+
+    settings = load()
+    return collector_wrk.run(args, settings.bootstrap_servers, settings.schema_registry_url)
+
+
 def _query(args: argparse.Namespace) -> int:
     from bench import query
 
@@ -166,6 +173,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("collector_argv", nargs=argparse.REMAINDER, help="options for bench/collector.py")
     q.set_defaults(func=_collector)
+    from bench import collector_wrk
+
+    q = bsub.add_parser(
+        "collector-wrk",
+        help="HTTP collector vs a minimal endpoint doing the same essential work, loaded by wrk, on loopback",
+        description=collector_wrk.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    collector_wrk.add_arguments(q)
+    q.set_defaults(func=_collector_wrk)
     from bench import query
 
     q = bsub.add_parser(

@@ -151,6 +151,23 @@ def test_bench_collector_passes_its_options_through(monkeypatch: pytest.MonkeyPa
     assert seen == [["--seconds", "3", "--clients", "4"]]
 
 
+def test_bench_collector_wrk_is_registered_and_bounded() -> None:
+    """Issue 18: ``passerelle bench collector-wrk`` parses its options; its help says it stops by itself."""
+    import bench.collector_wrk
+    from passerelle.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "collector-wrk", "--rounds", "1", "--seconds", "2", "--workers", "2"])
+    assert (args.rounds, args.seconds, args.workers, args.connections) == (1, 2.0, 2, [32, 256])
+    assert bench.collector_wrk.planned_seconds(args) == 2 * 2 + 1 * 3 * 2 * 2 * 2
+    proc = run("bench", "collector-wrk", "--help")
+    assert proc.returncode == 0 and "stops by itself" in proc.stdout and "ratios:" in proc.stdout
+
+
+def test_collector_workers_must_be_at_least_one() -> None:
+    proc = run("collector", "--workers", "0")
+    assert proc.returncode == 2 and "--workers must be within 1..64" in proc.stderr
+
+
 def test_cluster_ids_never_start_with_a_dash() -> None:
     """A leading "-" made StorageTool read the id as an option: one `up` in 64 failed to format storage."""
     from passerelle.deploy.local.stack import new_cluster_id

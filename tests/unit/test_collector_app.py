@@ -56,3 +56,29 @@ def test_api_description_is_served_when_asked() -> None:
     assert resp.status_code == 200, resp.text
     assert set(resp.json()["paths"]) >= {"/hit", "/v1/events"}
     assert call(config(serve_openapi=True), "GET", "/docs").status_code == 404  # a UI would load scripts from a CDN
+
+
+def test_the_hot_routes_answer_other_methods_405_as_fastapi_did() -> None:
+    """Issue 18: ``GET /hit`` and ``POST /v1/events`` skip FastAPI's routing; other methods still reach it."""
+    assert call(config(), "POST", "/hit").status_code == 405
+    assert call(config(), "GET", "/v1/events").status_code == 405
+    assert call(config(), "GET", "/nowhere").status_code == 404
+
+
+def test_hot_routes_keep_their_refusals_and_count_them_in_the_metrics() -> None:
+    async def scenario() -> tuple[list[int], str]:
+        transport = httpx.ASGITransport(app=create_app(config()), client=("203.0.113.77", 51234))
+        async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:
+            statuses = [
+                (await client.get("/hit", params={"site": SITE})).status_code,  # no vid
+                (await client.post("/v1/events", json={"events": []})).status_code,  # no key
+                (await client.post("/v1/events", content=b"[]", headers={"X-Api-Key": KEY})).status_code,
+            ]
+            return statuses, (await client.get("/metrics")).text
+
+    statuses, metrics = asyncio.run(scenario())
+    assert statuses == [400, 401, 400]
+    assert 'passerelle_collector_events_total{endpoint="pixel",outcome="rejected"} 1.0' in metrics
+    assert 'passerelle_collector_request_seconds_count{endpoint="pixel",status="400"} 1.0' in metrics
+    assert 'passerelle_collector_request_seconds_count{endpoint="batch",status="401"} 1.0' in metrics
+    assert 'passerelle_collector_request_seconds_count{endpoint="batch",status="400"} 1.0' in metrics

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from passerelle.connectors.collector.config import CollectorConfig, CollectorStartupError, trusted_networks
 from passerelle.connectors.collector.validation import (
@@ -410,3 +412,103 @@ def test_config_checks_limits_and_proxies() -> None:
 def test_config_repr_hides_api_keys() -> None:
     config = CollectorConfig(bootstrap_servers="b:9092", schema_registry_url="http://r", sites={"s": "secret-key"})
     assert "secret-key" not in repr(config)
+
+
+# --- issue 18: the hot path's shortcuts say what the slow path said --------------------------------
+
+
+def test_event_ids_drawn_by_the_collector_are_random_version_4_uuids() -> None:
+    import uuid
+
+    from passerelle.connectors.collector.validation import new_event_id
+
+    ids = [new_event_id() for _ in range(2_000)]  # several draws of 256
+    assert len(set(ids)) == len(ids)
+    for text in ids[:300]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_the_records_are_what_the_hit_models_write() -> None:
+    from passerelle.connectors.collector.validation import event_to_record, pixel_to_record
+    from passerelle.schemas.models import Hit
+
+    samples = [
+        pixel_to_record(
+            pixel(type="order", oid="o-1", revenue="42.5", currency="eur", pid="sku-1", qty="3"), CTX, RULES
+        ),
+        pixel_to_record(pixel(type="cart_add", pid="sku-2", price="9.99", cm="1"), CTX, RULES),
+        event_to_record(
+            event(product={"id": "sku-3", "price": 5}, type="product_view", ip="::ffff:198.51.100.9"), CTX, RULES
+        ),
+        event_to_record(
+            event(order={"id": "o-2", "revenue": 10, "currency": "USD", "lines": [{"id": "a"}]}, type="order"),
+            CTX,
+            RULES,
+        ),
+    ]
+    for record in samples:
+        assert Hit.from_avro(record).to_avro() == record
+
+
+def test_truncate_ip_answers_the_same_from_its_cache() -> None:
+    for _ in range(3):
+        assert truncate_ip("203.0.113.77") == "203.0.113.0"
+        assert truncate_ip("203.0.113.77", ipv4_prefix=16) == "203.0.0.0"
+        assert truncate_ip("2001:db8:1234:5678::1") == "2001:db8:1234::"
+        assert truncate_ip("not an ip") is None
+
+
+# The fast path for plain events must give what EventIn gives, record for record, error for error.
+_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 2_000_000_000_000), st.floats(allow_nan=True),
+    st.sampled_from(["", " ", "shop.example", "blog.example", " shop.example", "evil.example", "page_view", "order",
+                     "identify", "product_view", "v-1", "c-1", "evt-1", "evt 1", "é", "x" * 129, "u" * 8193,
+                     "https://shop.example/?utm_source=nl&gclid=abc", "203.0.113.9", "2001:db8::1", "10.1.2.x",
+                     "2026-11-29T10:00:00Z", "1750000000000", "\u00a0v\u00a0", "\x1cv", "v\x85", "\u3000x",
+                     "\ud800", "é\ud800", "ü" * 128, "ü" * 129]),
+    st.dictionaries(st.sampled_from(["analytics", "marketing", "other"]),
+                    st.one_of(st.booleans(), st.just("true"), st.just(1)), max_size=3),
+)  # fmt: skip
+_KEYS = ["event_id", "site", "visitor_id", "customer_id", "type", "event_time", "url", "referrer", "page", "consent",
+         "user_agent", "ip", "vid", "event", "campaign_params", "unknown"]  # fmt: skip
+
+
+def _outcome(call: Any, raw: Any) -> Any:
+    try:
+        return call(raw, CTX, RULES)
+    except InvalidEvent as exc:
+        return ("invalid", exc.errors)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    base=st.fixed_dictionaries({"visitor_id": st.just("v-1"), "url": st.just("https://shop.example/")}),
+    extra=st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=5),
+)
+def test_the_fast_path_answers_what_the_model_answers(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    from passerelle.connectors.collector.validation import event_to_record, validated_event_record
+
+    raw = {**base, **extra}
+    assert _outcome(event_to_record, raw) == _outcome(validated_event_record, raw)
+
+
+def test_plain_events_take_the_fast_path() -> None:
+    from passerelle.connectors.collector.validation import _fast_event_record
+
+    plain = event(event_id="evt-1", type="identify", customer_id="c-1", event_time=NOW - 1000, ip="198.51.100.7",
+                  consent={"analytics": True}, referrer="https://search.example/", page="Home")  # fmt: skip
+    assert _fast_event_record(plain, CTX, RULES) is not None
+    assert _fast_event_record(event(vid="v-1"), CTX, RULES) is None  # an alias: the model decides
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://shop.example/", "https://shop.example/a?utm_source=nl", "https://shop.example/#xtor=EREC-1",
+     "https://shop.example/?", "https://shop.example/?gclid=1#at_medium=email", "not a url"],
+)  # fmt: skip
+def test_urls_without_query_or_fragment_are_not_parsed_but_answer_the_same(url: str) -> None:
+    from passerelle.connectors.collector.validation import url_campaign_params
+    from passerelle.streams.enrichment.params import parse_campaign_params
+
+    assert url_campaign_params(url) == parse_campaign_params(url)
