@@ -697,6 +697,11 @@ class ApiSettings(PasserelleSettings):
         default="", description="The API's warehouse sink: each site's time zone, e.g. shop=Europe/Paris (others: UTC)"
     )
     warehouse_topics: str = Field(default="", description="The API's warehouse sink: topic of a role, e.g. hits=...")
+    api_prometheus_url: str = Field(
+        default="",
+        description="Prometheus the operations page (/pages/operations) reads; default: the local one on "
+        "PASSERELLE_PROMETHEUS_PORT",
+    )
 
     def api_config(self) -> ApiConfig:
         """The plain configuration the API takes (it cannot import ``passerelle.settings``)."""
@@ -716,6 +721,7 @@ class ApiSettings(PasserelleSettings):
             warehouse_sink=self.api_warehouse_sink,
             warehouse_site_timezones=self.warehouse_site_timezones,
             warehouse_topics=self.warehouse_topics,
+            prometheus_url=self.api_prometheus_url or f"http://127.0.0.1:{self.prometheus_port}",
             connection=self.connection(),
         )
 

@@ -620,11 +620,17 @@ def create_app(config: ApiConfig, backend: Backend | None = None) -> FastAPI:
     impressions.install(app, backend, scoped("impressions:write"))
     metrics_routes.install(app, backend, scoped("metrics:write"))
     if config.warehouse_url is not None:
-        from passerelle.connectors.partner_api import page_routes, query_routes
+        from passerelle.connectors.partner_api import query_routes
 
         app.state.query = query_routes.QueryService(config)
         query_routes.install(app, app.state.query, scoped)
-        page_routes.install(app)  # the template builder and the live dashboard (/pages/...)
+    if config.warehouse_url is not None or config.prometheus_url is not None:
+        from passerelle.connectors.partner_api import ops_routes, page_routes
+
+        # the template builder and the live dashboard (with a store), the operations page (its proxy answers 503
+        # naming PASSERELLE_API_PROMETHEUS_URL while no Prometheus is configured)
+        page_routes.install(app, skip=() if config.warehouse_url is not None else ("builder", "dashboard"))
+        ops_routes.install(app, config.prometheus_url, config.prometheus_timeout_s, scoped)
     return app
 
 

@@ -52,6 +52,10 @@ class ApiConfig(Connects):
     warehouse_topics: str = ""
     """The in-process sink's topic of a role when not the catalog's (``hits=...``): PASSERELLE_WAREHOUSE_TOPICS."""
     warehouse_group_id: str = "passerelle-warehouse"
+    prometheus_url: str | None = None
+    """The Prometheus the operations page reads (``/pages/operations``, through ``ops_routes``); None: its queries
+    answer 503 naming the setting (``passerelle api`` always sets one: the local Prometheus by default)."""
+    prometheus_timeout_s: float = 10.0
     connection: Connection | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

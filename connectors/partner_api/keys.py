@@ -35,10 +35,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 SCOPES: Final = (
-    "campaigns:write", "campaigns:read", "impressions:write", "metrics:write", "query:read", "query:write"
+    "campaigns:write", "campaigns:read", "impressions:write", "metrics:write", "query:read", "query:write",
+    "monitoring:read",
 )  # fmt: skip
 """What a key may do. ``query:read`` runs queries and reads/runs the partner's report templates; ``query:write``
-saves, changes and deletes templates (a dashboard's key needs only ``query:read``)."""
+saves, changes and deletes templates (a dashboard's key needs only ``query:read``). ``monitoring:read`` reads the
+platform's metrics on the operations page (every partner's traffic: an operator's key, not a partner's)."""
 
 KEY_ID: Final = re.compile(r"[a-z0-9]{16}")
 SECRET: Final = re.compile(r"[A-Za-z0-9_-]{43}")

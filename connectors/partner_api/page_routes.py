@@ -11,13 +11,18 @@ answered with a Content-Security-Policy that admits scripts, styles and
 requests from the API's own origin only (no inline script, no CDN, no
 framing): the pages work offline and an injected string cannot run.
 
-A new page (the operations page, say) is one file in ``pages/html``, its
-script in ``pages/static``, and one entry in :data:`PAGES` (which also feeds
-the navigation bar, through ``/pages/nav``).
+``/pages/operations`` is the platform's health from Prometheus: its script
+reads the panels and Prometheus's answers through ``ops_routes`` (a key with
+``monitoring:read``), not ``/v1/query``.
+
+A new page is one file in ``pages/html``, its script in ``pages/static``, and
+one entry in :data:`PAGES` (which also feeds the navigation bar, through
+``/pages/nav``; a page whose endpoints this API lacks is skipped).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from functools import cache
 from pathlib import Path
 from typing import Any, Final
@@ -33,6 +38,7 @@ ROOT: Final = Path(__file__).resolve().parent / "pages"
 PAGES: Final[dict[str, tuple[str, str]]] = {
     "builder": ("builder.html", "Template builder"),
     "dashboard": ("dashboard.html", "Live dashboard"),
+    "operations": ("operations.html", "Operations"),
 }
 """Page name (its URL is ``/pages/<name>``) → (file in ``pages/html``, title in the navigation bar)."""
 
@@ -61,8 +67,11 @@ def catalog_view() -> dict[str, list[dict[str, Any]]]:
     }  # fmt: skip
 
 
-def install(app: FastAPI) -> None:
-    """Add the pages, their static files and the two JSON documents they read (no key needed: no data)."""
+def install(app: FastAPI, skip: Collection[str] = ()) -> None:
+    """Add the pages, their static files and the two JSON documents they read (no key needed: no data).
+
+    ``skip``: pages whose endpoints this API does not serve (no analytics store): neither served nor listed.
+    """
     static = ROOT / "static"
     if not (static / "charts.js").is_file():
         raise RuntimeError(f"the web pages' files are missing from {static} (package data not installed?)")
@@ -70,11 +79,12 @@ def install(app: FastAPI) -> None:
 
     @app.get("/pages", include_in_schema=False)
     async def pages_home() -> Response:
-        return RedirectResponse("/pages/builder", status_code=307)
+        return RedirectResponse(f"/pages/{next(n for n in PAGES if n not in skip)}", status_code=307)
 
     @app.get("/pages/nav", tags=["pages"], summary="the pages, for the navigation bar")
     async def nav() -> Any:
-        return {"pages": [{"href": f"/pages/{name}", "title": title} for name, (_, title) in PAGES.items()]}
+        return {"pages": [{"href": f"/pages/{name}", "title": title} for name, (_, title) in PAGES.items()
+                          if name not in skip]}  # fmt: skip
 
     @app.get("/pages/catalog", tags=["pages"], summary="the metrics and dimensions a query may name")
     async def catalog() -> Any:
@@ -98,4 +108,6 @@ def install(app: FastAPI) -> None:
         return page
 
     for name, (file, _title) in PAGES.items():
+        if name in skip:
+            continue
         app.add_api_route(f"/pages/{name}", serve(file), methods=["GET"], include_in_schema=False, name=f"page-{name}")
