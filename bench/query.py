@@ -64,7 +64,6 @@ from passerelle.connectors.data_query import dashboard, engine, periods
 from passerelle.connectors.data_query.sql import build
 from passerelle.connectors.warehouse import ddl
 from passerelle.connectors.warehouse.rows import COLUMNS, HITS, SiteZones, hit_row
-from passerelle.connectors.warehouse.sink import Sink, SinkConfig
 from passerelle.connectors.warehouse.store import Store, open_store
 from passerelle.connectors.warehouse.writer import MERGE
 from passerelle.schemas.clients import Connection
@@ -465,24 +464,33 @@ def time_queries(api: Api, store: Store, queries: Mapping[str, dict[str, Any]], 
 # --- 3. the sink vs a raw loop -----------------------------------------------------------------------------------
 
 
-class _TimedSink(Sink):
-    """The warehouse sink, noting when its partitions were first assigned (where the raw loop's clock starts)."""
+def _timed_sink(store: Store, config: Any) -> Any:
+    """The warehouse sink, noting when its partitions were first assigned (where the raw loop's clock starts).
 
-    assigned_at = 0.0
+    Defined here, not at import: ``passerelle --help`` imports this module for its description and must not load
+    the stream runtime the sink is built on."""
+    from passerelle.connectors.warehouse.sink import Sink
 
-    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        super()._on_assign(consumer, partitions)
-        if not self.assigned_at:
-            self.assigned_at = time.perf_counter()
+    class TimedSink(Sink):
+        assigned_at = 0.0
+
+        def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+            super()._on_assign(consumer, partitions)
+            if not self.assigned_at:
+                self.assigned_at = time.perf_counter()
+
+    return TimedSink(store, config)
 
 
 def run_sink(conn: Connection, topic: str, path: Path, records: int, group: str, batch_size: int,
              deadline: Deadline) -> float:  # fmt: skip
     """(b) The warehouse sink into a fresh DuckDB file: records/s from assignment to the last row committed."""
+    from passerelle.connectors.warehouse.sink import SinkConfig
+
     store = open_store(f"duckdb:///{path}")
     config = SinkConfig(connection=conn, topics={HITS: topic}, site_timezones=SITES, name="bench", group_id=group,
                         batch_size=batch_size, progress_every_s=3600)  # fmt: skip
-    sink = _TimedSink(store, config)
+    sink = _timed_sink(store, config)
     stop = threading.Event()
     failure: list[BaseException] = []
 

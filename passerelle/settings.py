@@ -278,6 +278,7 @@ if TYPE_CHECKING:
     from passerelle.streams.enrichment.enricher import EnrichmentConfig
     from passerelle.streams.remarketing.sequence import SequencerConfig
     from passerelle.streams.runtime import Processor, RunnerConfig
+    from passerelle.streams.runtime.stores import StateConfig
 
 
 class ProcessorSettings(PasserelleSettings):
@@ -300,6 +301,22 @@ class ProcessorSettings(PasserelleSettings):
     max_error_ratio: float = Field(
         default=0.5, gt=0, le=1, description="Stop when more than this share of recent records fail (1: never)"
     )
+    state_store: str = Field(
+        default="memory",
+        pattern=r"^\s*(\w[\w.-]*\s*=\s*)?(memory|rocksdb)\s*(,\s*\w[\w.-]*\s*=\s*(memory|rocksdb)\s*)*$",
+        description="Where stores live: memory | rocksdb, or per store: memory,visitors=rocksdb",
+    )
+    state_store_dir: str = Field(
+        default="", description="Directory of the rocksdb stores, kept across restarts; default: <state_dir>/stores"
+    )
+
+    def state_config(self) -> StateConfig:
+        """Where the processor's stores live (``streams/runtime/stores.py``)."""
+        from passerelle.streams.runtime.stores import StateConfig
+
+        return StateConfig(
+            self.state_store, Path(self.state_store_dir) if self.state_store_dir else self.state_dir / "stores"
+        )
 
     def runner_config(self, app_id: str, processor: Processor, catalog: Catalog) -> RunnerConfig:
         """The runtime's configuration for ``processor``, its schemas taken from ``catalog`` (the contracts).

@@ -87,6 +87,13 @@ def _query(args: argparse.Namespace) -> int:
     return query.run(args, settings.bootstrap_servers, settings.schema_registry_url)
 
 
+def _state(args: argparse.Namespace) -> int:
+    from bench import state
+
+    settings = load()
+    return state.run(args, settings.bootstrap_servers, settings.schema_registry_url)
+
+
 def _not_here(args: argparse.Namespace) -> int:
     raise PasserelleError(
         "the benchmarks are not installed with the package: run `passerelle bench` from a checkout of the "
@@ -193,3 +200,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     query.add_arguments(q)
     q.set_defaults(func=_query)
+    from bench import state
+
+    q = bsub.add_parser(
+        "state",
+        help="state stores: in-memory vs RocksDB; RSS per key, restore keys/s (empty disk, checkpoint), throughput",
+        description=state.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    state.add_arguments(q)
+    q.set_defaults(func=_state)

@@ -34,7 +34,7 @@ def run_processor(settings: ProcessorSettings, processor: Processor, app_id: str
     from passerelle.streams.runtime import Runner
 
     catalog = load_catalog(settings.catalog)
-    runner = Runner(processor, settings.runner_config(app_id, processor, catalog))
+    runner = Runner(processor, settings.runner_config(app_id, processor, catalog), state=settings.state_config())
     runner.install_signal_handlers()
     log.info("%s running as %s/%s (%s)", what, app_id, settings.instance_id, settings.processing_guarantee)
     runner.run()

@@ -38,10 +38,12 @@ from passerelle.schemas.timeconv import to_millis
 from passerelle.streams.campaign_counts.rules import CampaignCounter, CampaignCountsConfig, Counter, VisitorState
 from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec, Timer
 
-VISITORS: StoreSpec[VisitorState] = StoreSpec("visitors")
-"""Per visitor from a declared campaign (partitions of hits.enriched): last visit and orders counted."""
-COUNTERS: StoreSpec[Counter] = StoreSpec("counters")
-"""Per campaign and window (partitions of campaigns.live.deltas): the running totals."""
+VISITORS: StoreSpec[VisitorState] = StoreSpec("visitors", ttl_ms=None)
+"""Per visitor from a declared campaign (partitions of hits.enriched): last visit and orders counted.
+
+No runtime ``ttl_ms``: ``sweep`` forgets visitors idle for ``visitor_ttl_ms``."""
+COUNTERS: StoreSpec[Counter] = StoreSpec("counters", ttl_ms=None)
+"""Per campaign and window (partitions of campaigns.live.deltas): the running totals (dropped with their window)."""
 
 FLUSH = "flush"
 SWEEP = "sweep"

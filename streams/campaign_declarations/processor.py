@@ -67,7 +67,7 @@ from passerelle.streams.campaign_declarations.rules import (
 )
 from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec, TableSpec
 
-WRITTEN: StoreSpec[dict[str, Any]] = StoreSpec("written")
+WRITTEN: StoreSpec[dict[str, Any]] = StoreSpec("written", ttl_ms=None)  # deleted once the table shows it
 """Per campaign key: ``{"record": the Campaign written (None: a deletion), "at": when}``, until the table shows it."""
 CAMPAIGNS = "campaigns"
 PARTNERS = "partners"

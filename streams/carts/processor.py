@@ -25,8 +25,10 @@ from passerelle.streams.privacy import privacy_table
 from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec, TableSpec, Timer
 from passerelle.streams.runtime.processor import is_erased
 
-CARTS: StoreSpec[CartState] = StoreSpec("carts", person="customer_id")
-"""One record per visitor; the runtime indexes it under its customer id, for erasures."""
+CARTS: StoreSpec[CartState] = StoreSpec("carts", person="customer_id", ttl_ms=None)
+"""One record per visitor; the runtime indexes it under its customer id, for erasures.
+
+No runtime ``ttl_ms``: the tracker's own idle timer forgets a visitor (and emits the abandonment first)."""
 CRM = "crm"
 
 

@@ -88,10 +88,12 @@ from passerelle.streams.privacy import PRIVACY, privacy_erasure, privacy_table
 from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec, TableSpec, Timer
 from passerelle.streams.runtime.processor import is_erased
 
-VISITORS: StoreSpec[VisitorState] = StoreSpec("visitors", person="customer_id")
+VISITORS: StoreSpec[VisitorState] = StoreSpec("visitors", person="customer_id", ttl_ms=None)  # own sweep
 """Per visitor (partitions of hits.enriched): visit, goals and orders seen, customer id, the anonymous path."""
-PERSONS: StoreSpec[PersonState] = StoreSpec("persons", person="customer_id")
-"""Per customer (partitions of conversions.paths.events): the path state."""
+PERSONS: StoreSpec[PersonState] = StoreSpec("persons", person="customer_id", ttl_ms=None)
+"""Per customer (partitions of conversions.paths.events): the path state.
+
+No runtime ``ttl_ms`` on either store: the processor's sweep expires paths past the lookback."""
 CRM = "crm"
 SWEEP = "sweep"
 TOUCH, CONVERSION, MERGE = "touch", "conversion", "merge"

@@ -63,10 +63,14 @@ from passerelle.streams.privacy import privacy_table
 from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec, TableSpec, Timer
 from passerelle.streams.runtime.processor import is_erased
 
-VISITORS: StoreSpec[VisitorState] = StoreSpec("visitors", person="customer_id")
-"""Per identified visitor (partitions of hits.enriched): the last visit counted, and for whom."""
-CUSTOMERS: StoreSpec[CustomerState] = StoreSpec("customers", person="customer_id")
-"""Per customer (partitions of crm.activity.deltas): daily buckets, totals, dedup memory."""
+VISITORS: StoreSpec[VisitorState] = StoreSpec("visitors", person="customer_id", ttl_ms=None)
+"""Per identified visitor (partitions of hits.enriched): the last visit counted, and for whom.
+
+No runtime ``ttl_ms``: the ``forget`` sweep drops visitors past the TTL of the rules."""
+CUSTOMERS: StoreSpec[CustomerState] = StoreSpec("customers", person="customer_id", ttl_ms=None)
+"""Per customer (partitions of crm.activity.deltas): daily buckets, totals, dedup memory.
+
+Never expires: a customer's totals live as long as the CRM keeps the customer (erased with them)."""
 CRM = "crm"
 
 FLUSH = "flush"

@@ -49,8 +49,10 @@ from passerelle.streams.privacy import privacy_table
 from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec
 from passerelle.streams.runtime.processor import is_erased
 
-STATE: StoreSpec[CustomerState] = StoreSpec("customers", person="customer_id")
-"""Per customer: their row, their consents; indexed by the runtime under the customer id, for erasures."""
+STATE: StoreSpec[CustomerState] = StoreSpec("customers", person="customer_id", ttl_ms=None)
+"""Per customer: their row, their consents; indexed by the runtime under the customer id, for erasures.
+
+Never expires: it mirrors the CRM table, which keeps a customer until it deletes (erases) them."""
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,17 @@ visitor id purges the person's visitors: ``passerelle.streams.privacy``).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prometheus_client import Counter
 
-from passerelle.streams.enrichment.enricher import Enricher, EnrichmentConfig
+from passerelle.streams.enrichment.enricher import (
+    CAMPAIGN_LIFETIME_MS,
+    VISIT_TIMEOUT_MS,
+    Enricher,
+    EnrichmentConfig,
+)
 from passerelle.streams.privacy import privacy_table
 from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec, TableSpec
 
@@ -36,10 +41,15 @@ class EnrichmentTopics:
     """None: privacy requests are not read (tests of other behaviour on topics of their own)."""
 
 
-VISITORS: StoreSpec[dict[str, Any]] = StoreSpec("visitors", person="customer_id")
-"""One record per visitor (visit, campaign, identity, CRM attributes); erased with its customer."""
-UNDECLARED: StoreSpec[int] = StoreSpec("undeclared")
-"""Campaign tags already sent to the declaration inbox (value: when)."""
+VISITORS: StoreSpec[dict[str, Any]] = StoreSpec(
+    "visitors", person="customer_id", ttl_ms=CAMPAIGN_LIFETIME_MS + VISIT_TIMEOUT_MS
+)
+"""One record per visitor (visit, campaign, identity, CRM attributes); erased with its customer.
+
+Forgotten once idle for the campaign lifetime plus the visit timeout: nothing it holds counts any more
+(each instance sets ``ttl_ms`` from its ``EnrichmentConfig``)."""
+UNDECLARED: StoreSpec[int] = StoreSpec("undeclared", ttl_ms=None)
+"""Campaign tags already sent to the declaration inbox (value: when); bounded by the tags in use, never expires."""
 CRM = "crm"
 
 
@@ -60,6 +70,8 @@ class EnrichmentProcessor(Processor):
             *((privacy_table(t.privacy_requests),) if t.privacy_requests else ()),
         )
         self.enricher = Enricher(config)
+        cfg = self.enricher.config
+        self.stores = (replace(VISITORS, ttl_ms=cfg.campaign_lifetime_ms + cfg.visit_timeout_ms), UNDECLARED)
         self.undeclared_hits = Counter(
             "passerelle_enrichment_undeclared_campaign_hits_total",
             "Hits whose campaign tag matches no declared campaign",

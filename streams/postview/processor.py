@@ -48,8 +48,10 @@ from passerelle.streams.privacy import privacy_table
 from passerelle.streams.runtime import Context, InRecord, OutRecord, Processor, StoreSpec, TableSpec, Timer
 from passerelle.streams.runtime.processor import is_erased
 
-VISITORS: StoreSpec[VisitorState] = StoreSpec("visitors", person="customer_id")
-"""Per visitor: impressions kept, current visit, last orders, customer id (indexed by the runtime for erasures)."""
+VISITORS: StoreSpec[VisitorState] = StoreSpec("visitors", person="customer_id", ttl_ms=None)
+"""Per visitor: impressions kept, current visit, last orders, customer id (indexed by the runtime for erasures).
+
+No runtime ``ttl_ms``: the processor's sweep forgets expired impressions and idle visitors."""
 CRM = "crm"
 SWEEP = "sweep"
 OUTCOMES = ("kept", "late", "duplicate", "no_campaign", "expired", "erased")

@@ -61,6 +61,20 @@ class RuntimeMetrics:
         self.restored_records = Counter(
             "passerelle_state_restored_records_total", "Changelog records replayed on restore", p, registry=r
         )
+        self.restore_total = Gauge(
+            "passerelle_state_restore_total_records",
+            "Changelog records the restore in progress reads for a partition (0 once restored)",
+            [*p, "partition"], registry=r,
+        )  # fmt: skip
+        self.restore_done = Gauge(
+            "passerelle_state_restore_done_records",
+            "Changelog records the restore in progress has read for a partition (0 once restored)",
+            [*p, "partition"], registry=r,
+        )  # fmt: skip
+        self.expired_keys = Counter(
+            "passerelle_state_expired_keys_total", "Keys deleted for being idle longer than their store's ttl_ms",
+            [*p, "store"], registry=r,
+        )  # fmt: skip
         self.commit_seconds = Histogram(
             "passerelle_commit_seconds",
             "Time the loop waits for one commit (transaction, or flush and offset commit); "

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
 from passerelle.streams.runtime.records import InRecord, OutRecord
-from passerelle.streams.runtime.state import KeyValueStore, StoreSpec
+from passerelle.streams.runtime.state import EXPIRY_BUDGET, KeyValueStore, StoreSpec
 from passerelle.streams.runtime.timers import TIMER_STORE, Timer, TimerService
 
 V = TypeVar("V")
@@ -75,6 +75,20 @@ class Context:
     def now(self) -> int:
         """Wall-clock time in UTC milliseconds, read once per batch from the runner's (drivable) clock."""
         return self._now
+
+    def tick(self, now: int) -> None:
+        """Runner side: the wall clock of this batch, for the processor and for the stores (write times)."""
+        self._now = now
+        for store in self.stores.values():
+            store.now = now
+
+    def expire(self, budget: int = EXPIRY_BUDGET) -> dict[str, int]:
+        """Runner side, at commit: delete keys idle longer than their store's ``ttl_ms``; count per store."""
+        expired = {}
+        for name, store in self.stores.items():
+            if store.spec.ttl_ms is not None and (count := store.expire(budget)):
+                expired[name] = count
+        return expired
 
     def fail(self, record: InRecord, error: BaseException, stage: str = "process") -> None:
         """Hand a record to the dead-letter topic; processing of the others goes on."""
@@ -226,8 +240,8 @@ def partition_restored(processor: Processor, ctx: Context) -> list[OutRecord]:
     for table in processor.tables:
         erased = ctx.deleted.get(table.name) if table.erases else None
         if erased:
-            persons = {p for spec in processor.stores if spec.person for p in ctx.stores[spec.name].persons()}
-            for person in sorted(persons & {str(k) for k in erased}):
+            # Per erased person, not over every person held: a store on disk looks each one up in its index.
+            for person in sorted({str(k) for k in erased}):
                 out.extend(erase(processor, ctx, person))
         if table.erasures is not None:
             for key, value in list(ctx.tables.get(table.name, {}).items()):
@@ -251,15 +265,20 @@ def is_erased(processor: Processor, ctx: Context, *ids: str | None) -> bool:
     return False
 
 
+StoreOpener = Callable[[StoreSpec[Any], int], KeyValueStore[Any]]
+"""Builds the store of one partition: in memory, or on disk (``stores.StateConfig.opener``)."""
+
+
 def make_context(
     processor: Processor,
     partition: int,
     tables: Mapping[str, Mapping[str, Any]] | None = None,
     deleted: Mapping[str, set[Any]] | None = None,
+    open_store: StoreOpener = KeyValueStore,
 ) -> Context:
-    """A context with empty stores: what the runner (and the test driver) builds before restore."""
-    stores = {spec.name: KeyValueStore(spec, partition) for spec in processor.stores}
-    stores[TIMER_STORE.name] = KeyValueStore(TIMER_STORE, partition)
+    """A context with its stores as they are before restore: what the runner (and the test driver) builds."""
+    stores = {spec.name: open_store(spec, partition) for spec in processor.stores}
+    stores[TIMER_STORE.name] = open_store(TIMER_STORE, partition)
     return Context(
         partition=partition,
         stores=stores,

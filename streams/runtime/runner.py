@@ -41,7 +41,9 @@ from passerelle.streams.runtime.deadletter import DeadLetterRefusedError, dead_l
 from passerelle.streams.runtime.metrics import RuntimeMetrics
 from passerelle.streams.runtime.processor import Context, Processor, make_context, partition_restored, table_changed
 from passerelle.streams.runtime.records import InRecord, OutRecord
+from passerelle.streams.runtime.restore import RestoreProgress
 from passerelle.streams.runtime.state import StoreSpec
+from passerelle.streams.runtime.stores import StateConfig
 from passerelle.streams.runtime.tables import LookupTable
 from passerelle.streams.runtime.timers import TIMER_STORE, Timer, TimerKind, fire
 
@@ -81,9 +83,16 @@ def _hidden(conn: clients.Connection) -> str:
 class Runner:
     """Runs one ``Processor`` as a member of the consumer group ``config.app_id``."""
 
-    def __init__(self, processor: Processor, config: RunnerConfig, metrics: RuntimeMetrics | None = None) -> None:
+    def __init__(
+        self,
+        processor: Processor,
+        config: RunnerConfig,
+        metrics: RuntimeMetrics | None = None,
+        state: StateConfig | None = None,
+    ) -> None:
         self.processor = processor
         self.config = config
+        self.state = state or StateConfig()
         self.metrics = metrics or RuntimeMetrics()
         self._name = processor.name
         self._stop = False
@@ -94,6 +103,9 @@ class Runner:
         self._last_commit = 0
         self._tables: dict[str, LookupTable] = {}
         self._stores: list[StoreSpec] = [*processor.stores, TIMER_STORE]
+        self._open_store = self.state.opener(config.app_id, config.instance_id)
+        self._on_disk = any(self.state.backend_of(spec) != "memory" for spec in self._stores)
+        self._changelog_next: dict[tuple[str, int], int] = {}  # next offset of each changelog partition we wrote
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._restore_consumer: Consumer | None = None
@@ -441,7 +453,7 @@ class Runner:
         dropped = self._drop(partitions)
         # An eager rebalance (range) revokes every partition, and most come back: keep their state, so
         # that the next assignment restores only what someone else changed meanwhile (``_restore_partitions``).
-        if dropped and self._eager and not self._closing and self._aborts == aborts:
+        if dropped and self._eager and not self._closing and self._aborts == aborts and not self._on_disk:
             self._park(dropped)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -463,6 +475,8 @@ class Runner:
             if tp.partition not in still and (ctx := self._contexts.pop(tp.partition, None)) is not None:
                 dropped[tp.partition] = ctx
                 self.processor.on_partition_revoked(ctx)
+                for store in ctx.stores.values():
+                    store.close()  # on disk: what was committed stays there (in memory: kept if parked)
         if dropped:
             for spec in self.processor.stores:
                 self.metrics.state_keys.labels(self._name, spec.name).set(self._state_size(spec.name))
@@ -568,7 +582,7 @@ class Runner:
         kept: dict[int, dict[str, int]] = {}
         contexts: dict[int, Context] = {}
         for p in partitions:
-            ctx = make_context(self.processor, p, self._table_data, self._table_deleted)
+            ctx = make_context(self.processor, p, self._table_data, self._table_deleted, self._open_store)
             ctx._seal = self._seal
             parked = self._parked.pop(p, None)
             if parked is not None and all(ends[p][t][0] <= at <= ends[p][t][1] for t, at in parked[1].items()):
@@ -579,34 +593,41 @@ class Runner:
             contexts[p] = ctx
         targets: dict[tuple[str, int], Any] = {}
         starts: list[TopicPartition] = []
+        totals: dict[int, int] = {}  # records to read per partition (offsets: compaction makes it an upper bound)
+        resumed: set[int] = set()  # partitions whose stores on disk read on from their checkpoint
         for p, ctx in contexts.items():
             for spec in self._stores:
                 topic = spec.changelog_topic(app)
                 low, high = ends[p][topic]
-                start = kept[p][topic] if p in kept else low
+                store = ctx.stores[spec.name]
+                checkpoint = None if p in kept else store.start_offset(low, high)
+                if checkpoint is not None:
+                    resumed.add(p)
+                start = kept[p][topic] if p in kept else low if checkpoint is None else checkpoint
                 if high > start:
-                    targets[(topic, p)] = ctx.stores[spec.name]
-                    starts.append(TopicPartition(topic, p, start if p in kept else OFFSET_BEGINNING))
+                    totals[p] = totals.get(p, 0) + high - start
+                    targets[(topic, p)] = store
+                    begin = OFFSET_BEGINNING if p not in kept and checkpoint is None else start
+                    starts.append(TopicPartition(topic, p, begin))
         count = 0
         if targets:
+            progress = RestoreProgress(self._name, totals, self._restore_progress)
             rc.assign(starts)
-            pending = set(targets)
-            deadline = time.monotonic() + 300
-            while pending:
-                if time.monotonic() > deadline:
-                    raise FatalRuntimeError(f"restoring partitions {partitions} took more than 300 s")
-                batch: list[Any] = rc.consume(10_000, timeout=0.05)
-                for msg in batch:
-                    err = msg.error()
-                    where = (msg.topic(), msg.partition())
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            pending.discard(where)
-                            continue
-                        raise FatalRuntimeError(f"restoring {where[0]}[{where[1]}]: {err}")
-                    targets[where].restore(msg.key(), msg.value())
-                    count += 1
+            # Millions of restored values are long-lived objects: with the cyclic GC on, it rescans all of them
+            # again and again as they pile up. Off while reading, then frozen (``RunnerConfig.gc_freeze``).
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                count = self._read_changelogs(targets, progress)
+            finally:
+                if collecting:
+                    gc.enable()
             rc.unassign()
+            progress.finish()
+            self._manage_gc()
+        for p, ctx in contexts.items():
+            for spec in self._stores:
+                ctx.stores[spec.name].restored(ends[p][spec.changelog_topic(app)][1])
         for p, ctx in contexts.items():
             ctx.timers.reload()
             self._contexts[p] = ctx
@@ -617,8 +638,35 @@ class Runner:
         elapsed = time.monotonic() - started
         self.metrics.restore_seconds.labels(self._name).observe(elapsed)
         self.metrics.restored_records.labels(self._name).inc(count)
-        log.info("%s partitions %s restored: %d changelog records in %.2fs%s", self._name, partitions, count, elapsed,
-                 f" (state kept in memory and read on: {sorted(kept)})" if kept else "")  # fmt: skip
+        log.info("%s partitions %s restored: %d changelog records in %.2fs%s%s", self._name, partitions, count,
+                 elapsed, f" (state kept in memory and read on: {sorted(kept)})" if kept else "",
+                 f" (read on from the local checkpoint: {sorted(resumed)})" if resumed else "")  # fmt: skip
+
+    def _read_changelogs(self, targets: dict[tuple[str, int], Any], progress: RestoreProgress) -> int:
+        """Apply every changelog record up to each partition's end; no time limit (progress is logged)."""
+        rc = self._restore_consumer
+        assert rc is not None
+        pending = set(targets)
+        count = 0
+        while pending:
+            batch: list[Any] = rc.consume(10_000, timeout=0.05)
+            for msg in batch:
+                err = msg.error()
+                where = (msg.topic(), msg.partition())
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(where)
+                        continue
+                    raise FatalRuntimeError(f"restoring {where[0]}[{where[1]}]: {err}")
+                targets[where].restore(msg.key(), msg.value(), msg.timestamp()[1])
+                progress.done[where[1]] += 1
+                count += 1
+            progress.report()
+        return count
+
+    def _restore_progress(self, partition: int, done: int, total: int) -> None:
+        self.metrics.restore_done.labels(self._name, str(partition)).set(done)
+        self.metrics.restore_total.labels(self._name, str(partition)).set(total)
 
     # --- processing -----------------------------------------------------------
 
@@ -678,7 +726,7 @@ class Runner:
             if ctx is None:  # assigned without restore should not happen; restore now to be safe
                 self._restore_partition(partition)
                 ctx = self._contexts[partition]
-            ctx._now = now
+            ctx.tick(now)
             latest = max(r.timestamp for r in records)
             if latest > ctx.stream_time:
                 ctx.stream_time = latest
@@ -798,7 +846,7 @@ class Runner:
 
     def _fire_wall_timers(self, now: int) -> None:
         for ctx in list(self._contexts.values()):
-            ctx._now = now
+            ctx.tick(now)
             self._fire(ctx, "wall", now, now)
             retries = ctx.timers.due_retries(now)
             if retries:
@@ -923,6 +971,7 @@ class Runner:
         assert producer is not None
         wrote = False
         app = self.config.app_id
+        now = self.config.clock()
         for partition, ctx in self._contexts.items():
             for spec in self._stores:
                 changes = ctx.stores[spec.name].take_changes()
@@ -935,8 +984,30 @@ class Runner:
                     if value is not None and len(key) + len(value) > self.config.max_record_bytes:
                         self._state_too_large(store, topic, partition, key, value)
                         value = None  # the key's tombstone: a restore finds what memory holds
-                    clients.produce(producer, topic, value, key, partition=partition)
+                    # Stamped with the runner's clock: a restore counts a key's idle time (``ttl_ms``) from it.
+                    if self._on_disk:
+                        clients.produce(producer, topic, value, key, partition=partition, timestamp=now,
+                                        on_delivery=self._delivered)  # fmt: skip
+                    else:
+                        clients.produce(producer, topic, value, key, partition=partition, timestamp=now)
         return wrote
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        """A changelog record acknowledged: its offset + 1 is the checkpoint a store on disk may write."""
+        if err is None:
+            where = (msg.topic(), msg.partition())
+            self._changelog_next[where] = max(self._changelog_next.get(where, -1), msg.offset() + 1)
+
+    def _stores_committed(self) -> None:
+        """The commit succeeded: stores on disk write its changes with the changelog offset they reflect."""
+        if not self._on_disk:
+            return
+        assert self._producer is not None
+        self._producer.poll(0)  # serve the changelog records' delivery reports (all acknowledged by now)
+        app = self.config.app_id
+        for partition, ctx in self._contexts.items():
+            for spec in self._stores:
+                ctx.stores[spec.name].committed(self._changelog_next.pop((spec.changelog_topic(app), partition), None))
 
     def _state_too_large(self, store: Any, topic: str, partition: int, key: bytes, value: bytes) -> None:
         """A state value no changelog record can hold: dead-letter it and forget the key (memory = changelog)."""
@@ -960,6 +1031,7 @@ class Runner:
             return
         self._last_commit = self.config.clock()
         self._begin()
+        self._expire(self._last_commit)
         if self.config.exactly_once:
             wrote = self._write_changelogs()
         else:
@@ -969,7 +1041,10 @@ class Runner:
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items() if (t, p) in self._assigned]
         started = time.perf_counter()
         if self.config.exactly_once:
+            aborts = self._aborts
             self._commit_transaction(offsets)
+            if self._aborts == aborts:
+                self._stores_committed()
         else:
             # Outputs acknowledged first, state after: a fired timer's deletion (a changelog tombstone) must
             # not reach the broker unless what its handler emitted did.
@@ -984,6 +1059,7 @@ class Runner:
                         self._consumer.commit(offsets=offsets, asynchronous=True)
                 except KafkaException as exc:
                     log.warning("offset commit failed (records will be re-processed): %s", exc)
+            self._stores_committed()
         self._uncommitted = False
         self.metrics.commit_seconds.labels(self._name).observe(time.perf_counter() - started)
         self.metrics.commits.labels(self._name).inc()
@@ -993,6 +1069,13 @@ class Runner:
         for name, table in self._tables.items():
             self.metrics.table_records.labels(self._name, name).set(len(table.data))
         self._update_lag()
+
+    def _expire(self, now: int) -> None:
+        """Keys idle longer than their store's ``ttl_ms`` deleted: their tombstones go in this commit."""
+        for ctx in self._contexts.values():
+            ctx.tick(now)
+            for store, count in ctx.expire().items():
+                self.metrics.expired_keys.labels(self._name, store).inc(count)
 
     def _flush(self) -> None:
         assert self._producer is not None
@@ -1049,6 +1132,9 @@ class Runner:
         partitions = {p for _, p in self._assigned}
         for ctx in self._contexts.values():
             self.processor.on_partition_revoked(ctx)
+            for store in ctx.stores.values():
+                store.discard()  # the aborted transaction's writes: never on disk, now not in memory either
+                store.close()
         self._contexts.clear()
         self._parked.clear()
         self._restore_partitions(sorted(partitions))
@@ -1083,12 +1169,21 @@ class Runner:
             self._producer.flush(30)
         if self._restore_consumer is not None:
             self._restore_consumer.close()
+        for ctx in self._contexts.values():
+            for store in ctx.stores.values():
+                store.close()
         for table in self._tables.values():
             table.close()
 
 
-UNKNOWN_YET = (KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART)
-"""What a client says of a partition its metadata does not have yet (a changelog created a moment ago)."""
+UNKNOWN_YET = (
+    KafkaError._UNKNOWN_PARTITION,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+)
+"""What a client says of a partition its metadata does not have yet (a changelog created a moment ago, its
+leader not elected or not known to the client yet)."""
 
 
 def _watermarks(client: Any, topic: str, partition: int, patience_s: float = 30.0) -> tuple[int, int]:

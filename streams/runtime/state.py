@@ -17,6 +17,9 @@ from typing import Any, Generic, TypeVar
 _DELETED = object()
 _ABSENT = object()
 
+EXPIRY_BUDGET = 10_000
+"""Most keys one store expires per commit: a backlog of expired keys is spread over commits, not one long pause."""
+
 V = TypeVar("V")
 
 
@@ -50,6 +53,20 @@ class StoreSpec(Generic[V]):
     ``Processor.on_erased`` for each: an erasure reaches every key of the
     person without each processor keeping its own index.
     """
+    ttl_ms: int | None = None
+    """How long a key lives without being written (wall-clock ms); None: until deleted.
+
+    State that grows with every new visitor must say when it may forget one:
+    the runtime deletes keys idle longer than this at commit (a bounded sweep,
+    ``EXPIRY_BUDGET`` keys per store and commit), writing their tombstones to
+    the changelog like any delete, so a restore does not bring them back. A key's
+    idle time counts from its last ``put``; after a restore, from its changelog
+    record's timestamp. ``None`` is a decision, not a default to leave: say
+    next to the declaration why the store never needs it (a sweep of its own,
+    a bounded key space).
+    """
+    backend: str | None = None
+    """``memory`` or ``rocksdb``; None: the process's ``StateConfig`` default (``PASSERELLE_STATE_STORE``)."""
 
     def changelog_topic(self, app_id: str) -> str:
         return f"{app_id}-{self.name}-changelog"
@@ -66,16 +83,20 @@ class KeyValueStore(Generic[V]):
     processors here do.
     """
 
-    __slots__ = ("_data", "_dirty", "_persons", "_undo", "name", "partition", "spec")
+    __slots__ = ("_data", "_dirty", "_persons", "_touched", "_undo", "name", "now", "partition", "spec")
 
     def __init__(self, spec: StoreSpec[V], partition: int) -> None:
         self.spec = spec
         self.name = spec.name
         self.partition = partition
+        self.now = 0
+        """Wall clock (ms) the runner sets per batch: when a ``put`` happens, for expiry."""
         self._data: dict[str, V] = {}
         self._dirty: dict[str, Any] = {}
         self._undo: list[tuple[str, Any, Any]] | None = None
         self._persons: dict[str, set[str]] | None = {} if spec.person else None
+        # key -> last write, oldest first (a put moves the key to the end): the sweep reads only the front.
+        self._touched: dict[str, int] | None = {} if spec.ttl_ms is not None else None
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._data.get(key, default)
@@ -104,6 +125,9 @@ class KeyValueStore(Generic[V]):
         self._dirty[key] = value
         if self._persons is not None:
             self._reindex(key, old, value)
+        if self._touched is not None:
+            self._touched.pop(key, None)
+            self._touched[key] = self.now
 
     __setitem__ = put
 
@@ -114,6 +138,29 @@ class KeyValueStore(Generic[V]):
         self._dirty[key] = _DELETED
         if self._persons is not None:
             self._reindex(key, old, _ABSENT)
+        if self._touched is not None:
+            self._touched.pop(key, None)
+
+    # --- expiry ----------------------------------------------------------------------
+
+    def expire(self, budget: int = EXPIRY_BUDGET) -> int:
+        """Delete up to ``budget`` keys not written for ``spec.ttl_ms`` (tombstones at the next commit).
+
+        The oldest writes come first, so the sweep stops at the first key
+        still alive: its cost is the number of keys it expires.
+        """
+        ttl, touched = self.spec.ttl_ms, self._touched
+        if ttl is None or not touched:
+            return 0
+        limit = self.now - ttl
+        expired: list[str] = []
+        for key, at in touched.items():
+            if at >= limit or len(expired) >= budget:
+                break
+            expired.append(key)
+        for key in expired:
+            self.delete(key)
+        return len(expired)
 
     # --- the person index ----------------------------------------------------------
 
@@ -156,8 +203,12 @@ class KeyValueStore(Generic[V]):
             current = self._data.get(key, _ABSENT)
             if value is _ABSENT:
                 self._data.pop(key, None)
+                if self._touched is not None:
+                    self._touched.pop(key, None)
             else:
                 self._data[key] = value
+                if self._touched is not None and key not in self._touched:
+                    self._touched[key] = self.now  # a deleted key back: its idle time starts over
             if self._persons is not None:
                 self._reindex(key, current, value)
             if dirty is _ABSENT:
@@ -186,25 +237,51 @@ class KeyValueStore(Generic[V]):
     def has_changes(self) -> bool:
         return bool(self._dirty)
 
-    def restore(self, key: bytes, value: bytes | None) -> None:
-        """Apply one changelog record (restore does not mark keys dirty)."""
+    def restore(self, key: bytes, value: bytes | None, timestamp: int | None = None) -> None:
+        """Apply one changelog record (restore does not mark keys dirty); ``timestamp``: when it was written."""
         k = key.decode()
         old = self._data.pop(k, _ABSENT) if self._persons is not None else _ABSENT
         if value is not None:
             self._data[k] = new = self.spec.decode(value)
+            if self._touched is not None:
+                self._touched.pop(k, None)
+                self._touched[k] = self.now if timestamp is None or timestamp < 0 else timestamp
         else:
             self._data.pop(k, None)
             new = _ABSENT
+            if self._touched is not None:
+                self._touched.pop(k, None)
         if self._persons is not None:
             self._reindex(k, old, new)
+
+    # --- what a persistent store does more (``rocks.RocksStore``); nothing to do in memory ---------
+
+    def start_offset(self, low: int, high: int) -> int | None:
+        """Where to start restoring a changelog partition spanning ``[low, high)``; None: from its beginning."""
+        return None
+
+    def restored(self, end: int) -> None:
+        """The restore read the changelog up to ``end`` (the next offset)."""
+
+    def committed(self, checkpoint: int | None = None) -> None:
+        """The changes last taken (``take_changes``) are committed; ``checkpoint``: the changelog's next offset."""
+
+    def discard(self) -> None:
+        """The transaction aborted: forget the uncommitted changes (the runner restores the partition anew)."""
+
+    def close(self) -> None:
+        """The partition is no longer held here."""
 
     def take_over(self, other: KeyValueStore[V]) -> None:
         """Adopt the data of ``other`` (same store, same partition), leaving it empty: no copy, no changes marked."""
         self._data, other._data = other._data, {}
         self._persons, other._persons = other._persons, ({} if other._persons is not None else None)
+        self._touched, other._touched = other._touched, ({} if other._touched is not None else None)
 
     def forget(self, key: str) -> None:
         """Drop a key whose value cannot be written to the changelog (the caller writes its tombstone)."""
         old = self._data.pop(key, _ABSENT)
         if self._persons is not None:
             self._reindex(key, old, _ABSENT)
+        if self._touched is not None:
+            self._touched.pop(key, None)

@@ -21,7 +21,8 @@ behave the same. ``ProcessorDriver`` does it once, in the order of
    stream time;
 3. on every partition held: wall-clock timers due at the wall clock, then
    timers re-armed after a failure whose retry is due;
-4. a commit: every store's changes go to the driver's changelog, from which
+4. a commit: keys idle longer than their store's ``ttl_ms`` are deleted
+   (``Step.expired``), then every store's changes go to the driver's changelog, from which
    ``restore`` rebuilds a partition (the runner commits per interval; here
    each step is followed by one).
 
@@ -56,6 +57,7 @@ from passerelle.streams.runtime.processor import (
     Context,
     Failure,
     Processor,
+    StoreOpener,
     make_context,
     partition_restored,
     table_changed,
@@ -121,6 +123,8 @@ class Step:
     """Timers whose handler raised too many times: dead-lettered (stage ``timer``) by the runner."""
     changelog: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     """What the commit wrote, per (store, partition): key -> decoded value, ``None`` for a tombstone."""
+    expired: dict[str, int] = field(default_factory=dict)
+    """Keys the commit deleted for being idle longer than their store's ``ttl_ms``, per store."""
 
 
 class ProcessorDriver:
@@ -143,8 +147,10 @@ class ProcessorDriver:
         seal: Callable[[Sequence[OutRecord]], None] | None = None,
         wire_formats: Mapping[str, str] | None = None,
         output_schemas: Mapping[str, str] | None = None,
+        open_store: StoreOpener = KeyValueStore,
     ) -> None:
         self.processor = processor
+        self.open_store = open_store
         self.now = now
         self.timer_retry = timer_retry or TimerRetry()
         self.formats = codecs.wire_formats(wire_formats or {}, (*processor.inputs, *processor.outputs), processor.name)
@@ -162,6 +168,7 @@ class ProcessorDriver:
         processor.register_metrics(self.registry)
         self._contexts: dict[int, Context] = {}
         self._changelogs: dict[tuple[str, int], dict[bytes, bytes]] = {}
+        self._written_at: dict[tuple[str, int], dict[bytes, int]] = {}  # the records' timestamps (wall clock)
         self._offsets: dict[tuple[str, int], int] = {}
         self.started = Step()
         for partition in partitions:
@@ -240,7 +247,10 @@ class ProcessorDriver:
         """The partition moves away: committed, ``on_partition_revoked``, its context dropped (until ``restore``)."""
         step = Step()
         self._commit(step)
-        self.processor.on_partition_revoked(self._contexts.pop(partition))
+        ctx = self._contexts.pop(partition)
+        self.processor.on_partition_revoked(ctx)
+        for store in ctx.stores.values():
+            store.close()
         return step
 
     def restore(self, partition: int = 0) -> Step:
@@ -284,7 +294,7 @@ class ProcessorDriver:
             ctx = self._contexts.get(partition)
             if ctx is None:  # the runner restores a partition it has records for but no context
                 ctx = self._assign(partition, step)
-            ctx._now = now
+            ctx.tick(now)
             ctx.stream_time = max(ctx.stream_time, max(r.timestamp for r in group))
             try:
                 outputs = list(self.processor.process(group, ctx))
@@ -295,7 +305,7 @@ class ProcessorDriver:
             step.dead_letters.extend(ctx.take_failures())
             self._fire(step, ctx, ctx.timers.due("event", ctx.stream_time), now)
         for ctx in list(self._contexts.values()):
-            ctx._now = now
+            ctx.tick(now)
             self._fire(step, ctx, ctx.timers.due("wall", now), now)
             retries = ctx.timers.due_retries(now)
             for kind in KINDS:
@@ -304,11 +314,18 @@ class ProcessorDriver:
         return step
 
     def _assign(self, partition: int, step: Step) -> Context:
-        ctx = make_context(self.processor, partition, self.tables, self.deleted)
+        ctx = make_context(self.processor, partition, self.tables, self.deleted, self.open_store)
         ctx._seal = self.seal
+        ctx.tick(self.now)
         for name, store in ctx.stores.items():
-            for key, value in self._changelogs.get((name, partition), {}).items():
-                store.restore(key, value)
+            records = self._changelogs.get((name, partition))
+            if records is None:  # nothing written here: a store on disk keeps what it holds
+                continue
+            stamps = self._written_at.get((name, partition), {})
+            store.start_offset(0, 0)  # the driver's changelog has no offsets: it is replayed whole
+            for key, value in records.items():
+                store.restore(key, value, stamps.get(key))
+            store.restored(0)
         ctx.timers.reload()
         self._contexts[partition] = ctx
         self._emit(step, partition_restored(self.processor, ctx))
@@ -359,15 +376,22 @@ class ProcessorDriver:
 
     def _commit(self, step: Step) -> None:
         for partition, ctx in self._contexts.items():
+            ctx.tick(self.now)
+            for name, count in ctx.expire().items():
+                step.expired[name] = step.expired.get(name, 0) + count
             for name, store in ctx.stores.items():
                 changes = store.take_changes()
+                store.committed()  # a store on disk writes what the commit holds
                 if not changes:
                     continue
                 log = self._changelogs.setdefault((name, partition), {})
+                stamps = self._written_at.setdefault((name, partition), {})
                 written = step.changelog.setdefault((name, partition), {})
                 for key, value in changes:
                     if value is None:
                         log.pop(key, None)
+                        stamps.pop(key, None)
                     else:
                         log[key] = value
+                        stamps[key] = self.now
                     written[key.decode()] = None if value is None else self._specs[name].decode(value)

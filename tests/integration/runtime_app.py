@@ -1,7 +1,7 @@
 """Processors used by the runtime's integration tests, runnable as a subprocess (to kill -9 it).
 
-    python -m tests.integration.runtime_app count|timer|join|flaky-timer --bootstrap B --registry R --app A \
-        --input T [--input T2] --output O --dlq D [--alo] [--instance I]
+    python -m tests.integration.runtime_app count|timer|join|flaky-timer|crash-count --bootstrap B --registry R \
+        --app A --input T [--input T2] --output O --dlq D [--alo] [--instance I] [--state rocksdb --state-dir D]
 
 Errors a user can fix print as one ``error:`` line and set the exit status, as the ``passerelle`` CLI does.
 """
@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from passerelle.streams.runtime import (
@@ -26,6 +29,7 @@ from passerelle.streams.runtime import (
     TableSpec,
     Timer,
 )
+from passerelle.streams.runtime.stores import StateConfig
 from tests.integration.kafka_helpers import json_schema
 
 COUNTS: StoreSpec[Any] = StoreSpec("counts")
@@ -120,8 +124,26 @@ class FlakyTimer(Processor):
         return out
 
 
+class CrashingCount(CountingJoin):
+    """Counts, and kills its own process (SIGKILL) right after a store write, before that write's commit.
+
+    Once: the record whose ``n`` is ``CRASH_AT`` crashes the process unless ``CRASH_MARKER`` exists (it is
+    created first), so the restarted process goes on.
+    """
+
+    crash_at: ClassVar[int] = -1
+    crash_marker: ClassVar[str] = ""
+
+    def process_one(self, record: InRecord, ctx: Context) -> Iterable[OutRecord]:
+        out = super().process_one(record, ctx)  # the store holds the new count now; nothing is committed
+        if record.value["n"] == self.crash_at and self.crash_marker and not os.path.exists(self.crash_marker):
+            open(self.crash_marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+
 KINDS: dict[str, type[Processor]] = {"count": CountingJoin, "timer": WallTimer, "join": TwoInputCount,
-                                     "flaky-timer": FlakyTimer}  # fmt: skip
+                                     "flaky-timer": FlakyTimer, "crash-count": CrashingCount}  # fmt: skip
 
 
 def build(kind: str, inputs: list[str], output: str, table: str | None = None, instance: str = "?") -> Processor:
@@ -164,9 +186,15 @@ def main() -> int:
     parser.add_argument("--alo", action="store_true")
     parser.add_argument("--timer-attempts", type=int, default=5)
     parser.add_argument("--timer-backoff-ms", type=int, default=1000)
+    parser.add_argument("--state", default="memory", help="StateConfig backend: memory | rocksdb")
+    parser.add_argument("--state-dir", default="state")
+    parser.add_argument("--crash-at", type=int, default=-1)
+    parser.add_argument("--crash-marker", default="")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    runner = Runner(build(args.kind, args.input, args.output, instance=args.instance), config(args))
+    CrashingCount.crash_at, CrashingCount.crash_marker = args.crash_at, args.crash_marker
+    processor = build(args.kind, args.input, args.output, instance=args.instance)
+    runner = Runner(processor, config(args), state=StateConfig(args.state, Path(args.state_dir)))
     runner.install_signal_handlers()
     try:
         runner.run()

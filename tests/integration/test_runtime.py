@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,12 +133,12 @@ def test_join_state_table_and_poison_pills(
     assert 'passerelle_commit_seconds_bucket{le="+Inf",processor="counting-join"}' in metrics
 
 
-def spawn(kind: str, names: Names, bootstrap: str, registry: str, alo: bool = False,
-          instance: str = "0", log: Path | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+def spawn(kind: str, names: Names, bootstrap: str, registry: str, alo: bool = False, instance: str = "0",
+          log: Path | None = None, extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:  # fmt: skip
     cmd = [
         sys.executable, "-m", "tests.integration.runtime_app", kind, "--bootstrap", bootstrap,
         "--registry", registry, "--app", names.app, "--input", names.input, "--output", names.output,
-        "--dlq", names.dlq, "--instance", instance,
+        "--dlq", names.dlq, "--instance", instance, *extra,
     ]  # fmt: skip
     if alo:
         cmd.append("--alo")
@@ -191,21 +191,22 @@ def test_timer_set_before_a_crash_fires_once_after_restart(
 
 
 def crash_run(
-    kafka_bootstrap: str, schema_registry_url: str, names: Names, tmp_path: Path, alo: bool, total: int
-) -> list[dict[str, Any]]:
+    kafka_bootstrap: str, schema_registry_url: str, names: Names, tmp_path: Path, alo: bool, total: int,
+    extra: Sequence[str] = (),
+) -> list[dict[str, Any]]:  # fmt: skip
     produce_avro(kafka_bootstrap, schema_registry_url, names.input, IN_SCHEMA, hits(total, visitors=500))
     log = tmp_path / "crash.log"
     reader = TopicReader(kafka_bootstrap, schema_registry_url, names.output)
     progress = TopicReader(kafka_bootstrap, schema_registry_url, names.output, decode=False)
     rng = random.Random(7)
-    proc = spawn("count", names, kafka_bootstrap, schema_registry_url, alo=alo, log=log)
+    proc = spawn("count", names, kafka_bootstrap, schema_registry_url, alo=alo, log=log, extra=extra)
     try:
         for kill in range(3):
             target = int(total * (0.15 + 0.25 * kill + rng.random() * 0.1))
             progress.read(until=target, timeout=120)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
-            proc = spawn("count", names, kafka_bootstrap, schema_registry_url, alo=alo, log=log)
+            proc = spawn("count", names, kafka_bootstrap, schema_registry_url, alo=alo, log=log, extra=extra)
         values = [v for _, v in reader.read(until=total * 10 if alo else total + 1, timeout=180, idle=10)]
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -215,11 +216,13 @@ def crash_run(
     return values
 
 
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
 def test_exactly_once_survives_three_kill_9(
-    kafka_bootstrap: str, schema_registry_url: str, names: Names, tmp_path: Path
+    kafka_bootstrap: str, schema_registry_url: str, names: Names, tmp_path: Path, store: str
 ) -> None:
     total = 200_000
-    values = crash_run(kafka_bootstrap, schema_registry_url, names, tmp_path, alo=False, total=total)
+    extra = ("--state", store, "--state-dir", str(tmp_path / "state"))  # the same disk across the restarts
+    values = crash_run(kafka_bootstrap, schema_registry_url, names, tmp_path, alo=False, total=total, extra=extra)
     ids = [v["event_id"] for v in values]
     assert len(ids) == total, f"{len(ids)} outputs for {total} inputs"
     assert len(set(ids)) == total

@@ -53,6 +53,7 @@ COMMANDS = [
     ["campaign-declarations"],
     ["attribution"], ["attribution", "markov"],
     ["bench", "paths"],
+    ["bench", "state"],
     ["bench", "query"],
     ["conversion-paths"],
     ["warehouse"],

@@ -102,6 +102,8 @@ def test_runtime_settings_keep_only_the_runtime_fields() -> None:
         "metrics_port",
         "dead_letter_topic",
         "max_error_ratio",
+        "state_store",
+        "state_store_dir",
     }
     assert "cart_abandon_minutes" not in EnrichmentSettings.model_fields
     assert "visit_timeout_minutes" not in CartSettings.model_fields
