@@ -127,20 +127,32 @@ export function clearError(box) {
   box.replaceChildren();
 }
 
-async function checkKey(key) {
+// The key the data pages need; another page passes its own (scope, a call that needs it, the form's label).
+const QUERY_KEY = {
+  scope: "query:read",
+  probe: "/v1/query/templates",
+  label: "API key (scope query:read; query:write to save templates) ",
+  goodOnServerError: false,
+};
+
+// null when ``key`` may call the page's probe; otherwise why not, in a sentence. With goodOnServerError, a 5xx
+// means the key passed and what is behind the endpoint failed (the page shows that itself).
+async function checkKey(key, { scope, probe, goodOnServerError }) {
   try {
-    await api("/v1/query/templates", { key });
+    await api(probe, { key });
     return null;
   } catch (err) {
     if (err.status === 401) return "This API key is not valid (unknown, wrong or revoked).";
-    if (err.status === 403) return "This API key lacks the scope query:read.";
+    if (err.status === 403) return `This API key lacks the scope ${scope}.`;
     if (err.status === 429) return "Too many attempts with this key id; retry in a minute.";
+    if (goodOnServerError && err.status >= 500) return null;
     return err.message;
   }
 }
 
 // Build the header (navigation and key) into <header id="top">; call ready() once a working key is known.
-// The page's <main> stays hidden until then. A page that calls no /v1 endpoint passes {key: false}.
+// The page's <main> stays hidden until then. A page that calls no /v1 endpoint passes {key: false}; a page
+// needing another scope passes {key: {scope, probe, label, goodOnServerError}}.
 export async function mountPage(ready, { key: needsKey = true } = {}) {
   const header = document.getElementById("top");
   const main = document.querySelector("main");
@@ -160,6 +172,7 @@ export async function mountPage(ready, { key: needsKey = true } = {}) {
     main.hidden = false;
     return ready();
   }
+  const wanted = needsKey === true ? QUERY_KEY : needsKey;
 
   const signedIn = () => {
     keyBox.replaceChildren(
@@ -171,7 +184,7 @@ export async function mountPage(ready, { key: needsKey = true } = {}) {
   };
 
   if (apiKey()) {
-    const problem = await checkKey(apiKey());
+    const problem = await checkKey(apiKey(), wanted);
     if (!problem) return signedIn();
     forgetKey();
   }
@@ -180,7 +193,7 @@ export async function mountPage(ready, { key: needsKey = true } = {}) {
   const form = el(
     "form",
     { id: "key-form" },
-    el("label", { for: "api-key", text: "API key (scope query:read; query:write to save templates) " }),
+    el("label", { for: "api-key", text: wanted.label }),
     input,
     el("button", { type: "submit", text: "Use this key" }),
     message,
@@ -190,7 +203,7 @@ export async function mountPage(ready, { key: needsKey = true } = {}) {
     const key = input.value.trim();
     if (!key) return;
     message.textContent = "Checking…";
-    const problem = await checkKey(key);
+    const problem = await checkKey(key, wanted);
     if (problem) {
       message.textContent = problem;
       return;

@@ -3,11 +3,10 @@
 // deploy/monitoring/grafana/ is generated from — and every query goes through the API's proxy of Prometheus's
 // /api/v1/query and /api/v1/query_range (scope monitoring:read). Each panel draws its range as lines and lists
 // the value of each series at one instant (the time shown at the top), exactly as Prometheus answered it.
-import { api, apiKey, clearError, el, forgetKey, keyId, mountPage, showError } from "/pages/static/common.js";
+import { api, clearError, el, mountPage, showError } from "/pages/static/common.js";
 import { PALETTE, lineChart } from "/pages/static/charts.js";
 
 const $ = (id) => document.getElementById(id);
-const KEY_STORE = "passerelle.apiKey"; // common.js's entry: one key per tab, for every page
 const SCOPE = "monitoring:read";
 const MAX_SERIES = 8; // lines drawn per chart (the largest now); the table lists every series
 const POINTS = 120; // points per line: the step follows the range
@@ -78,56 +77,6 @@ export function legendOf(format, metric) {
   if (name) return name;
   const labels = Object.entries(metric).filter(([k]) => k !== "__name__").map(([k, v]) => `${k}="${v}"`);
   return `${metric.__name__ || ""}{${labels.join(", ")}}`;
-}
-
-// --- the API key (the page asks for monitoring:read, not query:read) ---
-
-async function checkKey(key) {
-  try {
-    await api(`/pages/operations/api/query?${new URLSearchParams({ query: "vector(1)" })}`, { key });
-    return null;
-  } catch (err) {
-    if (err.status === 401) return "This API key is not valid (unknown, wrong or revoked).";
-    if (err.status === 403) return `This API key lacks the scope ${SCOPE}.`;
-    if (err.status === 429) return "Too many attempts with this key id; retry in a minute.";
-    if (err.status >= 500) return null; // the key is good; Prometheus is not: the page says so
-    return err.message;
-  }
-}
-
-async function askForKey(start) {
-  const main = document.querySelector("main");
-  const box = document.querySelector("header#top .key");
-  const signedIn = () => {
-    box.replaceChildren(
-      el("span", { id: "key-status", text: `API key ${keyId()}` }),
-      el("button", { type: "button", id: "sign-out", onclick: () => { forgetKey(); window.location.reload(); }, text: "Forget key" }),
-    );
-    main.hidden = false;
-    start();
-  };
-  main.hidden = true;
-  if (apiKey() && !(await checkKey(apiKey()))) return signedIn();
-  const input = el("input", { type: "password", id: "api-key", autocomplete: "off", placeholder: "key_id.secret", size: 40, "aria-label": "API key" });
-  const message = el("span", { class: "error-text", id: "key-error", role: "alert" });
-  const form = el("form", { id: "key-form" }, el("label", { for: "api-key", text: `API key (scope ${SCOPE}) ` }), input,
-    el("button", { type: "submit", text: "Use this key" }), message);
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const key = input.value.trim();
-    if (!key) return;
-    message.textContent = "Checking…";
-    const problem = await checkKey(key);
-    if (problem) {
-      message.textContent = problem;
-      return;
-    }
-    sessionStorage.setItem(KEY_STORE, key);
-    input.value = "";
-    signedIn();
-  });
-  box.replaceChildren(form);
-  input.focus();
 }
 
 // --- panels ---
@@ -278,4 +227,11 @@ async function start() {
   refresh();
 }
 
-mountPage(() => askForKey(start), { key: false });
+mountPage(start, {
+  key: {
+    scope: SCOPE,
+    probe: `/pages/operations/api/query?${new URLSearchParams({ query: "vector(1)" })}`,
+    label: `API key (scope ${SCOPE}) `,
+    goodOnServerError: true, // the key is good, Prometheus is not: the page says so
+  },
+});
