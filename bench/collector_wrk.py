@@ -20,6 +20,11 @@ wrk run is bounded, both servers are stopped and the topics deleted at the end.
 
 The last line reads ``ratios: pixel=<collector/baseline> batch100=<collector/baseline>``,
 requests/s of pixels at 256 connections and events/s of batches of 100 at 32.
+
+``--reference DIR`` adds a third server: the collector of another checkout
+(``git archive <commit> | tar -x -C DIR``), run from ``DIR`` with the same
+interpreter, in the same rounds: a change is measured against the code before
+it in one run, on a machine whose load moves between runs.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from passerelle.schemas.clients import Connection
 ROOT = Path(__file__).resolve().parent.parent
 WRK_DIR = Path(__file__).resolve().parent / "wrk"
 TARGETS = ("collector", "baseline")
+REFERENCE = "reference"
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -96,7 +102,9 @@ def cpu_seconds(pid: int) -> float:
     return sum(times.get(p, 0.0) for p in tree)
 
 
-def start_collector(args: argparse.Namespace, topic: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_collector(args: argparse.Namespace, topic: str, port: int, log: Path, root: Path = ROOT
+                    ) -> subprocess.Popen[bytes]:  # fmt: skip
+    """``passerelle collector`` as deployed; from ``root`` (``--reference``: ``python -m`` imports from the cwd)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PASSERELLE_")}
     env.update(PASSERELLE_BOOTSTRAP_SERVERS=args.bootstrap, PASSERELLE_SCHEMA_REGISTRY_URL=args.registry,
                PASSERELLE_COLLECTOR_SITES=json.dumps({SITE: API_KEY}))  # fmt: skip
@@ -105,7 +113,11 @@ def start_collector(args: argparse.Namespace, topic: str, port: int, log: Path) 
     if args.workers != 1:
         command += ["--workers", str(args.workers)]
     with open(log, "ab") as out:
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def start_reference(args: argparse.Namespace, topic: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    return start_collector(args, topic, port, log, root=args.reference)
 
 
 def start_baseline(args: argparse.Namespace, topic: str, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -195,12 +207,13 @@ def measure(
     args: argparse.Namespace, targets: dict[str, Target], bodies: dict[int, Path]
 ) -> dict[tuple[str, str, int], list[Run]]:
     runs: dict[tuple[str, str, int], list[Run]] = {}
-    for name in TARGETS:  # warm-up: connections, JIT-free but caches, librdkafka's first batches
+    names = tuple(targets)
+    for name in names:  # warm-up: connections, JIT-free but caches, librdkafka's first batches
         run_wrk(args, targets[name], 0, 32, args.warmup_seconds, bodies)
     for round_ in range(args.rounds):
         for size in [0, *args.batch_sizes]:
             for connections in args.connections:
-                order = TARGETS if round_ % 2 == 0 else tuple(reversed(TARGETS))
+                order = names if round_ % 2 == 0 else tuple(reversed(names))
                 for name in order:
                     run = run_wrk(args, targets[name], size, connections, args.seconds, bodies)
                     runs.setdefault((name, phase_name(size), connections), []).append(run)
@@ -226,7 +239,7 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, str, int], list[Run]]
     ]
     for size in [0, *args.batch_sizes]:
         for connections in args.connections:
-            for name in TARGETS:
+            for name in _names(args):
                 rs = runs[(name, phase_name(size), connections)]
                 base = median(runs[("baseline", phase_name(size), connections)], "events_per_s")
                 lines.append(
@@ -243,8 +256,8 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, str, int], list[Run]]
     )
     lines.append(f"collector CPU seconds per 1,000 events (c={args.connections[-1]}): {cpu}")
 
-    def ratio(phase: str, connections: int) -> str:
-        key = ("collector", phase, connections)
+    def ratio(phase: str, connections: int, name: str = "collector") -> str:
+        key = (name, phase, connections)
         if key not in runs:
             return "nan"
         base = median(runs[("baseline", phase, connections)], "events_per_s")
@@ -252,15 +265,29 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, str, int], list[Run]]
 
     pixel_c = 256 if 256 in args.connections else max(args.connections)
     batch_c = 32 if 32 in args.connections else min(args.connections)
+    if args.reference is not None:
+        cpu = " ".join(
+            f"{phase_name(size)}={median(runs[(REFERENCE, phase_name(size), c)], 'cpu_per_1k'):.3f}"
+            for size in [0, *args.batch_sizes]
+            for c in args.connections[-1:]
+        )
+        lines.append(f"reference CPU seconds per 1,000 events (c={args.connections[-1]}): {cpu}")
+        lines.append(f"reference ratios: pixel={ratio('pixel', pixel_c, REFERENCE)} "
+                     f"batch100={ratio('batch100', batch_c, REFERENCE)}")  # fmt: skip
     lines.append(f"(pixel at {pixel_c} connections, batch100 at {batch_c}; medians, collector/baseline)")
     lines.append(f"ratios: pixel={ratio('pixel', pixel_c)} batch100={ratio('batch100', batch_c)}")
     return "\n".join(lines)
 
 
+def _names(args: argparse.Namespace) -> tuple[str, ...]:
+    return (*TARGETS, REFERENCE) if args.reference is not None else TARGETS
+
+
 def planned_seconds(args: argparse.Namespace) -> float:
     """How long the load lasts (start-up and topic checks come on top, a few seconds)."""
-    phases = (1 + len(args.batch_sizes)) * len(args.connections) * len(TARGETS)
-    return len(TARGETS) * args.warmup_seconds + args.rounds * phases * args.seconds
+    names = _names(args)
+    phases = (1 + len(args.batch_sizes)) * len(args.connections) * len(names)
+    return len(names) * args.warmup_seconds + args.rounds * phases * args.seconds
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -268,7 +295,7 @@ def bench(args: argparse.Namespace) -> int:
     print(f"loading both servers for about {planned_seconds(args):.0f} s (loopback only)", file=sys.stderr, flush=True)
     conn = Connection.plain(args.bootstrap, args.registry)  # the local stack: no security properties
     suffix = uuid.uuid4().hex[:8]
-    topics = {name: f"bench.collector.{name}.{suffix}" for name in TARGETS}
+    topics = {name: f"bench.collector.{name}.{suffix}" for name in _names(args)}
     targets: dict[str, Target] = {}
     with tempfile.TemporaryDirectory(prefix="bench-collector-") as tmp:
         bodies = {}
@@ -277,12 +304,13 @@ def bench(args: argparse.Namespace) -> int:
             bodies[size].write_bytes(batch_bodies(size, 1)[0])
         for topic in topics.values():
             create_topic(conn, topic)
-        logs = {name: Path(tmp) / f"{name}.log" for name in TARGETS}
+        logs = {name: Path(tmp) / f"{name}.log" for name in _names(args)}
+        starts = {"collector": start_collector, "baseline": start_baseline, REFERENCE: start_reference}
         try:
-            for name, start in (("collector", start_collector), ("baseline", start_baseline)):
+            for name in _names(args):
                 port = free_port()
-                targets[name] = Target(name, start(args, topics[name], port, logs[name]), port, topics[name])
-            for name in TARGETS:
+                targets[name] = Target(name, starts[name](args, topics[name], port, logs[name]), port, topics[name])
+            for name in _names(args):
                 wait_healthy(targets[name], logs[name])
             runs = measure(args, targets, bodies)
         finally:
@@ -319,6 +347,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the baseline's uvicorn HTTP protocol (default auto: httptools when installed, "
                         "as the collector)")  # fmt: skip
     parser.add_argument("--keep-topic", action="store_true", help="do not delete the benchmark topics")
+    parser.add_argument("--reference", type=Path, metavar="DIR",
+                        help="also run the collector of another checkout in DIR (git archive <commit> | tar -x -C "
+                        "DIR), side by side in the same rounds")  # fmt: skip
 
 
 def run(args: argparse.Namespace, bootstrap: str, registry: str) -> int:

@@ -21,13 +21,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -36,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 
 from passerelle.connectors.collector.config import CollectorConfig
 from passerelle.connectors.collector.impressions import pixel_to_impression
+from passerelle.connectors.collector.jsonio import json_response, loads
 from passerelle.connectors.collector.metrics import CollectorMetrics
 from passerelle.connectors.collector.producer import HITS, IMPRESSIONS, DeliveryResult, HitProducer, OutRecord
 from passerelle.connectors.collector.validation import (
@@ -43,7 +43,7 @@ from passerelle.connectors.collector.validation import (
     InvalidEvent,
     RequestContext,
     client_ip,
-    event_to_record,
+    events_to_records,
     pixel_to_record,
 )
 
@@ -234,7 +234,7 @@ class Collector:
 
     def events_of(self, body: bytes) -> list[Any]:
         try:
-            payload = json.loads(body)
+            payload = loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise _Refused(400, f"body is not valid JSON: {exc}") from None
         except RecursionError:  # [[[[... within the size limit: the parser recurses once per level
@@ -261,31 +261,34 @@ class Collector:
             return refused.response()
 
         ctx, rules = self.context(request), self.rules.for_sites(covered)
-        results: list[dict[str, Any]] = []
-        hits: list[dict[str, Any]] = []
-        for index, raw in enumerate(events):
-            try:
-                hit = event_to_record(raw, ctx, rules)
-            except InvalidEvent as exc:
-                results.append({"index": index, "status": "rejected", "errors": exc.errors})
-                continue
-            hits.append(hit)
-            results.append({"index": index, "status": "accepted", "event_id": hit["event_id"]})
-        rejected = len(events) - len(hits)
+        outcomes = events_to_records(events, ctx, rules)
+        hits = [o for o in outcomes if type(o) is dict]
+        invalid = {i: o.errors for i, o in enumerate(outcomes) if isinstance(o, InvalidEvent)}  # index -> errors
+        rejected = len(invalid)
         if rejected:
             self.metrics.count("batch", "rejected", rejected)  # later ones are counted by deliver()
 
-        deliveries = iter(await self.deliver("batch", hits) if hits else [])
+        deliveries = await self.deliver("batch", hits) if hits else []
+        results: list[dict[str, Any]] = []
         failed = 0
-        for entry in results:
-            if entry["status"] == "accepted":
-                outcome = next(deliveries)
-                if outcome.rejected:  # final: too large once encoded, not encodable
-                    entry["status"], entry["errors"] = "rejected", [outcome.error]
-                    rejected += 1
-                elif not outcome.ok:
-                    entry["status"], entry["errors"] = "failed", [outcome.error]
-                    failed += 1
+        position = 0  # in hits and deliveries
+        for index in range(len(events)):
+            errors = invalid.get(index) if invalid else None
+            if errors is not None:
+                results.append({"index": index, "status": "rejected", "errors": errors})
+                continue
+            outcome, hit = deliveries[position], hits[position]
+            position += 1
+            if outcome.error is None:
+                results.append({"index": index, "status": "accepted", "event_id": hit["event_id"]})
+            elif outcome.rejected:  # final: too large once encoded, not encodable
+                results.append({"index": index, "status": "rejected", "event_id": hit["event_id"],
+                                "errors": [outcome.error]})  # fmt: skip
+                rejected += 1
+            else:
+                results.append({"index": index, "status": "failed", "event_id": hit["event_id"],
+                                "errors": [outcome.error]})  # fmt: skip
+                failed += 1
         accepted = len(events) - rejected - failed
         body = {"accepted": accepted, "rejected": rejected, "failed": failed, "results": results}
         if failed:
@@ -293,7 +296,7 @@ class Collector:
             return self.unavailable(body)
         del body["failed"]
         status = 200 if not rejected else 400 if not accepted else 207
-        return JSONResponse(body, status_code=status)
+        return json_response(body, status_code=status)
 
     # --- operations -----------------------------------------------------------------------------
 
@@ -304,8 +307,26 @@ class Collector:
 
 def query_params(scope: Scope) -> dict[str, str]:
     """The query string as a dict, as Starlette's ``request.query_params`` reads it (latin-1, last value wins,
-    blanks kept) without building its multi-dict on every pixel."""
-    return dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+    blanks kept) without building its multi-dict on every pixel.
+
+    ``dict(parse_qsl(..., keep_blank_values=True))`` (the unit tests compare them), decoding only the names
+    and values that carry a ``+`` or a ``%``: most pixel parameters are plain (``site``, ``vid``, ``type``).
+    """
+    params: dict[str, str] = {}
+    for pair in scope["query_string"].decode("latin-1").split("&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition("=")
+        if "+" in name:
+            name = name.replace("+", " ")
+        if "%" in name:
+            name = unquote(name)
+        if "+" in value:
+            value = value.replace("+", " ")
+        if "%" in value:
+            value = unquote(value)
+        params[name] = value
+    return params
 
 
 def _first_error(results: Sequence[DeliveryResult]) -> str:
@@ -346,13 +367,14 @@ class CollectorApp(FastAPI):
 
 
 def create_app(config: CollectorConfig, producer: HitProducer | None = None) -> FastAPI:
-    """The ASGI app; its lifespan starts the producer (schemas, poll thread) and flushes it at shutdown."""
+    """The ASGI app; its lifespan starts the producer (schemas, reports served on its loop), flushes it at shutdown."""
     producer = producer or HitProducer(config)
     collector = Collector(config, producer, CollectorMetrics())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(producer.start)
+        producer.serve_on(asyncio.get_running_loop())
         try:
             yield
         finally:

@@ -122,6 +122,8 @@ class _Compiler:
     def __init__(self) -> None:
         self.named: dict[str, Writer] = {}
         self.kinds: dict[str, tuple[type, ...]] = {}
+        self.exact: dict[str, Writer] = {}
+        """Each record's writer for a dict that has every field (``value[name]``, no default looked up)."""
 
     def compile(self, schema: Any, namespace: str = "") -> tuple[Writer, tuple[type, ...]]:
         """The writer of ``schema`` and the Python types its values have (to choose a union branch)."""
@@ -176,6 +178,7 @@ class _Compiler:
         named[fullname] = lambda out, value: named[fullname](out, value)  # a reference to itself, for recursion
         env: dict[str, Any] = {"write_long": write_long, "MISSING": _MISSING, "_no_default": _no_default}
         lines = ["def record(out, value):", "    get = value.get"]
+        exact = ["def record_exact(out, value):"]
         for i, field in enumerate(schema["fields"]):
             name, ftype = field["name"], field["type"]
             if not isinstance(name, str) or not name.isidentifier():
@@ -183,10 +186,14 @@ class _Compiler:
             env[f"default_{i}"] = field.get("default", _MISSING)
             lines += [f"    v = get({name!r}, MISSING)", "    if v is MISSING:",
                       f"        v = _no_default({name!r}) if default_{i} is MISSING else default_{i}"]  # fmt: skip
-            lines += ["    " + line for line in self._inline(ftype, space, env, i)]
+            body = ["    " + line for line in self._inline(ftype, space, env, i)]
+            lines += body
+            exact += [f"    v = value[{name!r}]", *body]
         exec("\n".join(lines), env)  # generated above; field names are checked Avro names, nothing else comes in
+        exec("\n".join(exact), env)
         record: Writer = env["record"]
         named[fullname] = record
+        self.exact[fullname] = env["record_exact"]
         return record, (dict,)
 
     def _inline(self, schema: Any, namespace: str, env: dict[str, Any], i: int) -> list[str]:
@@ -194,10 +201,19 @@ class _Compiler:
         kind = schema.get("type") if isinstance(schema, dict) and "logicalType" in schema else schema
         if kind == "string":
             return _STRING
-        if kind in ("long", "int"):
+        if kind in ("long", "int"):  # write_long inlined
             return ["if v.__class__ is not int and not isinstance(v, int):",
                     "    raise TypeError(f'expected an integer, got {type(v).__name__}')",
-                    "write_long(out, v)"]  # fmt: skip
+                    "z = (v << 1) ^ (v >> 63)", "while z > 0x7F:", "    out.append((z & 0x7F) | 0x80)", "    z >>= 7",
+                    "out.append(z)"]  # fmt: skip
+        if isinstance(schema, dict) and schema.get("type") == "enum" and len(schema["symbols"]) < 64:
+            fullname, _ = self._fullname(schema, namespace)
+            self._enum(schema, namespace)  # registered by name, for later references
+            env[f"enum_{i}"] = {symbol: position << 1 for position, symbol in enumerate(schema["symbols"])}
+            env[f"enum_name_{i}"] = fullname
+            return [f"p = enum_{i}.get(v)", "if p is None:",
+                    f"    raise ValueError(f'{{v!r}} is not a symbol of enum {{enum_name_{i}}}')",
+                    "out.append(p)"]  # fmt: skip  # the zigzag varint of a position under 64: one byte
         if kind == "boolean":
             return ["if v is True:", "    out.append(1)", "elif v is False:", "    out.append(0)", "else:",
                     "    raise TypeError(f'expected a boolean, got {type(v).__name__}')"]  # fmt: skip
@@ -209,6 +225,12 @@ class _Compiler:
             null, text = schema.index("null") << 1, schema.index("string") << 1
             return ["if v is None:", f"    out.append({null})", "else:", f"    out.append({text})",
                     *["    " + line for line in _STRING]]  # fmt: skip
+        if isinstance(schema, list) and len(schema) == 2 and "null" in schema:  # ["null", X]: None inline
+            null = schema.index("null")
+            writer, _ = self.compile(schema[1 - null], namespace)
+            env[f"write_{i}"] = writer
+            return ["if v is None:", f"    out.append({null << 1})", "else:", f"    out.append({(1 - null) << 1})",
+                    f"    write_{i}(out, v)"]  # fmt: skip
         writer, _ = self.compile(schema, namespace)
         env[f"write_{i}"] = writer
         return [f"write_{i}(out, v)"]
@@ -300,14 +322,51 @@ def compile_writer(schema: str | Mapping[str, Any], prefix: bytes = b"") -> Call
     ``prefix`` is the Confluent header of the schema's id, or nothing.
     """
     raw = json.loads(schema) if isinstance(schema, str) else schema
-    writer, _ = _Compiler().compile(raw)
+    if raw == "string" or raw == {"type": "string"}:
+        return _string_encoder(prefix)
+    compiler = _Compiler()
+    writer, _ = compiler.compile(raw)
+    # A record dict that has every field (what the collector builds) takes the writer without defaults;
+    # a missing field (KeyError) starts again with the general one, which knows them.
+    first = compiler.exact.get(compiler._fullname(raw, "")[0]) if isinstance(raw, dict) and "name" in raw else None
 
     def encode(record: Any) -> bytes:
         out = bytearray(prefix)
         try:
-            writer(out, record)
+            if first is None:
+                writer(out, record)
+            else:
+                try:
+                    first(out, record)
+                except KeyError:
+                    out = bytearray(prefix)
+                    writer(out, record)
         except Exception as exc:
             raise SerializationError(f"cannot encode record: {exc}", stage="serialize") from exc
+        return bytes(out)
+
+    return encode
+
+
+def _string_encoder(prefix: bytes) -> Callable[[Any], bytes]:
+    """``compile_writer`` of the ``string`` schema (every key the collector writes): one concatenation per key.
+
+    The prefix and the one-byte length of every short string are made once; the bytes are those of the
+    general writer (the unit tests compare them).
+    """
+    heads = [prefix + bytes([n << 1]) for n in range(64)]  # the zigzag varint of n < 64 is the single byte 2n
+
+    def encode(value: Any) -> bytes:
+        try:
+            data = value.encode()  # not a str, a lone surrogate: the record cannot be stored
+        except Exception as exc:
+            raise SerializationError(f"cannot encode record: {exc}", stage="serialize") from exc
+        n = len(data)
+        if n < 64:
+            return heads[n] + data
+        out = bytearray(prefix)
+        write_long(out, n)
+        out += data
         return bytes(out)
 
     return encode

@@ -19,9 +19,9 @@ import functools
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import (
     AfterValidator,
@@ -464,10 +464,31 @@ def _campaign_params(explicit: Mapping[str, str] | None, url: str) -> dict[str, 
 
 
 def url_campaign_params(url: str) -> dict[str, str]:
-    """``parse_campaign_params``, skipped for a URL with neither query nor fragment (most page views): none."""
-    if "?" not in url and "#" not in url:
-        return {}
-    return parse_campaign_params(url)
+    """``parse_campaign_params``: none for a URL with neither query nor fragment (most page views), else the
+    parameters of its query and fragment, remembered for the last 4,096 of them.
+
+    The parameters depend only on what follows the first ``?`` or ``#``, and
+    a burst lands on few of those (a newsletter's link, an ad's, a campaign's
+    landing page on every path of a site): each is parsed once, as
+    ``truncate_ip`` parses each address once. URLs carrying a click id
+    (``gclid``...) differ per click and are parsed every time. A copy is
+    returned: the cached map is never handed out.
+    """
+    query = url.find("?")
+    fragment = url.find("#")
+    if query < 0:
+        if fragment < 0:
+            return {}
+        start = fragment
+    else:
+        start = query if fragment < 0 else min(query, fragment)
+    return dict(_tail_campaign_params(url[start:]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _tail_campaign_params(tail: str) -> dict[str, str]:
+    """The campaign parameters of a URL's query and fragment (``tail`` starts with ``?`` or ``#``)."""
+    return parse_campaign_params(tail)
 
 
 def _ip_for_hit(ip: str | None, rules: HitRules) -> str | None:
@@ -557,10 +578,13 @@ _FAST_KEYS = frozenset(
      "user_agent", "ip"}
 )  # fmt: skip
 """The fields an event may carry and still take the fast path (no product, order, campaign map, alias)."""
-_FAST_TEXT = (("site", 128), ("customer_id", 128), ("referrer", 8192), ("page", 1024), ("user_agent", 1024))
+_FAST_TEXT = {"site": 128, "visitor_id": 128, "customer_id": 128, "url": 8192, "referrer": 8192, "page": 1024,
+              "user_agent": 1024}  # fmt: skip
+"""The text fields of the fast path and their longest length (``Id``, ``Url``, ``Text``)."""
 _HIT_TYPES = {member._value_: member for member in HitType}
 _VISIBLE_ASCII = re.compile(r"[!-~]+")
 _CONSENT_KEYS = frozenset({"analytics", "marketing"})
+_NO_CONSENT: dict[str, bool] = {}
 
 
 def _plain_text(value: Any, limit: int) -> bool:
@@ -587,7 +611,22 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _fast_event_record(raw: dict[str, Any], ctx: RequestContext, rules: HitRules) -> dict[str, Any] | None:
+class _Request(NamedTuple):
+    """What every event of one request shares, worked out once per request rather than once per event."""
+
+    received_at_ms: int
+    new_id: Callable[[], str]
+    user_agent: str | None
+    ip_truncated: str | None
+
+    @classmethod
+    def of(cls, ctx: RequestContext, rules: HitRules) -> _Request:
+        return cls(ctx.received_at_ms, ctx.new_id, _user_agent(ctx.user_agent), _ip_for_hit(ctx.client_ip, rules))
+
+
+def _fast_event_record(
+    raw: dict[str, Any], ctx: RequestContext, rules: HitRules, request: _Request | None = None
+) -> dict[str, Any] | None:
     """The record of an event every field of which is plainly valid, else None (``EventIn`` then decides).
 
     Most events a tag or a server sends are plain: strings within bounds,
@@ -600,16 +639,21 @@ def _fast_event_record(raw: dict[str, Any], ctx: RequestContext, rules: HitRules
     """
     if not raw.keys() <= _FAST_KEYS:
         return None
+    for name, value in raw.items():  # only the fields sent: _plain_text inlined, the hot loop of a batch
+        limit = _FAST_TEXT.get(name)
+        if limit is not None and value is not None:
+            if type(value) is not str or not 0 < len(value) <= limit or value[0].isspace() or value[-1].isspace():
+                return None
+            if not value.isascii() and not _encodable(value):
+                return None
     get = raw.get
     visitor_id, url = get("visitor_id"), get("url")
-    if not _plain_text(visitor_id, 128) or not _plain_text(url, 8192):
+    if visitor_id is None or url is None:
         return None
-    for name, limit in _FAST_TEXT:
-        value = get(name)
-        if value is not None and not _plain_text(value, limit):
-            return None
     event_id = get("event_id")
-    if event_id is not None and not (_plain_text(event_id, 128) and _VISIBLE_ASCII.fullmatch(event_id)):
+    if event_id is not None and not (
+        type(event_id) is str and len(event_id) <= 128 and _VISIBLE_ASCII.fullmatch(event_id)
+    ):
         return None
     type_name = get("type", "page_view")
     hit_type = _HIT_TYPES.get(type_name) if type(type_name) is str else None
@@ -622,39 +666,46 @@ def _fast_event_record(raw: dict[str, Any], ctx: RequestContext, rules: HitRules
         except ValueError:
             return None
     consent = get("consent", _NO_CONSENT)
-    if type(consent) is not dict or not consent.keys() <= _CONSENT_KEYS:
-        return None
-    analytics, marketing = consent.get("analytics", False), consent.get("marketing", False)
-    if type(analytics) is not bool or type(marketing) is not bool:
-        return None
+    if consent is _NO_CONSENT:
+        analytics = marketing = False
+    else:
+        if type(consent) is not dict or not consent.keys() <= _CONSENT_KEYS:
+            return None
+        analytics, marketing = consent.get("analytics", False), consent.get("marketing", False)
+        if type(analytics) is not bool or type(marketing) is not bool:
+            return None
     ip = get("ip")
     if ip is not None and (type(ip) is not str or len(ip) > 64 or not ip.isascii() or parse_ip(ip) is None):
         return None
-    site = _check_site(get("site"), rules)
+    site = get("site")
+    if site is None or site not in rules.sites:
+        site = _check_site(site, rules)
     customer_id = get("customer_id")
-    problem = _type_requirements(hit_type, False, False, bool(customer_id))
-    if problem:
-        raise InvalidEvent([f"type: {problem}"])
+    if hit_type is not _PAGE_VIEW:
+        problem = _type_requirements(hit_type, False, False, bool(customer_id))
+        if problem:
+            raise InvalidEvent([f"type: {problem}"])
+    if request is None:
+        request = _Request.of(ctx, rules)
+    user_agent = get("user_agent")
+    received = request.received_at_ms
     return {
-        "event_id": event_id or ctx.new_id(),
+        "event_id": event_id or request.new_id(),
         "site": site,
         "visitor_id": visitor_id,
         "customer_id": customer_id,
-        "event_time": resolve_event_time(event_time, ctx.received_at_ms, rules),
+        "event_time": received if event_time is None else resolve_event_time(event_time, received, rules),
         "type": type_name,
         "url": url,
         "referrer": get("referrer"),
         "page": get("page"),
-        "campaign_params": url_campaign_params(cast(str, url)),  # checked by _plain_text
+        "campaign_params": url_campaign_params(url),
         "product": None,
         "order": None,
         "consent": {"analytics": analytics, "marketing": marketing},
-        "user_agent": _user_agent(get("user_agent") or ctx.user_agent),
-        "ip_truncated": _ip_for_hit(ip or ctx.client_ip, rules),
+        "user_agent": request.user_agent if user_agent is None else user_agent,  # within 1,024 (checked above)
+        "ip_truncated": request.ip_truncated if ip is None else _ip_for_hit(ip, rules),
     }
-
-
-_NO_CONSENT: dict[str, bool] = {}
 
 
 def event_to_record(raw: Any, ctx: RequestContext, rules: HitRules) -> dict[str, Any]:
@@ -668,6 +719,30 @@ def event_to_record(raw: Any, ctx: RequestContext, rules: HitRules) -> dict[str,
     if fast is not None:
         return fast
     return validated_event_record(raw, ctx, rules)
+
+
+def events_to_records(
+    events: Sequence[Any], ctx: RequestContext, rules: HitRules
+) -> list[dict[str, Any] | InvalidEvent]:
+    """``event_to_record`` of each event of a batch, in order: its record, or the ``InvalidEvent`` it raised.
+
+    What the events of one request share (receive time, the request's user
+    agent and truncated IP) is worked out once for the batch.
+    """
+    request = _Request.of(ctx, rules)
+    fast = _fast_event_record
+    out: list[dict[str, Any] | InvalidEvent] = []
+    append = out.append
+    for raw in events:
+        try:
+            if type(raw) is not dict:
+                append(event_to_record(raw, ctx, rules))  # not an object: refused, in event_to_record's words
+                continue
+            record = fast(raw, ctx, rules, request)
+            append(record if record is not None else validated_event_record(raw, ctx, rules))
+        except InvalidEvent as exc:
+            append(exc)
+    return out
 
 
 def validated_event_record(raw: dict[str, Any], ctx: RequestContext, rules: HitRules) -> dict[str, Any]:

@@ -4,7 +4,7 @@ One Python process uses one core. With N > 1 the parent binds the port once
 and starts N workers, fresh interpreters (``python -m passerelle collector``
 with the listening socket's descriptor passed on), which accept connections
 on that same socket: the kernel spreads them. Each worker starts its own
-producer (schemas, poll thread) and answers its own requests; nothing is
+producer (schemas, delivery reports) and answers its own requests; nothing is
 shared but the socket, so every promise holds per worker as it does alone.
 
 The parent does no HTTP. It waits: SIGTERM or SIGINT is passed on to every

@@ -11,8 +11,7 @@ ids, filters, e-mail addresses in forms) never travel further as "campaign" data
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from itertools import chain
+from collections.abc import Iterable, Mapping
 from typing import Final
 from urllib.parse import unquote_plus
 
@@ -113,14 +112,39 @@ def parse_campaign_params(url: str) -> dict[str, str]:
     case-sensitive in the tools that declare them). The first non-empty occurrence of a key
     wins, the query string before the fragment, because that is what the browser-side tags
     of AT Internet and Google read.
+
+    ``normalize_params`` over the decoded pairs, in one pass: the collector reads every hit's
+    URL, so a value is decoded only once its key is kept, and text with neither ``%`` nor
+    ``+`` (most keys, many values) is not decoded at all (``unquote_plus`` returns it as is).
     """
     if not isinstance(url, str):
         return {}
     query, fragment = _split_query_fragment(url)
-    pairs = _pairs(query.split("&"))
+    found: dict[str, str] = {}
+    _collect(query.split("&"), found)
     if fragment:
-        pairs = chain(pairs, _pairs(_FRAGMENT_SEPARATORS.split(fragment)))
-    return normalize_params(pairs)
+        _collect(_FRAGMENT_SEPARATORS.split(fragment), found)
+    return found
+
+
+def _collect(chunks: Iterable[str], found: dict[str, str]) -> None:
+    """Add the campaign pairs among ``chunks`` (``key=value``) to ``found``, as ``normalize_params`` would."""
+    for chunk in chunks:
+        key, sep, value = chunk.partition("=")
+        if not sep:
+            continue
+        if "%" in key or "+" in key:
+            key = _decode(key)
+        key = key.strip().lower()
+        if key.startswith("amp;"):  # a URL copied out of HTML without unescaping
+            key = key[4:]
+        if key in found or (key not in _KEY_TO_FAMILY and not _AT_CUSTOM.fullmatch(key)):
+            continue
+        if "%" in value or "+" in value:
+            value = _decode(value)
+        value = value.strip()
+        if value:
+            found[key] = value
 
 
 def normalize_params(params: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -148,14 +172,6 @@ def _split_query_fragment(url: str) -> tuple[str, str]:
     before_hash, _, fragment = url.partition("#")
     _, _, query = before_hash.partition("?")
     return query, fragment
-
-
-def _pairs(chunks: Iterable[str]) -> Iterator[tuple[str, str]]:
-    for chunk in chunks:
-        if "=" not in chunk:
-            continue
-        key, _, value = chunk.partition("=")
-        yield _decode(key), _decode(value)
 
 
 def _decode(text: str) -> str:

@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from passerelle.connectors.collector.app import create_app
 from passerelle.connectors.collector.config import CollectorConfig
@@ -82,3 +84,19 @@ def test_hot_routes_keep_their_refusals_and_count_them_in_the_metrics() -> None:
     assert 'passerelle_collector_request_seconds_count{endpoint="pixel",status="400"} 1.0' in metrics
     assert 'passerelle_collector_request_seconds_count{endpoint="batch",status="401"} 1.0' in metrics
     assert 'passerelle_collector_request_seconds_count{endpoint="batch",status="400"} 1.0' in metrics
+
+
+_QUERY_PARTS = [*"&=+%;a é", "%2", "%41", "%zz", "%C3%A9", "%ff", "site", "vid", "url", "https%3A%2F%2Fx%2F%3Fa%3D1"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(_QUERY_PARTS), max_size=16))
+def test_the_pixel_query_is_read_as_parse_qsl_reads_it(parts: list[str]) -> None:
+    """Issue 18: the pixel's own query parser answers what ``dict(parse_qsl(..., keep_blank_values=True))`` does."""
+    from urllib.parse import parse_qsl
+
+    from passerelle.connectors.collector.app import query_params
+
+    raw = "".join(parts).encode("utf-8").decode("latin-1").encode("latin-1")  # bytes as a client sends them
+    expected = dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
+    assert query_params({"query_string": raw}) == expected

@@ -132,3 +132,25 @@ def test_long_strings_and_maps_take_several_length_bytes() -> None:
     text = schema_text("hits.raw")
     record = {**HITS[0], "url": "https://shop.example/" + "é" * 5_000, "campaign_params": {"utm_term": "t" * 200}}
     assert compile_writer(text)(record) == fastavro_bytes(text, record)
+
+
+@pytest.mark.parametrize("key", ["", "v", "visitor-é", "k" * 63, "k" * 64, "é" * 40, "x" * 10_000])
+def test_keys_are_written_as_fastavro_writes_them_after_the_header(key: str) -> None:
+    header = AvroEncoder(7, '"string"').header
+    assert compile_writer('"string"', prefix=header)(key) == header + fastavro_bytes('"string"', key)
+
+
+@pytest.mark.parametrize("key", [None, 42, "v\ud800"])
+def test_a_key_that_is_not_text_is_a_serialization_error(key: Any) -> None:
+    with pytest.raises(SerializationError, match="cannot encode record"):
+        compile_writer('"string"')(key)
+
+
+def test_fields_left_out_take_their_defaults_and_one_without_is_refused() -> None:
+    """The writer tries the record as complete first: one with fields left out is written from the defaults."""
+    text = schema_text("hits.raw")
+    sparse = {k: v for k, v in HITS[0].items() if k not in ("referrer", "page", "campaign_params", "product")}
+    assert compile_writer(text)(sparse) == fastavro_bytes(text, {**sparse, "referrer": None, "page": None,
+                                                                 "campaign_params": {}, "product": None})  # fmt: skip
+    with pytest.raises(SerializationError, match="'url': no value and no default"):
+        compile_writer(text)({k: v for k, v in HITS[0].items() if k != "url"})

@@ -512,3 +512,37 @@ def test_urls_without_query_or_fragment_are_not_parsed_but_answer_the_same(url: 
     from passerelle.streams.enrichment.params import parse_campaign_params
 
     assert url_campaign_params(url) == parse_campaign_params(url)
+
+
+_EVENTS = st.one_of(
+    st.builds(lambda extra: {"visitor_id": "v-1", "url": "https://shop.example/?utm_source=nl", **extra},
+              st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=4)),
+    _VALUES,  # not an object
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_EVENTS, min_size=1, max_size=6))
+def test_a_batch_answers_what_the_model_answers_event_by_event(raws: list[Any]) -> None:
+    """``events_to_records`` (the batch's fast path, shared request values) against ``EventIn`` event by event."""
+    from passerelle.connectors.collector.validation import event_to_record, events_to_records, validated_event_record
+
+    got = [("invalid", o.errors) if isinstance(o, InvalidEvent) else o for o in events_to_records(raws, CTX, RULES)]
+    expected = [_outcome(validated_event_record if isinstance(raw, dict) else event_to_record, raw) for raw in raws]
+    assert got == expected
+
+
+_URL_PARTS = [*"?#&=+%/ :aAx", "utm_source", "UTM_Medium", "xtor", "gclid", "amp;", "%3D", "%26", "https://x/p", "é"]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(_URL_PARTS), max_size=14))
+def test_url_campaign_params_answer_as_the_parser_from_the_cache_too(parts: list[str]) -> None:
+    """Cached by what follows the first ``?`` or ``#``: the same answer as parsing the whole URL, every time."""
+    from passerelle.connectors.collector.validation import url_campaign_params
+    from passerelle.streams.enrichment.params import parse_campaign_params
+
+    url = "".join(parts)
+    first = url_campaign_params(url)
+    first["utm_source"] = "changed by a caller"  # the cached map is never handed out
+    assert url_campaign_params(url) == url_campaign_params(url) == parse_campaign_params(url)
