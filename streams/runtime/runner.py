@@ -290,6 +290,11 @@ class Runner:
                 "enable.partition.eof": True,
                 "isolation.level": "read_committed",
                 "fetch.wait.max.ms": 10,  # restore reads to the end: do not let the broker hold empty fetches
+                # A restore reads as fast as the client can. By default librdkafka pauses a partition's fetches
+                # for 1 s once its prefetch queue is full (64 MB): a bare read loop over bench state's changelog
+                # topped at ~170,000 records/s here, with these ~540,000, and 180 MB of RSS rather than 230.
+                "fetch.queue.backoff.ms": 5,
+                "queued.max.messages.kbytes": 8192,
             },
             watch=self._watch,
         )
@@ -650,17 +655,23 @@ class Runner:
         count = 0
         while pending:
             batch: list[Any] = rc.consume(10_000, timeout=0.05)
+            runs: dict[tuple[str, int], list[Any]] = {}  # per changelog partition, in order (stores apply a run)
             for msg in batch:
-                err = msg.error()
                 where = (msg.topic(), msg.partition())
+                err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
                         pending.discard(where)
                         continue
                     raise FatalRuntimeError(f"restoring {where[0]}[{where[1]}]: {err}")
-                targets[where].restore(msg.key(), msg.value(), msg.timestamp()[1])
-                progress.done[where[1]] += 1
-                count += 1
+                run = runs.get(where)
+                if run is None:
+                    run = runs[where] = []
+                run.append(msg)
+            for where, run in runs.items():
+                targets[where].restore_records(run)
+                progress.done[where[1]] += len(run)
+                count += len(run)
             progress.report()
         return count
 

@@ -10,9 +10,9 @@ not one per hit.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 _DELETED = object()
 _ABSENT = object()
@@ -29,6 +29,16 @@ def json_dumps(value: Any) -> bytes:
 
 def json_loads(data: bytes) -> Any:
     return json.loads(data)
+
+
+class ChangelogRecord(Protocol):
+    """What a restore reads of a changelog message (``confluent_kafka.Message`` has these)."""
+
+    def key(self) -> bytes: ...
+
+    def value(self) -> bytes | None: ...
+
+    def timestamp(self) -> tuple[int, int]: ...
 
 
 @dataclass(frozen=True)
@@ -236,6 +246,12 @@ class KeyValueStore(Generic[V]):
 
     def has_changes(self) -> bool:
         return bool(self._dirty)
+
+    def restore_records(self, records: Iterable[ChangelogRecord]) -> None:
+        """Apply changelog messages of this store's partition, in order (the runner hands over consumed runs)."""
+        restore = self.restore
+        for record in records:
+            restore(record.key(), record.value(), record.timestamp()[1])
 
     def restore(self, key: bytes, value: bytes | None, timestamp: int | None = None) -> None:
         """Apply one changelog record (restore does not mark keys dirty); ``timestamp``: when it was written."""

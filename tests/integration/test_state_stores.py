@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from passerelle.streams.runtime import Runner, StoreSpec
 from passerelle.streams.runtime.config import wall_clock_ms
 from passerelle.streams.runtime.stores import StateConfig
-from tests.integration.kafka_helpers import TopicReader, produce_avro
+from tests.integration.kafka_helpers import TopicReader, create_topics, produce_avro
 from tests.integration.runtime_app import IN_SCHEMA, CountingJoin, build, config
 from tests.integration.test_runtime import Names, args_for, hits, names, spawn  # noqa: F401  (fixture)
 
@@ -93,6 +94,74 @@ def test_idle_keys_expire_are_tombstoned_and_stay_gone_after_restore(
     assert second.metrics.registry.get_sample_value(
         "passerelle_state_keys", {"processor": "counting-join", "store": "counts"}
     ) is not None  # fmt: skip
+
+
+def changelog_to_end(bootstrap: str, topic: str) -> dict[str, list[bytes | None]]:
+    """Every committed record of a changelog from its start to its end, per key, in order."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-reader", "enable.auto.commit": False,
+                         "enable.partition.eof": True, "isolation.level": "read_committed"})  # fmt: skip
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        records: dict[str, list[bytes | None]] = collections.defaultdict(list)
+        pending, deadline = set(partitions), time.monotonic() + 15
+        while pending and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=0.2):
+                if msg.error() is not None:
+                    pending.discard(msg.partition())
+                else:
+                    records[bytes(msg.key() or b"").decode()].append(msg.value())
+        assert not pending, f"{topic}: partitions {sorted(pending)} not read to their end"
+        return dict(records)
+    finally:
+        consumer.close()
+
+
+def test_expired_keys_leave_the_changelog_once_compacted_and_a_restore_does_not_bring_them_back(
+    kafka_bootstrap: str, schema_registry_url: str, names: Names, tmp_path: Path,  # noqa: F811
+    runners: Callable[[Runner], threading.Thread],
+) -> None:  # fmt: skip
+    # The changelog as the runner creates it (compacted), with a cleaner quick enough for a test: segments roll
+    # after 100 ms, any dirty share is worth cleaning, tombstones go at the pass after the one that saw them.
+    topic = EXPIRING.changelog_topic(names.app)
+    create_topics(kafka_bootstrap, {topic: 3}, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
+                                                "segment.ms": "100", "min.cleanable.dirty.ratio": "0.01",
+                                                "delete.retention.ms": "0"})  # fmt: skip
+    ahead = [0]
+    cfg = config(args_for(names, kafka_bootstrap, schema_registry_url))
+    cfg.clock = lambda: wall_clock_ms() + ahead[0]
+    processor = build("count", [names.input], names.output)
+    expiring = type("ExpiringConfigured", (ExpiringCount,), {"inputs": processor.inputs, "outputs": processor.outputs})
+    produce_avro(kafka_bootstrap, schema_registry_url, names.input, IN_SCHEMA, hits(20, visitors=10))
+    first = Runner(expiring(), cfg, state=StateConfig("rocksdb", tmp_path / "first"))
+    thread = runners(first)
+    reader = TopicReader(kafka_bootstrap, schema_registry_url, names.output)
+    assert len(reader.read(until=20, timeout=60)) == 20
+    ahead[0] += TTL_MS + 1_000
+    expired = {"processor": "counting-join", "store": "counts"}
+    deadline = time.monotonic() + 30
+    while (first.metrics.registry.get_sample_value("passerelle_state_expired_keys_total", expired) or 0) < 10:
+        assert time.monotonic() < deadline, "the idle keys did not expire"
+        time.sleep(0.1)
+    # Other visitors keep the changelog growing, so segments roll and the cleaner has something to clean; the
+    # expired visitors' values and then their tombstones leave it.
+    idle = {f"v{i}" for i in range(10)}
+    deadline, i, left = time.monotonic() + 30, 0, idle
+    while left:
+        assert time.monotonic() < deadline, f"{topic} still holds records of expired keys {sorted(left)}"
+        produce_avro(kafka_bootstrap, schema_registry_url, names.input, IN_SCHEMA,
+                     [(f"w{i}", {"event_id": f"w{i}", "visitor_id": f"w{i}", "n": 100 + i})])  # fmt: skip
+        i += 1
+        time.sleep(0.5)
+        left = idle & set(changelog_to_end(kafka_bootstrap, topic))
+    first.stop()
+    thread.join(30)
+    # A new instance on an empty disk restores the compacted changelog: the expired visitors count from 1 again.
+    produce_avro(kafka_bootstrap, schema_registry_url, names.input, IN_SCHEMA, hits(10, visitors=10, start=20))
+    runners(Runner(expiring(), cfg, state=StateConfig("rocksdb", tmp_path / "second")))
+    again = [v for _, v in reader.read(until=20 + i + 10, timeout=60)[20 + i :]]
+    reader.close()
+    assert {v["visitor_id"]: v["count"] for v in again} == {f"v{k}": 1 for k in range(10)}
 
 
 def test_sigkill_between_a_store_write_and_its_commit_leaves_no_aborted_write_on_disk(
