@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import hmac
 import logging
 import time
@@ -366,8 +367,36 @@ class CollectorApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def create_app(config: CollectorConfig, producer: HitProducer | None = None) -> FastAPI:
-    """The ASGI app; its lifespan starts the producer (schemas, reports served on its loop), flushes it at shutdown."""
+GC_YOUNG_THRESHOLD = 5_000
+"""Allocations between two young collections (CPython's default: 700)."""
+
+
+def settle_heap() -> None:
+    """Freeze what serving start-up made, and collect the young generation every ``GC_YOUNG_THRESHOLD`` allocations.
+
+    ``passerelle collector`` freezes the heap before serving; uvicorn's own
+    start-up comes after that, hence a second freeze here. A batch of 100
+    events makes several hundred dicts and lists that live until the broker's
+    acknowledgement (30-60 ms): at CPython's default threshold (700) young
+    collections run several times per request and promote what is in flight,
+    which then fills the older generations and triggers their passes. Those
+    objects are freed by reference counting once answered; cycles are still
+    collected, less often. Measured under wrk (``gc.callbacks``, one run, the
+    code before alongside): 11 full collections instead of 54, GC time 0.75 s
+    instead of 1.08 s.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
+def create_app(config: CollectorConfig, producer: HitProducer | None = None, settle: bool = False) -> FastAPI:
+    """The ASGI app; its lifespan starts the producer (schemas, reports served on its loop), flushes it at shutdown.
+
+    ``settle``: ``settle_heap()`` once serving, for a process that is only the collector (``passerelle
+    collector``); an app embedded in another process (tests, benches) leaves that process's GC alone.
+    """
     producer = producer or HitProducer(config)
     collector = Collector(config, producer, CollectorMetrics())
 
@@ -375,6 +404,8 @@ def create_app(config: CollectorConfig, producer: HitProducer | None = None) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(producer.start)
         producer.serve_on(asyncio.get_running_loop())
+        if settle:
+            settle_heap()
         try:
             yield
         finally:

@@ -49,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
     producer = HitProducer(config)
     try:
         producer.start()  # schemas and Kafka client before serving: start-up errors are one line
-        app = create_app(config, producer=producer)
+        app = create_app(config, producer=producer, settle=True)  # this process is the collector alone
         ready = f"collector listening on {url_of(host, port)} (topic {config.topic})"
         if args.worker_fd is not None:
             ready += f", worker pid {os.getpid()}"
