@@ -587,22 +587,6 @@ _CONSENT_KEYS = frozenset({"analytics", "marketing"})
 _NO_CONSENT: dict[str, bool] = {}
 
 
-def _plain_text(value: Any, limit: int) -> bool:
-    """A ``str`` the field's constraints accept as it is: not empty, within ``limit``, nothing to strip.
-
-    Python's ``isspace`` covers every character pydantic strips (and a few more, which then take the slow
-    path): a value that passes here is one pydantic would have kept unchanged. Text that is not valid
-    Unicode (a lone surrogate, which JSON can carry) is pydantic's to refuse, in its words.
-    """
-    return (
-        type(value) is str
-        and 0 < len(value) <= limit
-        and not value[0].isspace()
-        and not value[-1].isspace()
-        and (value.isascii() or _encodable(value))
-    )
-
-
 def _encodable(text: str) -> bool:
     try:
         text.encode()
@@ -639,7 +623,11 @@ def _fast_event_record(
     """
     if not raw.keys() <= _FAST_KEYS:
         return None
-    for name, value in raw.items():  # only the fields sent: _plain_text inlined, the hot loop of a batch
+    # Text a field's constraints accept as it is: a str, not empty, within its limit, nothing to strip. Python's
+    # isspace covers every character pydantic strips (and a few more, which then take the slow path); text that
+    # is not valid Unicode (a lone surrogate, which JSON can carry) is pydantic's to refuse, in its words. Only
+    # the fields sent are looked at: this loop is the hot one of a batch.
+    for name, value in raw.items():
         limit = _FAST_TEXT.get(name)
         if limit is not None and value is not None:
             if type(value) is not str or not 0 < len(value) <= limit or value[0].isspace() or value[-1].isspace():
