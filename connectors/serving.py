@@ -10,6 +10,7 @@ would end the process with status 143.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import signal
 import socket
@@ -17,6 +18,7 @@ import sys
 
 import uvicorn
 
+from passerelle.connectors.accepting import AcceptingServer
 from passerelle.errors import PasserelleError
 
 
@@ -44,16 +46,35 @@ def url_of(host: str, port: int) -> str:
 
 
 class Server(uvicorn.Server):
-    """Prints ``ready_line`` once it accepts requests; SIGTERM ends it with status 0."""
+    """Prints ``ready_line`` once it accepts requests; SIGTERM ends it with status 0.
+
+    The sockets it is given are served by ``AcceptingServer`` (every waiting
+    connection at each wake-up) rather than by the loop's ``create_server``,
+    which under uvloop takes one connection per turn of the loop; TLS, which
+    uvicorn would handle, keeps uvicorn's way.
+    """
 
     def __init__(self, config: uvicorn.Config, ready_line: str) -> None:
         super().__init__(config)
         self.ready_line = ready_line
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
+        if sockets is None or self.config.ssl is not None:
+            await super().startup(sockets=sockets)
+        else:
+            await super().startup(sockets=[])  # the lifespan and the server's state, no listener yet
+            loop = asyncio.get_running_loop()
+            accepting = [AcceptingServer(loop, s, self._protocol, self.config.backlog) for s in sockets]
+            self.servers = accepting  # type: ignore[assignment]  # what uvicorn closes and awaits at shutdown
         if self.started:
             print(self.ready_line, file=sys.stderr, flush=True)
+
+    def _protocol(self) -> asyncio.Protocol:
+        """One connection's protocol, as uvicorn's own ``startup`` makes it."""
+        protocol: asyncio.Protocol = self.config.http_protocol_class(  # type: ignore[call-arg]
+            config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+        return protocol
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await super().shutdown(sockets=sockets)
