@@ -6,15 +6,18 @@ A busy collector's turn runs every request that became ready, 20 to 70 ms
 under load, so a burst of new connections (a newsletter, a TV spot, a load
 generator starting) waits in the kernel's accept queue and is taken at about
 50 connections per second. Measured on a collector serving batches of 20 to
-256 new connections (`docs/measurements.md`): the last one was accepted 4.9 s
-after it connected, and a tenth of the requests waited over a second for it,
-when no request took more than 131 ms inside the server.
+256 new connections (``docs/measurements.md``): the last one was accepted 4.9
+s after it connected, and a tenth of the requests waited over a second for
+it, when no request took more than 131 ms inside the server.
 
 ``AcceptingServer`` does what asyncio's own loop does: a reader on the
 listening socket accepts until the queue is empty, at most ``ACCEPT_BURST``
 per wake-up so that a flood of connections cannot hold the loop, and hands
 each connection to the loop's own transport (``connect_accepted_socket``:
-uvloop's, with ``TCP_NODELAY``, when uvloop runs).
+uvloop's, with ``TCP_NODELAY``, when uvloop runs). With ``--workers``, the
+processes sharing the socket race for what waits: wrk's 32 connections split
+16/16 between two workers, its 256 split 144/112 (uvloop's one per turn:
+17/15 and 128/128), and a busy worker leaves more to an idle one.
 """
 
 from __future__ import annotations
