@@ -61,8 +61,10 @@ class AcceptingServer(asyncio.AbstractServer):
         for _ in range(ACCEPT_BURST):
             try:
                 conn, _ = self._sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return  # queue empty, or that client gave up before its turn
+            except (BlockingIOError, InterruptedError):
+                return  # the queue is empty
+            except ConnectionAbortedError:
+                continue  # that client gave up before its turn
             except OSError as exc:
                 if exc.errno not in _PAUSING_ERRORS:
                     raise
@@ -80,6 +82,9 @@ class AcceptingServer(asyncio.AbstractServer):
             await self._loop.connect_accepted_socket(self._protocol_factory, conn)
         except OSError as exc:  # reset before the transport was made: nothing to answer
             log.debug("connection lost as it was accepted: %s", exc)
+            conn.close()
+        except Exception:  # the protocol could not be made: this connection only, the others go on
+            log.exception("could not serve an accepted connection")
             conn.close()
 
     def _resume(self) -> None:

@@ -17,10 +17,12 @@ import http.client
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
+import pytest
 import uvicorn
+import uvloop
 
 from passerelle.connectors import serving
 from passerelle.connectors.accepting import AcceptingServer
@@ -151,3 +153,47 @@ def test_uvicorns_own_listener_is_what_the_burst_test_tells_apart() -> None:
     """
     during = busy_requests_during_burst(uvicorn.Server)
     assert during >= 2 * BURST, f"only {during} busy requests during the burst: the test no longer tells them apart"
+
+
+LOOPS = [pytest.param(None, id="asyncio"), pytest.param(uvloop.new_event_loop, id="uvloop")]
+
+
+@pytest.mark.parametrize("loop_factory", LOOPS)
+def test_a_connection_whose_protocol_fails_does_not_stop_the_others(
+    caplog: pytest.LogCaptureFixture, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
+) -> None:
+    class Hello(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            stream = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+            stream.write(b"hello")
+            stream.close()
+
+    made = [0]
+
+    def factory() -> asyncio.Protocol:
+        made[0] += 1
+        if made[0] == 1:
+            raise RuntimeError("first protocol fails")
+        return Hello()
+
+    async def scenario() -> bytes:
+        loop = asyncio.get_running_loop()
+        sock = serving.bind("127.0.0.1", 0)
+        server = AcceptingServer(loop, sock, factory, backlog=16)
+        try:
+            first = await asyncio.open_connection(*sock.getsockname())
+            assert await asyncio.wait_for(first[0].read(), 10) == b""  # closed, no answer
+            first[1].close()
+            second = await asyncio.open_connection(*sock.getsockname())
+            answer = await asyncio.wait_for(second[0].read(), 10)
+            second[1].close()
+            return answer
+        finally:
+            server.close()
+            sock.close()
+
+    with caplog.at_level("ERROR", logger="passerelle.connectors.accepting"), asyncio.Runner(
+        loop_factory=loop_factory
+    ) as runner:
+        assert runner.run(scenario()) == b"hello"
+    assert "could not serve an accepted connection" in caplog.text
