@@ -40,11 +40,12 @@ from passerelle.connectors.collector.jsonio import json_response, loads
 from passerelle.connectors.collector.metrics import CollectorMetrics
 from passerelle.connectors.collector.producer import HITS, IMPRESSIONS, DeliveryResult, HitProducer, OutRecord
 from passerelle.connectors.collector.validation import (
+    ROW_EVENT_ID,
     HitRules,
     InvalidEvent,
     RequestContext,
     client_ip,
-    events_to_records,
+    events_to_rows,
     pixel_to_record,
 )
 
@@ -130,9 +131,19 @@ class Collector:
         records = [OutRecord(h["visitor_id"], h, h["event_time"]) for h in hits]
         return await self.deliver_records(endpoint, records, HITS)
 
+    async def deliver_rows(self, endpoint: str, rows: list[tuple[Any, ...]]) -> list[DeliveryResult]:
+        """Produce hits given as rows (``events_to_rows``), keyed by visitor id."""
+        started = time.perf_counter()
+        results = await self.producer.send_rows(rows)
+        return self._delivered(endpoint, started, results)
+
     async def deliver_records(self, endpoint: str, records: list[OutRecord], stream: str) -> list[DeliveryResult]:
         started = time.perf_counter()
         results = await self.producer.send(records, stream)
+        return self._delivered(endpoint, started, results)
+
+    def _delivered(self, endpoint: str, started: float, results: list[DeliveryResult]) -> list[DeliveryResult]:
+        """What the metrics and the log tell of one request's deliveries; ``results`` unchanged."""
         self.metrics.observe_produce(endpoint, time.perf_counter() - started)
         failed = rejected = 0
         for result in results:
@@ -262,14 +273,14 @@ class Collector:
             return refused.response()
 
         ctx, rules = self.context(request), self.rules.for_sites(covered)
-        outcomes = events_to_records(events, ctx, rules)
-        hits = [o for o in outcomes if type(o) is dict]
+        outcomes = events_to_rows(events, ctx, rules)
+        hits = [o for o in outcomes if type(o) is tuple]  # rows: HIT_FIELDS' order
         invalid = {i: o.errors for i, o in enumerate(outcomes) if isinstance(o, InvalidEvent)}  # index -> errors
         rejected = len(invalid)
         if rejected:
-            self.metrics.count("batch", "rejected", rejected)  # later ones are counted by deliver()
+            self.metrics.count("batch", "rejected", rejected)  # later ones are counted by deliver_rows()
 
-        deliveries = await self.deliver("batch", hits) if hits else []
+        deliveries = await self.deliver_rows("batch", hits) if hits else []
         results: list[dict[str, Any]] = []
         failed = 0
         position = 0  # in hits and deliveries
@@ -278,16 +289,16 @@ class Collector:
             if errors is not None:
                 results.append({"index": index, "status": "rejected", "errors": errors})
                 continue
-            outcome, hit = deliveries[position], hits[position]
+            outcome, event_id = deliveries[position], hits[position][ROW_EVENT_ID]
             position += 1
             if outcome.error is None:
-                results.append({"index": index, "status": "accepted", "event_id": hit["event_id"]})
+                results.append({"index": index, "status": "accepted", "event_id": event_id})
             elif outcome.rejected:  # final: too large once encoded, not encodable
-                results.append({"index": index, "status": "rejected", "event_id": hit["event_id"],
+                results.append({"index": index, "status": "rejected", "event_id": event_id,
                                 "errors": [outcome.error]})  # fmt: skip
                 rejected += 1
             else:
-                results.append({"index": index, "status": "failed", "event_id": hit["event_id"],
+                results.append({"index": index, "status": "failed", "event_id": event_id,
                                 "errors": [outcome.error]})  # fmt: skip
                 failed += 1
         accepted = len(events) - rejected - failed

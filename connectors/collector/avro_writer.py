@@ -124,6 +124,8 @@ class _Compiler:
         self.kinds: dict[str, tuple[type, ...]] = {}
         self.exact: dict[str, Writer] = {}
         """Each record's writer for a dict that has every field (``value[name]``, no default looked up)."""
+        self.rows: dict[str, Callable[..., None]] = {}
+        """Each record's writer taking its fields as arguments, in the schema's order (``compile_row_writer``)."""
 
     def compile(self, schema: Any, namespace: str = "") -> tuple[Writer, tuple[type, ...]]:
         """The writer of ``schema`` and the Python types its values have (to choose a union branch)."""
@@ -179,6 +181,7 @@ class _Compiler:
         env: dict[str, Any] = {"write_long": write_long, "MISSING": _MISSING, "_no_default": _no_default}
         lines = ["def record(out, value):", "    get = value.get"]
         exact = ["def record_exact(out, value):"]
+        row = [f"def record_row(out, {', '.join(f'p{i}' for i in range(len(schema['fields'])))}):"]
         for i, field in enumerate(schema["fields"]):
             name, ftype = field["name"], field["type"]
             if not isinstance(name, str) or not name.isidentifier():
@@ -189,8 +192,12 @@ class _Compiler:
             body = ["    " + line for line in self._inline(ftype, space, env, i)]
             lines += body
             exact += [f"    v = value[{name!r}]", *body]
+            row += [f"    v = p{i}", *body]
         exec("\n".join(lines), env)  # generated above; field names are checked Avro names, nothing else comes in
         exec("\n".join(exact), env)
+        if schema["fields"]:
+            exec("\n".join(row), env)
+            self.rows[fullname] = env["record_row"]
         record: Writer = env["record"]
         named[fullname] = record
         self.exact[fullname] = env["record_exact"]
@@ -346,6 +353,36 @@ def compile_writer(schema: str | Mapping[str, Any], prefix: bytes = b"") -> Call
         return bytes(out)
 
     return encode
+
+
+def compile_row_writer(
+    schema: str | Mapping[str, Any], prefix: bytes = b""
+) -> tuple[tuple[str, ...], Callable[[Any], bytes]]:
+    """The field names of record ``schema``, in order, and a function encoding a row: a tuple of their values.
+
+    For a caller that has a record's values at hand (the collector's fast
+    path): the same bytes as ``compile_writer`` on the dict of those fields,
+    without building the dict nor reading it back field by field (about 1 us
+    of the 3 a ``Hit`` takes). The caller must give every field, in the
+    schema's order: it checks the names it is given against its own.
+    """
+    raw = json.loads(schema) if isinstance(schema, str) else schema
+    if not isinstance(raw, dict) or raw.get("type") not in ("record", "error") or not raw.get("fields"):
+        raise ValueError("a row writer needs a record schema with fields")
+    compiler = _Compiler()
+    compiler.compile(raw)
+    write_row = compiler.rows[compiler._fullname(raw, "")[0]]
+    names = tuple(str(field["name"]) for field in raw["fields"])
+
+    def encode(row: Any) -> bytes:
+        out = bytearray(prefix)
+        try:
+            write_row(out, *row)
+        except Exception as exc:
+            raise SerializationError(f"cannot encode record: {exc}", stage="serialize") from exc
+        return bytes(out)
+
+    return names, encode
 
 
 def _string_encoder(prefix: bytes) -> Callable[[Any], bytes]:

@@ -485,6 +485,22 @@ def url_campaign_params(url: str) -> dict[str, str]:
     return dict(_tail_campaign_params(url[start:]))
 
 
+def _shared_campaign_params(url: str) -> dict[str, str]:
+    """``url_campaign_params`` without the copy: the cache's own map, for a row that is only written as Avro."""
+    query = url.find("?")
+    fragment = url.find("#")
+    if query < 0:
+        if fragment < 0:
+            return _NO_PARAMS
+        start = fragment
+    else:
+        start = query if fragment < 0 else min(query, fragment)
+    return _tail_campaign_params(url[start:])
+
+
+_NO_PARAMS: dict[str, str] = {}
+
+
 @functools.lru_cache(maxsize=4096)
 def _tail_campaign_params(tail: str) -> dict[str, str]:
     """The campaign parameters of a URL's query and fragment (``tail`` starts with ``?`` or ``#``)."""
@@ -608,10 +624,35 @@ class _Request(NamedTuple):
         return cls(ctx.received_at_ms, ctx.new_id, _user_agent(ctx.user_agent), _ip_for_hit(ctx.client_ip, rules))
 
 
+HIT_FIELDS = (
+    "event_id", "site", "visitor_id", "customer_id", "event_time", "type", "url", "referrer", "page",
+    "campaign_params", "product", "order", "consent", "user_agent", "ip_truncated",
+)  # fmt: skip
+"""The fields of a ``Hit`` record in the schema's order: a row (``events_to_rows``) holds their values so."""
+ROW_EVENT_ID, ROW_VISITOR_ID, ROW_EVENT_TIME = 0, 2, 4
+_CONSENTS = {(a, m): {"analytics": a, "marketing": m} for a in (False, True) for m in (False, True)}
+"""Every consent map a plain event can have, shared by the rows (read-only: only written as Avro)."""
+
+
 def _fast_event_record(
     raw: dict[str, Any], ctx: RequestContext, rules: HitRules, request: _Request | None = None
 ) -> dict[str, Any] | None:
-    """The record of an event every field of which is plainly valid, else None (``EventIn`` then decides).
+    """``_fast_event_row`` as a record dict of its own (no map shared with other records), or None."""
+    row = _fast_event_row(raw, ctx, rules, request)
+    if row is None:
+        return None
+    record = dict(zip(HIT_FIELDS, row, strict=True))
+    record["campaign_params"] = dict(record["campaign_params"])
+    record["consent"] = dict(record["consent"])
+    return record
+
+
+def _fast_event_row(
+    raw: dict[str, Any], ctx: RequestContext, rules: HitRules, request: _Request | None = None
+) -> tuple[Any, ...] | None:
+    """The record of an event every field of which is plainly valid, as a row (``HIT_FIELDS``), else None.
+
+    ``EventIn`` then decides.
 
     Most events a tag or a server sends are plain: strings within bounds,
     booleans for consent, an integer time. For those, checking each field
@@ -677,23 +718,23 @@ def _fast_event_record(
         request = _Request.of(ctx, rules)
     user_agent = get("user_agent")
     received = request.received_at_ms
-    return {
-        "event_id": event_id or request.new_id(),
-        "site": site,
-        "visitor_id": visitor_id,
-        "customer_id": customer_id,
-        "event_time": received if event_time is None else resolve_event_time(event_time, received, rules),
-        "type": type_name,
-        "url": url,
-        "referrer": get("referrer"),
-        "page": get("page"),
-        "campaign_params": url_campaign_params(url),
-        "product": None,
-        "order": None,
-        "consent": {"analytics": analytics, "marketing": marketing},
-        "user_agent": request.user_agent if user_agent is None else user_agent,  # within 1,024 (checked above)
-        "ip_truncated": request.ip_truncated if ip is None else _ip_for_hit(ip, rules),
-    }
+    return (  # HIT_FIELDS' order; the maps are shared and read-only (the campaign parameters are the cache's)
+        event_id or request.new_id(),
+        site,
+        visitor_id,
+        customer_id,
+        received if event_time is None else resolve_event_time(event_time, received, rules),
+        type_name,
+        url,
+        get("referrer"),
+        get("page"),
+        _shared_campaign_params(url),
+        None,
+        None,
+        _CONSENTS[analytics, marketing],
+        request.user_agent if user_agent is None else user_agent,  # within 1,024 (checked above)
+        request.ip_truncated if ip is None else _ip_for_hit(ip, rules),
+    )
 
 
 def event_to_record(raw: Any, ctx: RequestContext, rules: HitRules) -> dict[str, Any]:
@@ -728,6 +769,30 @@ def events_to_records(
                 continue
             record = fast(raw, ctx, rules, request)
             append(record if record is not None else validated_event_record(raw, ctx, rules))
+        except InvalidEvent as exc:
+            append(exc)
+    return out
+
+
+def events_to_rows(events: Sequence[Any], ctx: RequestContext, rules: HitRules) -> list[tuple[Any, ...] | InvalidEvent]:
+    """``events_to_records`` as rows (``HIT_FIELDS``' order), what the producer writes without a dict in between.
+
+    A row's maps may be shared with other rows and with the campaign
+    parameters' cache: they are only ever read (written as Avro).
+    """
+    request = _Request.of(ctx, rules)
+    fast = _fast_event_row
+    out: list[tuple[Any, ...] | InvalidEvent] = []
+    append = out.append
+    for raw in events:
+        try:
+            row = fast(raw, ctx, rules, request) if type(raw) is dict else None
+            if row is None:  # not an object (refused in event_to_record's words), or not plain: the model decides
+                record = event_to_record(raw, ctx, rules) if type(raw) is not dict else validated_event_record(
+                    raw, ctx, rules
+                )
+                row = tuple([record[name] for name in HIT_FIELDS])
+            append(row)
         except InvalidEvent as exc:
             append(exc)
     return out

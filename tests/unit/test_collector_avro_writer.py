@@ -8,8 +8,14 @@ from typing import Any
 import fastavro
 import pytest
 
-from passerelle.connectors.collector.avro_writer import compile_writer
-from passerelle.connectors.collector.validation import HitRules, RequestContext, event_to_record, pixel_to_record
+from passerelle.connectors.collector.avro_writer import compile_row_writer, compile_writer
+from passerelle.connectors.collector.validation import (
+    HIT_FIELDS,
+    HitRules,
+    RequestContext,
+    event_to_record,
+    pixel_to_record,
+)
 from passerelle.schemas.catalog import load_catalog
 from passerelle.schemas.errors import SerializationError
 from passerelle.schemas.models import AdImpression, Hit
@@ -154,3 +160,38 @@ def test_fields_left_out_take_their_defaults_and_one_without_is_refused() -> Non
                                                                  "campaign_params": {}, "product": None})  # fmt: skip
     with pytest.raises(SerializationError, match="'url': no value and no default"):
         compile_writer(text)({k: v for k, v in HITS[0].items() if k != "url"})
+
+
+@pytest.mark.parametrize("record", HITS, ids=["pixel", "pixel-order", "event-product", "event-order"])
+def test_rows_are_written_as_their_records_are(record: dict[str, Any]) -> None:
+    """``compile_row_writer``: a row of the fields' values in the schema's order, fastavro's bytes of the record."""
+    text = schema_text("hits.raw")
+    names, encode_row = compile_row_writer(text, prefix=b"\x00head")
+    assert names == HIT_FIELDS  # the order validation.events_to_rows writes rows in
+    assert encode_row(tuple(record[name] for name in names)) == b"\x00head" + fastavro_bytes(text, record)
+
+
+def test_a_row_that_does_not_fit_is_a_serialization_error() -> None:
+    names, encode_row = compile_row_writer(schema_text("hits.raw"))
+    row = tuple(HITS[0][name] for name in names)
+    with pytest.raises(SerializationError, match="surrogates not allowed"):
+        encode_row(tuple("https://shop.example/\ud800" if n == "url" else v for n, v in zip(names, row, strict=True)))
+    with pytest.raises(SerializationError):
+        encode_row(row[:-1])  # a field short
+    with pytest.raises(ValueError, match="record schema"):
+        compile_row_writer('"string"')
+
+
+def test_rows_are_written_only_for_a_schema_in_the_rows_order() -> None:
+    """Another ``Hit`` field order (a schema that evolved) makes the producer write rows through their dicts."""
+    import json
+
+    from passerelle.connectors.collector.producer import CompiledEncoder
+
+    text = schema_text("hits.raw")
+    assert CompiledEncoder(AvroEncoder(7, text)).encode_row is not None
+    reordered = json.loads(text)
+    fields = reordered["fields"]
+    fields[7], fields[8] = fields[8], fields[7]  # referrer and page: both optional strings, named types untouched
+    assert CompiledEncoder(AvroEncoder(7, json.dumps(reordered))).encode_row is None
+    assert CompiledEncoder(AvroEncoder(7, '"string"')).encode_row is None

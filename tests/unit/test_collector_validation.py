@@ -532,6 +532,22 @@ def test_a_batch_answers_what_the_model_answers_event_by_event(raws: list[Any]) 
     assert got == expected
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_EVENTS, min_size=1, max_size=6))
+def test_a_batchs_rows_are_its_records(raws: list[Any]) -> None:
+    """``events_to_rows`` (what the batch path produces) against ``events_to_records``: the same values, in order."""
+    from passerelle.connectors.collector.validation import HIT_FIELDS, events_to_records, events_to_rows
+
+    rows = events_to_rows(raws, CTX, RULES)
+    records = events_to_records(raws, CTX, RULES)
+    assert len(rows) == len(records) == len(raws)
+    for row, record in zip(rows, records, strict=True):
+        if isinstance(record, InvalidEvent):
+            assert isinstance(row, InvalidEvent) and row.errors == record.errors
+        else:
+            assert isinstance(row, tuple) and dict(zip(HIT_FIELDS, row, strict=True)) == record
+
+
 _URL_PARTS = [*"?#&=+%/ :aAx", "utm_source", "UTM_Medium", "xtor", "gclid", "amp;", "%3D", "%26", "https://x/p", "é"]
 
 
