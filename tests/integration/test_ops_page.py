@@ -147,14 +147,24 @@ def ops(kafka_bootstrap: str, schema_registry_url: str, tmp_path_factory: pytest
         monitoring.stop(mon)
 
 
+PAGE_RANGE_S, PAGE_STEP_S = 300, 3
+"""The range the browser test opens the page with, and the step the page takes for it (operations.js:
+``Math.round(range / POINTS)``, POINTS = 120)."""
+
+
 @pytest.fixture(scope="module")
 def warm(ops: Ops) -> Ops:
-    """Every panel has a line (two points of a range) through the proxy, and ProcessorDown fires."""
+    """Every panel has a line (two points of a range, at the page's step) through the proxy, and ProcessorDown fires.
+
+    At the page's step, not a finer one: with two points 1 s apart, the page's 3 s step could still find one
+    point only and draw no line (seen once in CI).
+    """
     for panel in PANELS:
 
         def lines(promql: str = panel.query) -> bool:
-            end = time.time()
-            answer = ops.proxied("query_range", {"query": promql, "start": str(end - 30), "end": str(end), "step": "1"})
+            end = float(int(time.time()))
+            answer = ops.proxied("query_range", {"query": promql, "start": str(end - PAGE_RANGE_S), "end": str(end),
+                                                 "step": str(PAGE_STEP_S)})  # fmt: skip
             assert answer.status_code == 200, answer.text
             return any(len(finite([v for _, v in s["values"]])) >= 2 for s in answer.json()["data"]["result"])
 
@@ -251,7 +261,7 @@ def test_the_page_draws_every_panel_with_prometheus_numbers_and_lists_the_alerts
     page.on("request", lambda request: fetched.append(request.url))
     problems: list[str] = []
     page.on("pageerror", lambda err: problems.append(str(err)))
-    page.goto(f"{warm.base}/pages/operations?range=300&refresh=5")
+    page.goto(f"{warm.base}/pages/operations?range={PAGE_RANGE_S}&refresh=5")
     page.fill("#api-key", warm.keys["viewer"])  # a partner's query key is not an operator's
     page.click("#key-form button[type=submit]")
     page.wait_for_function("() => document.getElementById('key-error').textContent.includes('monitoring:read')")
