@@ -474,15 +474,7 @@ def url_campaign_params(url: str) -> dict[str, str]:
     (``gclid``...) differ per click and are parsed every time. A copy is
     returned: the cached map is never handed out.
     """
-    query = url.find("?")
-    fragment = url.find("#")
-    if query < 0:
-        if fragment < 0:
-            return {}
-        start = fragment
-    else:
-        start = query if fragment < 0 else min(query, fragment)
-    return dict(_tail_campaign_params(url[start:]))
+    return dict(_shared_campaign_params(url))
 
 
 def _shared_campaign_params(url: str) -> dict[str, str]:
